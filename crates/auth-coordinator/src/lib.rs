@@ -1,0 +1,1 @@
+//! Session leases and the registry (issue 5; not built yet).

@@ -1,0 +1,3 @@
+//! The `wafleet` command line.
+
+fn main() {}

@@ -1,0 +1,23 @@
+//! Sans-IO implementation of the WhatsApp Web multi-device wire protocol.
+//!
+//! Nothing in this crate opens a socket, spawns a task or reads a clock: callers push bytes
+//! and events in and take bytes and events out. Randomness and the current time are passed
+//! in by the caller, so every path is reproducible in tests. The runtime glue (WebSocket,
+//! timers, storage) lives in the session worker.
+//!
+//! One module per protocol concern:
+//! - [`frame`]: the 3-byte length framing and the `WA 06 03` intro header.
+//! - [`noise`]: WhatsApp's Noise XX handshake (initiator and responder) and transport cipher.
+//! - [`cert`]: the server's Noise certificate chain, verified against a pinned root key.
+//! - [`binary`]: the binary XML-like node codec (tokens, packing, JIDs) and its JSON form.
+//! - [`jid`]: WhatsApp addresses.
+//! - [`proto`]: the protobuf messages the protocol uses.
+//! - [`xeddsa`]: XEdDSA signatures with libsignal's sign-bit convention.
+
+pub mod binary;
+pub mod cert;
+pub mod frame;
+pub mod jid;
+pub mod noise;
+pub mod proto;
+pub mod xeddsa;
