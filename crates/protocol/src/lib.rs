@@ -12,6 +12,7 @@
 //! - [`binary`]: the binary XML-like node codec (tokens, packing, JIDs) and its JSON form.
 //! - [`jid`]: WhatsApp addresses.
 //! - [`proto`]: the protobuf messages the protocol uses.
+//! - [`pairing_code`]: pairing-code linking's key derivation and wrapping; phone numbers.
 //! - [`xeddsa`]: XEdDSA signatures with libsignal's sign-bit convention.
 
 pub mod binary;
@@ -19,5 +20,6 @@ pub mod cert;
 pub mod frame;
 pub mod jid;
 pub mod noise;
+pub mod pairing_code;
 pub mod proto;
 pub mod xeddsa;
