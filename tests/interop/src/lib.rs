@@ -103,3 +103,56 @@ impl Drop for Peer {
 pub fn unhex(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().expect("hex string")).expect("valid hex")
 }
+
+/// The first place two JSON trees differ, as `path: left != right`, or `None` when equal.
+/// Keeps assertion messages short on large trees.
+pub fn first_diff(a: &Value, b: &Value) -> Option<String> {
+    fn walk(a: &Value, b: &Value, path: &mut String) -> Option<String> {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let xk: Vec<_> = x.keys().collect();
+                let yk: Vec<_> = y.keys().collect();
+                if xk != yk {
+                    return Some(format!("{path}: keys {xk:?} != {yk:?}"));
+                }
+                for (k, v) in x {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    if let Some(d) = walk(v, &y[k], path) {
+                        return Some(d);
+                    }
+                    path.truncate(len);
+                }
+                None
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                if x.len() != y.len() {
+                    return Some(format!("{path}: length {} != {}", x.len(), y.len()));
+                }
+                for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    if let Some(d) = walk(v, w, path) {
+                        return Some(d);
+                    }
+                    path.truncate(len);
+                }
+                None
+            }
+            _ if a == b => None,
+            _ => {
+                let cut = |v: &Value| {
+                    let s = v.to_string();
+                    if s.len() > 200 {
+                        format!("{}…", &s[..s.char_indices().nth(200).map_or(s.len(), |(i, _)| i)])
+                    } else {
+                        s
+                    }
+                };
+                Some(format!("{path}: {} != {}", cut(a), cut(b)))
+            }
+        }
+    }
+    walk(a, b, &mut String::from("$"))
+}

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRng, TestRunner};
 use serde_json::json;
-use wafleet_interop::{unhex, Peer};
+use wafleet_interop::{first_diff, unhex, Peer};
 use wafleet_protocol::binary::{self, json as node_json, token, AttrValue, Content, Node};
 use wafleet_protocol::jid::Jid;
 
@@ -146,7 +146,9 @@ fn wafleet_encoded_nodes_decode_identically_in_baileys() {
     for (i, (node, theirs)) in nodes.iter().zip(decoded).enumerate() {
         assert!(theirs.get("error").is_none(), "Baileys failed on node {i}: {theirs}");
         let ours = node_json::to_value(node);
-        assert_eq!(&ours, theirs, "node {i} decodes differently in Baileys");
+        if let Some(d) = first_diff(&ours, theirs) {
+            panic!("node {i} decodes differently in Baileys (ours != theirs): {d}");
+        }
         if node.child_nodes().len() >= 256 {
             wide += 1;
         }
@@ -165,11 +167,9 @@ fn baileys_encoded_nodes_decode_identically_in_wafleet() {
     for (i, (theirs, h)) in nodes.iter().zip(hexes).enumerate() {
         let bytes = unhex(h);
         let decoded = binary::decode(&bytes).unwrap_or_else(|e| panic!("node {i}: {e}"));
-        assert_eq!(
-            &node_json::to_value(&decoded),
-            theirs,
-            "Baileys node {i} decodes differently in wafleet"
-        );
+        if let Some(d) = first_diff(&node_json::to_value(&decoded), theirs) {
+            panic!("Baileys node {i} decodes differently in wafleet (ours != theirs): {d}");
+        }
         // The same tree, built from the JSON form, encodes to Baileys' exact bytes.
         let rebuilt: Node = node_json::from_value(theirs).expect("JSON form parses");
         let ours = binary::encode(&rebuilt).expect("encodes");
