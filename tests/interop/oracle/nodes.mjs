@@ -89,7 +89,9 @@ export function randomNodes(seed, count) {
         }
         const kind = int(depth > 3 ? 4 : 6);
         if (kind === 1) n.content = 'hex:' + hex(Buffer.from(Array.from({ length: pick([0, 1, 31, 255, 256, 1000]) }, () => int(256))));
-        else if (kind === 2) n.content = pick([pick(singles), nibble(), hexs(), jid()]);
+        // Packed content only up to 127 characters: longer strings are written raw and
+        // would decode as bytes.
+        else if (kind === 2) n.content = pick([pick(singles), nibble().slice(0, 127), hexs().slice(0, 127), jid()]);
         else if (kind === 3) n.content = [];
         else if (kind >= 4) {
             // Now and then a wide list at the root, so LIST_16 is exercised.

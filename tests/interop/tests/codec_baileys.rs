@@ -92,24 +92,28 @@ fn leaf_content() -> impl Strategy<Value = Content> {
     ]
 }
 
+fn leaf() -> impl Strategy<Value = Node> {
+    (tag(), prop::collection::vec((key(), attr_value()), 0..5), leaf_content())
+        .prop_map(|(tag, attrs, content)| Node { tag, attrs, content })
+}
+
+fn parent(children: impl Strategy<Value = Vec<Node>>) -> impl Strategy<Value = Node> {
+    (tag(), prop::collection::vec((key(), attr_value()), 0..5), children).prop_map(
+        |(tag, attrs, children)| Node {
+            tag,
+            attrs,
+            content: Content::Nodes(children),
+        },
+    )
+}
+
+/// Trees up to 4 deep, and now and then a root with 256+ leaf children (LIST_16).
 fn node() -> impl Strategy<Value = Node> {
-    let leaf = (tag(), prop::collection::vec((key(), attr_value()), 0..5), leaf_content())
-        .prop_map(|(tag, attrs, content)| Node { tag, attrs, content });
-    leaf.prop_recursive(4, 400, 6, |inner| {
-        (
-            tag(),
-            prop::collection::vec((key(), attr_value()), 0..5),
-            prop_oneof![
-                8 => prop::collection::vec(inner.clone(), 1..6),
-                1 => prop::collection::vec(inner, 256..300),
-            ],
-        )
-            .prop_map(|(tag, attrs, children)| Node {
-                tag,
-                attrs,
-                content: Content::Nodes(children),
-            })
-    })
+    let deep = leaf().prop_recursive(4, 64, 5, |inner| parent(prop::collection::vec(inner, 1..5)));
+    prop_oneof![
+        20 => deep,
+        1 => parent(prop::collection::vec(leaf(), 256..300)),
+    ]
 }
 
 /// Baileys keeps the last value of a repeated attribute key in the first key's position
