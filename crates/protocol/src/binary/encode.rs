@@ -176,7 +176,7 @@ impl Writer<'_> {
     }
 
     /// Writes `bytes` (non-empty, ≤ 127, every byte accepted by `code`) two per byte.
-    fn packed(&mut self, tag: u8, bytes: &[u8], code: fn(u8) -> Option<u8>) {
+    fn packed(&mut self, tag: u8, bytes: &[u8], code: impl Fn(u8) -> Option<u8>) {
         const PAD: u8 = 15;
         let half = bytes.len().div_ceil(2) as u8;
         let odd = bytes.len() % 2 == 1;

@@ -3,8 +3,9 @@
 //! A string that appears in a dictionary is written as its index instead of its bytes: one
 //! byte for [`SINGLE_BYTE`] tokens (1..=235) and two bytes, `236 + dict, index`, for
 //! [`DOUBLE_BYTE`] tokens. The tables at the bottom of this file are generated data; the
-//! reverse index used by [`lookup`] is built from them at compile time (a `const` open
-//! addressing hash table, FNV-1a keyed), so lookups neither allocate nor need lazy statics.
+//! reverse index used by [`lookup`] is built from them at compile time (a `const`
+//! open-addressing hash table keyed on the first and last eight bytes and the length), so
+//! lookups neither allocate nor need lazy statics.
 
 /// A dictionary entry, as written on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,8 +21,10 @@ pub enum Token {
     },
 }
 
-/// Number of slots in the reverse index (a power of two, about 3× the token count).
-const INDEX_LEN: usize = 4096;
+/// log2 of the number of slots in the reverse index.
+const INDEX_BITS: u32 = 12;
+/// Number of slots in the reverse index (about 3× the token count).
+const INDEX_LEN: usize = 1 << INDEX_BITS;
 const INDEX_MASK: usize = INDEX_LEN - 1;
 
 /// Length in bytes of the longest token; longer strings skip the hash lookup.
@@ -30,19 +33,64 @@ pub const MAX_TOKEN_LEN: usize = max_token_len();
 /// Reverse index: slot → token code (0 = empty, 1..=235 single, `256 + dict*256 + index` double).
 static INDEX: [u16; INDEX_LEN] = build_index();
 
-const fn fnv1a(bytes: &[u8]) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
+/// Reverse-index hash: two little-endian words (the first and last 8 bytes of the string,
+/// or the first and last 4, or for 1..=3 bytes the first, middle and last byte) and the
+/// length, mixed by one multiplication. `const` so the index can be built at compile time;
+/// [`hash_fast`] computes the same with plain word loads.
+const fn hash(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    let (first, last) = if n >= 8 {
+        (load_le(bytes, 0, 8), load_le(bytes, n - 8, 8))
+    } else if n >= 4 {
+        (load_le(bytes, 0, 4), load_le(bytes, n - 4, 4))
+    } else if n >= 1 {
+        let word = bytes[0] as u64 | (bytes[n / 2] as u64) << 8 | (bytes[n - 1] as u64) << 16;
+        (word, word)
+    } else {
+        (0, 0)
+    };
+    mix(first, last, n)
+}
+
+const fn load_le(bytes: &[u8], start: usize, len: usize) -> u64 {
+    let mut value = 0u64;
     let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u32;
-        hash = hash.wrapping_mul(0x0100_0193);
+    while i < len {
+        value |= (bytes[start + i] as u64) << (8 * i);
         i += 1;
     }
-    hash
+    value
+}
+
+const fn mix(first: u64, last: u64, len: usize) -> usize {
+    let x = first ^ last.rotate_left(32) ^ len as u64;
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - INDEX_BITS)) as usize
+}
+
+/// [`hash`] with word loads, for run time. Equal results are checked by every lookup test.
+#[inline]
+fn hash_fast(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    let (first, last) =
+        if let (Some(f), Some(l)) = (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+            (u64::from_le_bytes(*f), u64::from_le_bytes(*l))
+        } else if let (Some(f), Some(l)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+            (
+                u64::from(u32::from_le_bytes(*f)),
+                u64::from(u32::from_le_bytes(*l)),
+            )
+        } else if let (Some(&f), Some(&l)) = (bytes.first(), bytes.last()) {
+            let middle = bytes.get(n / 2).copied().unwrap_or(0);
+            let word = u64::from(f) | (u64::from(middle) << 8) | (u64::from(l) << 16);
+            (word, word)
+        } else {
+            (0, 0)
+        };
+    mix(first, last, n)
 }
 
 const fn insert(table: &mut [u16; INDEX_LEN], key: &str, code: u16) {
-    let mut slot = fnv1a(key.as_bytes()) as usize & INDEX_MASK;
+    let mut slot = hash(key.as_bytes());
     while table[slot] != 0 {
         slot = (slot + 1) & INDEX_MASK;
     }
@@ -120,7 +168,7 @@ pub fn lookup(s: &str) -> Option<Token> {
     if bytes.is_empty() || bytes.len() > MAX_TOKEN_LEN {
         return None;
     }
-    let mut slot = fnv1a(bytes) as usize & INDEX_MASK;
+    let mut slot = hash_fast(bytes);
     // The table is at most a third full, so an empty slot always ends the probe.
     loop {
         let code = INDEX[slot];
