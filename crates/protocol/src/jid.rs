@@ -13,9 +13,11 @@
 //!
 //! Parsing rules, in order: the server is everything after the first `@` (non-empty); the
 //! device is the decimal after the first `:` of the part before it (canonical `u16`, no
-//! leading zeros); for `@interop` a leading canonical decimal followed by `-` is the
-//! integrator; for other servers a trailing `_N` with `N` a canonical decimal `u8` is the
-//! agent (anything else after `_` stays part of the user).
+//! leading zeros). Only JIDs with a device have the two optional user prefixes/suffixes:
+//! for `@interop`, a leading canonical decimal followed by `-` is the integrator; for
+//! `@s.whatsapp.net`, a trailing `_N` with `N` a canonical decimal `u8` is the agent. In every
+//! other case `-` and `_` are plain user characters (so `7-123@interop` has user `7-123` and
+//! is written as `JID_PAIR`, as Baileys does, and `a_1@g.us` keeps its user `a_1`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -144,19 +146,20 @@ impl fmt::Display for Server {
 /// A WhatsApp address.
 ///
 /// Fields are public; the string form round-trips for values whose `user` contains neither
-/// `@` nor `:` (nor, outside `@interop`, a trailing `_<u8>`, nor, in `@interop`, a leading
-/// `<u16>-`). Which wire tag a JID is written with is decided by the encoder
+/// `@` nor `:` (nor a trailing `_<u8>` / leading `<u16>-` that the parser would read as agent
+/// or integrator), and that set `agent` only on `s.whatsapp.net` and `integrator` only on
+/// `interop`, each together with a device. Which wire tag a JID is written with is decided by the encoder
 /// ([`crate::binary::encode`]), see its documentation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Jid {
     /// The user part (phone number, LID, group id, `status`, ...). May be empty.
     pub user: String,
-    /// The `_agent` suffix of the user. Baileys carries the `AD_JID` domain type here for
-    /// `s.whatsapp.net` JIDs with an unknown domain type.
+    /// The `_agent` suffix of the user of an `s.whatsapp.net` device JID: the `AD_JID` domain
+    /// type, when it is not one of the known servers' (Baileys' reading of the agent).
     pub agent: Option<u8>,
     /// The `:device` suffix. `Some(0)` is distinct from `None`.
     pub device: Option<u16>,
-    /// The integrator of an interop JID (`integrator-user:device@interop`).
+    /// The integrator of an interop device JID (`integrator-user:device@interop`).
     pub integrator: Option<u16>,
     /// The server.
     pub server: Server,
@@ -197,15 +200,14 @@ impl Jid {
         self
     }
 
-    /// The same user without agent and device (the "non-AD" JID).
+    /// The same user without agent and device (the "non-AD" JID). An interop integrator
+    /// becomes part of the user, as in the string form: `7-123:4@interop` → `7-123@interop`.
     pub fn to_non_ad(&self) -> Jid {
-        Jid {
-            user: self.user.clone(),
-            agent: None,
-            device: None,
-            integrator: self.integrator,
-            server: self.server.clone(),
-        }
+        let user = match self.integrator {
+            Some(integrator) => format!("{integrator}-{}", self.user),
+            None => self.user.clone(),
+        };
+        Jid::new(user, self.server.clone())
     }
 
     /// The `AD_JID` domain type: the server's for `lid`, `hosted` and `hosted.lid`; the
@@ -311,17 +313,28 @@ impl FromStr for Jid {
         };
         let mut jid = Jid::new(user_agent, server);
         jid.device = device;
-        if jid.server == Server::Interop {
-            if let Some((integrator, user)) = user_agent.split_once('-') {
-                if let Some(integrator) = parse_canonical_u16(integrator) {
-                    jid.integrator = Some(integrator);
-                    jid.user = user.to_owned();
+        if device.is_some() {
+            match jid.server {
+                Server::Interop => {
+                    let split = user_agent.split_once('-').and_then(|(integrator, user)| {
+                        Some((parse_canonical_u16(integrator)?, user))
+                    });
+                    if let Some((integrator, user)) = split {
+                        jid.integrator = Some(integrator);
+                        jid.user = user.to_owned();
+                    }
                 }
-            }
-        } else if let Some((user, agent)) = user_agent.rsplit_once('_') {
-            if let Some(agent) = parse_canonical_u16(agent).and_then(|a| u8::try_from(a).ok()) {
-                jid.agent = Some(agent);
-                jid.user = user.to_owned();
+                Server::WhatsApp => {
+                    let split = user_agent.rsplit_once('_').and_then(|(user, agent)| {
+                        let agent = u8::try_from(parse_canonical_u16(agent)?).ok()?;
+                        Some((user, agent))
+                    });
+                    if let Some((user, agent)) = split {
+                        jid.agent = Some(agent);
+                        jid.user = user.to_owned();
+                    }
+                }
+                _ => {}
             }
         }
         Ok(jid)

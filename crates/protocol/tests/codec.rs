@@ -326,28 +326,33 @@ fn ad_jid_with_unknown_domain_type_keeps_it_as_agent() {
 
 #[test]
 fn unencodable_jids() {
-    for s in [
-        "123_1:5@lid",            // agent on lid
+    let from_strings = [
         "123_1:5@s.whatsapp.net", // agent that is lid's domain type
         "123_0:5@s.whatsapp.net", // agent 0 would decode as no agent
-        "123_5@s.whatsapp.net",   // agent without device
-        "123:256@s.whatsapp.net", // AD_JID device is a byte
-        "7-123@interop",          // interop without device
-        "123_5:1@msgr",           // agent on FB_JID
-    ] {
-        let err = encode(&Node::new("x").attr("a", jid(s))).unwrap_err();
+        "123:256@s.whatsapp.net", // AD_JID devices are bytes
+    ];
+    let built = [
+        Jid::new("123", Server::Lid).with_agent(2).with_device(5), // agent on lid
+        Jid::new("123", Server::WhatsApp).with_agent(5),           // agent without device
+        Jid::new("123", Server::Interop).with_integrator(7),       // interop without device
+        Jid::new("123", Server::Messenger)
+            .with_agent(5)
+            .with_device(1), // agent on FB_JID
+        Jid::new("123", Server::Other(String::new())),
+    ];
+    for j in from_strings.iter().map(|s| jid(s)).chain(built) {
+        let err = encode(&Node::new("x").attr("a", j.clone())).unwrap_err();
         assert!(
             matches!(err, EncodeError::UnencodableJid { .. }),
-            "{s}: {err:?}"
+            "{j}: {err:?}"
         );
     }
-    let mut j = Jid::new("1", Server::Other(String::new()));
-    assert!(matches!(
-        encode(&Node::new("x").attr("a", j.clone())),
-        Err(EncodeError::UnencodableJid { .. })
-    ));
-    j.server = Server::Other("example.org".into());
-    round_trip(&Node::new("x").attr("a", j));
+    round_trip(&Node::new("x").attr("a", Jid::new("1", Server::Other("example.org".into()))));
+    // Without a device, '_' and '-' are user characters, written like Baileys does.
+    assert_eq!(
+        hex::encode(jid_attr_bytes(&jid("7-123@interop"))),
+        "faff837a123ffc07696e7465726f70"
+    );
 }
 
 #[test]

@@ -28,6 +28,9 @@ const CANONICAL: &[&str] = &[
     "13135550002@bot",
     "someone@example.org",
     "a_b@g.us",
+    "a_1@g.us",
+    "1_5@s.whatsapp.net",
+    "1_5:2@lid",
     "call-id@call",
 ];
 
@@ -89,8 +92,13 @@ fn fields_of_each_form() {
     assert_eq!(Jid::parse("a_b@g.us").unwrap().user, "a_b");
     assert_eq!(Jid::parse("a_256@g.us").unwrap().user, "a_256");
     assert_eq!(Jid::parse("a_01@g.us").unwrap().user, "a_01");
-    // Outside interop a dash is part of the user.
+    // Agents and integrators are only read on device JIDs of their server.
+    assert_eq!(Jid::parse("a_1@g.us").unwrap().user, "a_1");
+    assert_eq!(Jid::parse("1_5@s.whatsapp.net").unwrap().user, "1_5");
+    assert_eq!(Jid::parse("1_5:2@lid").unwrap().user, "1_5");
     assert_eq!(Jid::parse("1-2@g.us").unwrap().integrator, None);
+    let j = Jid::parse("7-123456@interop").unwrap();
+    assert_eq!((j.user.as_str(), j.integrator), ("7-123456", None));
 }
 
 #[test]
@@ -115,6 +123,7 @@ fn builders_and_helpers() {
         .with_integrator(3)
         .with_device(1);
     assert_eq!(interop.to_string(), "3-9:1@interop");
+    assert_eq!(interop.to_non_ad(), Jid::parse("3-9@interop").unwrap());
 }
 
 #[test]

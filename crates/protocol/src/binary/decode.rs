@@ -142,7 +142,8 @@ pub fn decode(payload: &[u8]) -> Result<Node, DecodeError> {
     decode_with(payload, &DecodeLimits::default())
 }
 
-/// [`decode`] with explicit limits.
+/// [`decode`] with explicit limits. Flag bits other than [`FLAG_COMPRESSED`] are ignored, as
+/// in Baileys.
 pub fn decode_with(payload: &[u8], limits: &DecodeLimits) -> Result<Node, DecodeError> {
     let (&flag, body) = payload.split_first().ok_or(DecodeError::Empty)?;
     if flag & FLAG_COMPRESSED != 0 {

@@ -5,7 +5,7 @@
 //! key/value strings and optionally the content (child list, bytes, string or JID).
 //!
 //! - [`token`]: the dictionaries (generated from Baileys' `constants.js`) and lookup.
-//! - [`node`]: the [`Node`] tree.
+//! - [`Node`], [`AttrValue`], [`Content`]: the tree.
 //! - [`encode()`] / [`encode_into`]: node → bytes, byte-for-byte what Baileys writes for the
 //!   same tree.
 //! - [`decode()`] / [`decode_unpacked`]: bytes → node, bounded and panic-free on any input.
