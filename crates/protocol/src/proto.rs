@@ -66,4 +66,189 @@ mod tests {
         assert_eq!(d.encode_to_vec(), want);
         assert_eq!(CertDetails::decode(&want[..]).unwrap(), d);
     }
+
+    /// `HandshakeMessage{clientHello{ephemeral=[1,2]}}`: field 2 → 0x12, field 1 → 0x0a.
+    #[test]
+    fn handshake_message_fixture() {
+        let m = HandshakeMessage {
+            client_hello: Some(handshake_message::ClientHello {
+                ephemeral: Some(vec![1, 2]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(m.encode_to_vec(), [0x12, 0x04, 0x0a, 0x02, 0x01, 0x02]);
+        let fin = HandshakeMessage {
+            client_finish: Some(handshake_message::ClientFinish {
+                r#static: Some(vec![3]),
+                payload: Some(vec![4]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            fin.encode_to_vec(),
+            [0x22, 0x06, 0x0a, 0x01, 0x03, 0x12, 0x01, 0x04]
+        );
+        let hello = HandshakeMessage {
+            server_hello: Some(handshake_message::ServerHello {
+                ephemeral: Some(vec![5]),
+                r#static: Some(vec![6]),
+                payload: Some(vec![7]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            hello.encode_to_vec(),
+            [0x1a, 0x09, 0x0a, 0x01, 0x05, 0x12, 0x01, 0x06, 0x1a, 0x01, 0x07]
+        );
+    }
+
+    /// A login `ClientPayload`: hand-computed bytes for the fields most easily mis-numbered.
+    #[test]
+    fn client_payload_fixture_and_round_trip() {
+        use client_payload::user_agent::{AppVersion, Platform, ReleaseChannel};
+        use client_payload::web_info::WebSubPlatform;
+        use client_payload::{ConnectReason, ConnectType, UserAgent, WebInfo};
+        let small = ClientPayload {
+            username: Some(300),
+            passive: Some(true),
+            connect_type: Some(ConnectType::WifiUnknown as i32),
+            connect_reason: Some(ConnectReason::UserActivated as i32),
+            device: Some(2),
+            pull: Some(true),
+            lid_db_migrated: Some(false),
+            ..Default::default()
+        };
+        // 1:varint 300 | 3:true | 12:1 | 13:1 | 18:2 | 33:true (tag 0x108) | 41:false (0x148)
+        let want = [
+            0x08, 0xac, 0x02, 0x18, 0x01, 0x60, 0x01, 0x68, 0x01, 0x90, 0x01, 0x02, 0x88, 0x02,
+            0x01, 0xc8, 0x02, 0x00,
+        ];
+        assert_eq!(small.encode_to_vec(), want);
+
+        let full = ClientPayload {
+            user_agent: Some(UserAgent {
+                platform: Some(Platform::Web as i32),
+                app_version: Some(AppVersion {
+                    primary: Some(2),
+                    secondary: Some(3000),
+                    tertiary: Some(1_045_649_367),
+                    ..Default::default()
+                }),
+                mcc: Some("000".into()),
+                mnc: Some("000".into()),
+                os_version: Some("0.1".into()),
+                device: Some("Desktop".into()),
+                os_build_number: Some("0.1".into()),
+                release_channel: Some(ReleaseChannel::Release as i32),
+                locale_language_iso6391: Some("en".into()),
+                locale_country_iso31661_alpha2: Some("US".into()),
+                ..Default::default()
+            }),
+            web_info: Some(WebInfo {
+                web_sub_platform: Some(WebSubPlatform::WebBrowser as i32),
+                ..Default::default()
+            }),
+            device_pairing_data: Some(client_payload::DevicePairingRegistrationData {
+                e_regid: Some(vec![0, 0, 0, 1]),
+                e_keytype: Some(vec![5]),
+                e_skey_id: Some(vec![0, 0, 1]),
+                ..Default::default()
+            }),
+            ..small
+        };
+        let bytes = full.encode_to_vec();
+        let back = ClientPayload::decode(&bytes[..]).unwrap();
+        assert_eq!(back, full);
+        let ua = back.user_agent.unwrap();
+        assert_eq!(ua.platform(), Platform::Web);
+        assert_eq!(ua.app_version.unwrap().tertiary, Some(1_045_649_367));
+        // userAgent is field 5 (0x2a), webInfo field 6 (0x32), devicePairingData 19 (0x9a 0x01).
+        assert!(bytes
+            .windows(2)
+            .any(|w| w == [0x2a, bytes_len_of(&ua_bytes(&full))]));
+        assert!(bytes.windows(4).any(|w| w == [0x32, 0x02, 0x20, 0x00]));
+        assert!(bytes.windows(2).any(|w| w == [0x9a, 0x01]));
+    }
+
+    fn ua_bytes(p: &ClientPayload) -> Vec<u8> {
+        p.user_agent.as_ref().unwrap().encode_to_vec()
+    }
+
+    fn bytes_len_of(b: &[u8]) -> u8 {
+        u8::try_from(b.len()).unwrap()
+    }
+
+    #[test]
+    fn device_props_and_adv_fixtures() {
+        let props = DeviceProps {
+            os: Some("W".into()),
+            platform_type: Some(companion_reg::device_props::PlatformType::Chrome as i32),
+            history_sync_config: Some(companion_reg::device_props::HistorySyncConfig {
+                storage_quota_mb: Some(10240),
+                inline_initial_payload_in_e2_ee_msg: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // 1:"W" | 3:1 | 5:{3:10240, 4:true}
+        assert_eq!(
+            props.encode_to_vec(),
+            [0x0a, 0x01, b'W', 0x18, 0x01, 0x2a, 0x05, 0x18, 0x80, 0x50, 0x20, 0x01]
+        );
+
+        let id = AdvDeviceIdentity {
+            raw_id: Some(1),
+            timestamp: Some(2),
+            key_index: Some(3),
+            account_type: Some(AdvEncryptionType::Hosted as i32),
+            device_type: Some(AdvEncryptionType::E2ee as i32),
+        };
+        assert_eq!(
+            id.encode_to_vec(),
+            [0x08, 0x01, 0x10, 0x02, 0x18, 0x03, 0x20, 0x01, 0x28, 0x00]
+        );
+        let signed = AdvSignedDeviceIdentity {
+            details: Some(vec![1]),
+            account_signature_key: Some(vec![2]),
+            account_signature: Some(vec![3]),
+            device_signature: Some(vec![4]),
+        };
+        assert_eq!(
+            signed.encode_to_vec(),
+            [0x0a, 0x01, 1, 0x12, 0x01, 2, 0x1a, 0x01, 3, 0x22, 0x01, 4]
+        );
+        let hmac = AdvSignedDeviceIdentityHmac {
+            details: Some(vec![1]),
+            hmac: Some(vec![2]),
+            account_type: Some(1),
+        };
+        assert_eq!(
+            hmac.encode_to_vec(),
+            [0x0a, 0x01, 1, 0x12, 0x01, 2, 0x18, 0x01]
+        );
+        let kil = AdvKeyIndexList {
+            raw_id: Some(1),
+            valid_indexes: vec![1, 2],
+            ..Default::default()
+        };
+        // validIndexes is packed: 4:LEN [1,2]
+        assert_eq!(kil.encode_to_vec(), [0x08, 0x01, 0x22, 0x02, 0x01, 0x02]);
+        let skil = AdvSignedKeyIndexList {
+            details: Some(vec![1]),
+            account_signature: Some(vec![2]),
+            account_signature_key: Some(vec![3]),
+        };
+        assert_eq!(
+            skil.encode_to_vec(),
+            [0x0a, 0x01, 1, 0x12, 0x01, 2, 0x1a, 0x01, 3]
+        );
+        let cpp = ClientPairingProps {
+            is_chat_db_lid_migrated: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(cpp.encode_to_vec(), [0x08, 0x01]);
+    }
 }

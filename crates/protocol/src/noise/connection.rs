@@ -90,11 +90,13 @@ impl ClientConfig {
 pub enum ClientEvent {
     /// The server hello and its certificate chain verified. Call
     /// [`ClientConnection::finish_handshake`] with the `ClientPayload` bytes.
-    ServerHello(ServerHelloInfo),
+    ServerHello(Box<ServerHelloInfo>),
     /// A decrypted frame from the server (`flag || node bytes`).
     Frame(Vec<u8>),
 }
 
+// One per connection, never in collections: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum ClientState {
     AwaitingServerHello(Initiator),
     AwaitingPayload(InitiatorAwaitingFinish),
@@ -193,7 +195,8 @@ impl ClientConnection {
                 ClientState::AwaitingServerHello(init) => {
                     let (next, info) = init.read_server_hello(&frame, &self.root, self.now)?;
                     self.state = ClientState::AwaitingPayload(next);
-                    self.events.push_back(ClientEvent::ServerHello(info));
+                    self.events
+                        .push_back(ClientEvent::ServerHello(Box::new(info)));
                 }
                 ClientState::Transport(mut t) => {
                     let pt = t.decrypt(&frame)?;
@@ -282,6 +285,7 @@ pub enum ServerEvent {
     Frame(Vec<u8>),
 }
 
+#[allow(clippy::large_enum_variant)]
 enum ServerState {
     AwaitingHello(Responder),
     AwaitingFinish(ResponderAwaitingFinish),
