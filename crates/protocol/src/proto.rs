@@ -8,7 +8,7 @@
 //! - [`wa6`]: `HandshakeMessage` and `ClientPayload` (package `WAWebProtobufsWa6`).
 //! - [`cert`]: the Noise server `CertChain` (package `WACert`).
 //! - [`adv`]: companion identity messages (package `WAAdv`).
-//! - [`companion_reg`]: `DeviceProps` and `ClientPairingProps` (package `WACompanionReg`).
+//! - [`companion_reg`]: `DeviceProps` and `ClientPairingProps` (package `WAWebProtobufsCompanionReg`).
 
 /// Package `WAWebProtobufsWa6`: handshake and login messages.
 #[allow(clippy::all, missing_docs)]
@@ -28,10 +28,13 @@ pub mod adv {
     include!(concat!(env!("OUT_DIR"), "/wa_adv.rs"));
 }
 
-/// Package `WACompanionReg`: companion registration properties.
+/// Package `WAWebProtobufsCompanionReg`: companion registration properties.
 #[allow(clippy::all, missing_docs)]
 pub mod companion_reg {
-    include!(concat!(env!("OUT_DIR"), "/wa_companion_reg.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/wa_web_protobufs_companion_reg.rs"
+    ));
 }
 
 pub use adv::{

@@ -148,3 +148,47 @@ impl Default for SymmetricState {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_counter_for_both_directions_reset_by_mix_key() {
+        let mut a = SymmetricState::new();
+        let mut b = SymmetricState::new();
+        a.mix_key(b"dh");
+        b.mix_key(b"dh");
+        let c0 = a.encrypt_and_hash(b"one").unwrap();
+        assert_eq!(b.decrypt_and_hash(&c0).unwrap(), b"one");
+        // b's counter is now 1: a message a encrypted at n = 0 under the same h would fail,
+        // and a decrypt failure leaves the state untouched.
+        let (h, n) = (b.handshake_hash(), b.n);
+        assert_eq!(b.decrypt_and_hash(&c0), Err(NoiseError::Decrypt));
+        assert_eq!((b.handshake_hash(), b.n), (h, n));
+        let c1 = a.encrypt_and_hash(b"two").unwrap();
+        assert_eq!(b.decrypt_and_hash(&c1).unwrap(), b"two");
+        assert_eq!((a.n, b.n), (2, 2));
+        a.mix_key(b"x");
+        assert_eq!(a.n, 0);
+        assert_eq!(a.handshake_hash(), b.handshake_hash());
+    }
+
+    #[test]
+    fn counter_exhaustion_is_an_error() {
+        let mut a = SymmetricState::new();
+        a.mix_key(b"dh");
+        a.n = u32::MAX as u64;
+        assert!(a.encrypt_and_hash(b"last").is_ok());
+        assert_eq!(a.encrypt_and_hash(b"x"), Err(NoiseError::CounterExhausted));
+        assert_eq!(
+            a.decrypt_and_hash(&[0; 16]),
+            Err(NoiseError::CounterExhausted)
+        );
+    }
+
+    #[test]
+    fn iv_is_eight_zero_bytes_then_u32_be() {
+        assert_eq!(iv(0x0102_0304), [0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+    }
+}
