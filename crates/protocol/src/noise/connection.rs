@@ -214,35 +214,34 @@ impl ClientConnection {
     /// Sends the `ClientPayload` bytes (registration or login) in `clientFinish` and
     /// switches to the transport. Call after [`ClientEvent::ServerHello`].
     pub fn finish_handshake(&mut self, client_payload: &[u8]) -> Result<(), ConnectionError> {
-        match mem::replace(
+        let awaiting = match mem::replace(
             &mut self.state,
             ClientState::Failed(ConnectionError::NotAwaitingPayload),
         ) {
-            ClientState::AwaitingPayload(a) => match a.finish(&self.noise_key, client_payload) {
-                Ok(done) => {
-                    let bytes = self.encoder.encode(&done.message);
-                    match bytes {
-                        Ok(b) => self.transmit.push_back(b),
-                        Err(e) => {
-                            self.state = ClientState::Failed(e.clone().into());
-                            return Err(e.into());
-                        }
-                    }
-                    self.state = ClientState::Transport(done.transport);
-                    self.process()
-                }
-                Err(e) => {
-                    self.state = ClientState::Failed(e.clone().into());
-                    Err(e.into())
-                }
-            },
+            ClientState::AwaitingPayload(a) => a,
             ClientState::Failed(e) => {
                 self.state = ClientState::Failed(e.clone());
-                Err(e)
+                return Err(e);
             }
             other => {
                 self.state = other;
-                Err(ConnectionError::NotAwaitingPayload)
+                return Err(ConnectionError::NotAwaitingPayload);
+            }
+        };
+        let result = awaiting
+            .finish(&self.noise_key, client_payload)
+            .map_err(ConnectionError::from)
+            .and_then(|done| Ok((self.encoder.encode(&done.message)?, done.transport)));
+        match result {
+            Ok((bytes, transport)) => {
+                self.transmit.push_back(bytes);
+                self.state = ClientState::Transport(transport);
+                // Frames that arrived while waiting for the payload.
+                self.process()
+            }
+            Err(e) => {
+                self.state = ClientState::Failed(e.clone());
+                Err(e)
             }
         }
     }
@@ -294,6 +293,54 @@ enum ServerState {
 }
 
 /// The server (responder) side of a connection, for the simulator.
+///
+/// The responder does not look inside the certificate chain bytes it is given, so a fuzz
+/// target can pass any bytes (e.g. an empty vector) and a fixed ephemeral key.
+///
+/// ```
+/// use rand::{rngs::StdRng, SeedableRng};
+/// use wafleet_protocol::cert::{CertificateAuthority, ChainSpec};
+/// use wafleet_protocol::noise::{
+///     ClientConfig, ClientConnection, ClientEvent, KeyPair, ServerConnection, ServerEvent,
+/// };
+///
+/// let mut rng = StdRng::seed_from_u64(1);
+/// let now = 1_700_000_000;
+/// // Simulator side: a CA, a static key and a chain certifying it.
+/// let ca = CertificateAuthority::generate(&mut rng);
+/// let server_key = KeyPair::generate(&mut rng);
+/// let chain = ca
+///     .issue(&ChainSpec::new(1, now - 60, now + 86_400), &server_key.public, &mut rng)
+///     .to_bytes();
+/// let mut server = ServerConnection::new(server_key, chain, &mut rng);
+///
+/// // Client side, pinned to the simulator's root.
+/// let mut config = ClientConfig::new(KeyPair::generate(&mut rng));
+/// config.root = ca.root_key();
+/// let mut client = ClientConnection::new(config, now, &mut rng).unwrap();
+///
+/// // Shovel bytes until both sides are done.
+/// while let Some(bytes) = client.poll_transmit() {
+///     server.receive(&bytes).unwrap();
+/// }
+/// while let Some(bytes) = server.poll_transmit() {
+///     client.receive(&bytes).unwrap();
+/// }
+/// assert!(matches!(client.poll_event(), Some(ClientEvent::ServerHello(_))));
+/// client.finish_handshake(b"ClientPayload bytes").unwrap();
+/// while let Some(bytes) = client.poll_transmit() {
+///     server.receive(&bytes).unwrap();
+/// }
+/// let Some(ServerEvent::HandshakeComplete { client: info, .. }) = server.poll_event() else {
+///     panic!("handshake did not complete");
+/// };
+/// assert_eq!(info.client_payload, b"ClientPayload bytes");
+///
+/// // Transport: plaintext is `flag || node bytes`, opaque here.
+/// let wire = server.send(b"\x00node").unwrap();
+/// client.receive(&wire).unwrap();
+/// assert_eq!(client.poll_event(), Some(ClientEvent::Frame(b"\x00node".to_vec())));
+/// ```
 pub struct ServerConnection {
     state: ServerState,
     encoder: FrameEncoder,
