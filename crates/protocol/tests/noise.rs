@@ -621,6 +621,13 @@ fn frame_encoder_stays_consistent_with_connection_intro() {
 mod fuzzish {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// One simulator for all cases (issuing a chain per case is slow in debug builds).
+    fn shared_sim() -> &'static Sim {
+        static SIM: OnceLock<Sim> = OnceLock::new();
+        SIM.get_or_init(|| sim(50))
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
@@ -631,7 +638,7 @@ mod fuzzish {
             chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..8),
             with_intro in any::<bool>(),
         ) {
-            let s = sim(50);
+            let s = shared_sim();
             let mut server = ServerConnection::new(s.static_key.clone(), s.chain.clone(), &mut rng(51));
             if with_intro {
                 let _ = server.receive(b"WA\x06\x03");
@@ -649,8 +656,8 @@ mod fuzzish {
         fn random_frames_mid_handshake_never_panic(
             frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 0..4),
         ) {
-            let s = sim(52);
-            let mut p = connect(&s, None, 53);
+            let s = shared_sim();
+            let mut p = connect(s, None, 53);
             let hello = drain_transmit(|| p.client.poll_transmit());
             p.server.receive(&hello).unwrap();
             let mut enc = FrameEncoder::server();
@@ -660,13 +667,19 @@ mod fuzzish {
             }
         }
 
+    }
+
+    proptest! {
+        // Each case runs a full handshake: fewer cases.
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
         /// Random frames after a completed handshake never panic and are rejected.
         #[test]
         fn random_frames_in_transport_are_rejected(
             frame in proptest::collection::vec(any::<u8>(), 0..200),
         ) {
-            let s = sim(54);
-            let mut p = connect(&s, None, 55);
+            let s = shared_sim();
+            let mut p = connect(s, None, 55);
             run_handshake(&mut p, 1000);
             let wire = FrameEncoder::server().encode(&frame).unwrap();
             prop_assert!(p.server.receive(&wire).is_err());
