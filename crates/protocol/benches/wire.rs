@@ -26,7 +26,8 @@ fn corpus() -> Vec<Node> {
             serde_json::to_string(&nodes).expect("json")
         }
     };
-    let values: Vec<serde_json::Value> = serde_json::from_str(&text).expect("corpus is a JSON array");
+    let values: Vec<serde_json::Value> =
+        serde_json::from_str(&text).expect("corpus is a JSON array");
     values
         .iter()
         .map(|v| node_json::from_value(v).expect("corpus node"))
@@ -35,7 +36,10 @@ fn corpus() -> Vec<Node> {
 
 fn codec(c: &mut Criterion) {
     let nodes = corpus();
-    let encoded: Vec<Vec<u8>> = nodes.iter().map(|n| binary::encode(n).expect("encodes")).collect();
+    let encoded: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| binary::encode(n).expect("encodes"))
+        .collect();
     let bytes: usize = encoded.iter().map(Vec::len).sum();
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Bytes(bytes as u64));

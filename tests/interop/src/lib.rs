@@ -145,7 +145,10 @@ pub fn first_diff(a: &Value, b: &Value) -> Option<String> {
                 let cut = |v: &Value| {
                     let s = v.to_string();
                     if s.len() > 200 {
-                        format!("{}…", &s[..s.char_indices().nth(200).map_or(s.len(), |(i, _)| i)])
+                        format!(
+                            "{}…",
+                            &s[..s.char_indices().nth(200).map_or(s.len(), |(i, _)| i)]
+                        )
                     } else {
                         s
                     }

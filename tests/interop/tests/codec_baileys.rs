@@ -41,7 +41,9 @@ fn raw() -> impl Strategy<Value = String> {
 /// JIDs in the forms both libraries read back unchanged (Baileys formats an AD_JID with
 /// device 0 without the `:0`, so devices here start at 1).
 fn jid() -> impl Strategy<Value = Jid> {
-    let digits = |lo: usize, hi: usize| proptest::string::string_regex(&format!("[1-9][0-9]{{{lo},{hi}}}")).expect("regex");
+    let digits = |lo: usize, hi: usize| {
+        proptest::string::string_regex(&format!("[1-9][0-9]{{{lo},{hi}}}")).expect("regex")
+    };
     prop_oneof![
         digits(5, 14).prop_map(|u| format!("{u}@s.whatsapp.net")),
         (digits(5, 14), 1u16..100).prop_map(|(u, d)| format!("{u}:{d}@s.whatsapp.net")),
@@ -93,18 +95,29 @@ fn leaf_content() -> impl Strategy<Value = Content> {
 }
 
 fn leaf() -> impl Strategy<Value = Node> {
-    (tag(), prop::collection::vec((key(), attr_value()), 0..5), leaf_content())
-        .prop_map(|(tag, attrs, content)| Node { tag, attrs, content })
+    (
+        tag(),
+        prop::collection::vec((key(), attr_value()), 0..5),
+        leaf_content(),
+    )
+        .prop_map(|(tag, attrs, content)| Node {
+            tag,
+            attrs,
+            content,
+        })
 }
 
 fn parent(children: impl Strategy<Value = Vec<Node>>) -> impl Strategy<Value = Node> {
-    (tag(), prop::collection::vec((key(), attr_value()), 0..5), children).prop_map(
-        |(tag, attrs, children)| Node {
+    (
+        tag(),
+        prop::collection::vec((key(), attr_value()), 0..5),
+        children,
+    )
+        .prop_map(|(tag, attrs, children)| Node {
             tag,
             attrs,
             content: Content::Nodes(children),
-        },
-    )
+        })
 }
 
 /// Trees up to 4 deep, and now and then a root with 256+ leaf children (LIST_16).
@@ -148,7 +161,10 @@ fn wafleet_encoded_nodes_decode_identically_in_baileys() {
     assert_eq!(decoded.len(), N);
     let mut wide = 0;
     for (i, (node, theirs)) in nodes.iter().zip(decoded).enumerate() {
-        assert!(theirs.get("error").is_none(), "Baileys failed on node {i}: {theirs}");
+        assert!(
+            theirs.get("error").is_none(),
+            "Baileys failed on node {i}: {theirs}"
+        );
         let ours = node_json::to_value(node);
         if let Some(d) = first_diff(&ours, theirs) {
             panic!("node {i} decodes differently in Baileys (ours != theirs): {d}");
@@ -177,7 +193,11 @@ fn baileys_encoded_nodes_decode_identically_in_wafleet() {
         // The same tree, built from the JSON form, encodes to Baileys' exact bytes.
         let rebuilt: Node = node_json::from_value(theirs).expect("JSON form parses");
         let ours = binary::encode(&rebuilt).expect("encodes");
-        assert_eq!(hex::encode(&ours), h.as_str().expect("hex"), "node {i} bytes differ");
+        assert_eq!(
+            hex::encode(&ours),
+            h.as_str().expect("hex"),
+            "node {i} bytes differ"
+        );
         byte_identical += 1;
     }
     assert_eq!(byte_identical, N);

@@ -57,18 +57,26 @@ fn baileys_initiator_completes_handshake_with_wafleet_responder() {
     let mut server = ServerConnection::new(server_static, chain.to_bytes(), &mut rng);
 
     let mut peer = Peer::start();
-    let start = peer.call(json!({"op": "noise_start", "root": hex::encode(ca.root_key().as_bytes())}));
+    let start =
+        peer.call(json!({"op": "noise_start", "root": hex::encode(ca.root_key().as_bytes())}));
     let id = start["id"].clone();
 
     // -> intro + clientHello, fed to us in odd chunks.
     feed_chunked(&mut server, &unhex(&start["out"]), &mut rng);
-    assert!(server.poll_event().is_none(), "no event before clientFinish");
+    assert!(
+        server.poll_event().is_none(),
+        "no event before clientFinish"
+    );
     // <- serverHello, split in two WebSocket messages.
     let hello = drain_transmit(&mut server);
     assert!(!hello.is_empty(), "server sent no hello");
     let (a, b) = hello.split_at(hello.len() / 2);
     let r1 = peer.call(json!({"op": "noise_recv", "id": id, "bytes": hex::encode(a)}));
-    assert_eq!(r1["out"].as_array().expect("out").len(), 0, "Baileys answered half a frame");
+    assert_eq!(
+        r1["out"].as_array().expect("out").len(),
+        0,
+        "Baileys answered half a frame"
+    );
     let r2 = peer.call(json!({"op": "noise_recv", "id": id, "bytes": hex::encode(b)}));
     assert_eq!(r2["stage"], "transport", "Baileys did not finish: {r2}");
     let finish = unhex(&r2["out"][0]);
@@ -140,10 +148,15 @@ fn baileys_does_not_check_chain_signatures() {
     let pinned = CertificateAuthority::generate(&mut rng);
     let other = CertificateAuthority::generate(&mut rng);
     let server_static = KeyPair::generate(&mut rng);
-    let chain = other.issue(&ChainSpec::new(7, 0, u64::MAX), &server_static.public, &mut rng);
+    let chain = other.issue(
+        &ChainSpec::new(7, 0, u64::MAX),
+        &server_static.public,
+        &mut rng,
+    );
     let mut server = ServerConnection::new(server_static, chain.to_bytes(), &mut rng);
     let mut peer = Peer::start();
-    let start = peer.call(json!({"op": "noise_start", "root": hex::encode(pinned.root_key().as_bytes())}));
+    let start =
+        peer.call(json!({"op": "noise_start", "root": hex::encode(pinned.root_key().as_bytes())}));
     server.receive(&unhex(&start["out"])).expect("hello");
     let hello = drain_transmit(&mut server);
     let r = peer.call(json!({"op": "noise_recv", "id": start["id"], "bytes": hex::encode(hello)}));
