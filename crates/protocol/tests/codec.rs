@@ -520,6 +520,17 @@ fn jids_where_strings_are_needed() {
         decode(&[0x00, 0xf8, 0x03, 0x19, 0x11, 0xfa, 0xfa, 0x00, 0x03, 0x03]),
         Err(DecodeError::UnexpectedJid { offset: 5 })
     ));
+    // FB_JID naming s.whatsapp.net with device 65389 (found by the node_decode fuzz target:
+    // it decoded, then could not re-encode, since such devices are AD_JID bytes).
+    assert_eq!(
+        decode(&[0x00, 0xf8, 0x03, 0x19, 0x11, 0xf6, 0x11, 0xff, 0x6d, 0x03]),
+        Err(DecodeError::FbJidOnAdServer {
+            offset: 4,
+            server: "s.whatsapp.net".into()
+        })
+    );
+    // The same on msgr is an ordinary FB_JID.
+    assert!(decode(&[0x00, 0xf8, 0x03, 0x19, 0x11, 0xf6, 0x11, 0xff, 0x6d, 0xcc]).is_ok());
 }
 
 /// `depth` nested `<x>` nodes, each with one child except the innermost.

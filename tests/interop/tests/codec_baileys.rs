@@ -79,8 +79,9 @@ fn tag() -> impl Strategy<Value = String> {
 /// Attribute keys. A JS object lists integer-like keys ("300" is a token) before all others,
 /// so Baileys would reorder them; the wire and wafleet keep insertion order. Leave them out.
 fn key() -> impl Strategy<Value = String> {
-    prop_oneof![4 => single_token(), 1 => "k[0-9]{3}"]
-        .prop_filter("integer-like key", |k| !k.bytes().all(|b| b.is_ascii_digit()))
+    prop_oneof![4 => single_token(), 1 => "k[0-9]{3}"].prop_filter("integer-like key", |k| {
+        !k.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// Leaf content: nothing, bytes (sizes around the BINARY_8/20 boundary), or a string that is

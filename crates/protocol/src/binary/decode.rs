@@ -9,7 +9,8 @@
 //!
 //! The decoder accepts a few non-canonical forms the encoder never writes (`LIST_EMPTY` as
 //! an empty string, oversized length encodings, any pad nibble after an odd packed string,
-//! `FB_JID`/`INTEROP_JID` with any server), so decode → encode is byte-exact only for
+//! `INTEROP_JID` with any server, `FB_JID` with any server but the four that take
+//! `AD_JID`), so decode → encode is byte-exact only for
 //! canonical input.
 
 use std::io::Read;
@@ -119,6 +120,16 @@ pub enum DecodeError {
     EmptyJidServer {
         /// Where the JID tag is.
         offset: usize,
+    },
+    /// An `FB_JID` on a server that has an `AD_JID` domain type (`s.whatsapp.net`, `lid`,
+    /// `hosted`, `hosted.lid`): such devices are `AD_JID`s, and a 16-bit device there has no
+    /// canonical form.
+    #[error("FB_JID at offset {offset} names server {server}, which takes AD_JID")]
+    FbJidOnAdServer {
+        /// Where the JID tag is.
+        offset: usize,
+        /// The server it named.
+        server: String,
     },
     /// Bytes left after the root node.
     #[error("{count} trailing bytes after the root node at offset {offset}")]
@@ -441,6 +452,12 @@ impl<'a> Reader<'a> {
                 let user = self.string()?;
                 let device = self.u16()?;
                 let server = server_string(self)?;
+                if server.domain_type().is_some() {
+                    return Err(DecodeError::FbJidOnAdServer {
+                        offset,
+                        server: server.as_str().to_owned(),
+                    });
+                }
                 Ok(Jid::new(user, server).with_device(device))
             }
             _ => {
