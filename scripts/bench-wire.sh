@@ -11,7 +11,15 @@ oracle=tests/interop/oracle
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 corpus="$work/corpus.json"
-(cd "$oracle" && node bench.mjs corpus "$corpus")
+# Corpus: "random" (default; 500 random nodes from the oracle's generator, some with large
+# byte contents and wide lists) or "stanzas" (the 11 Baileys byte vectors: small, typical
+# stanzas such as ping, receipts, message headers).
+case "${1:-random}" in
+  random) (cd "$oracle" && node bench.mjs corpus "$corpus") ;;
+  stanzas) python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["binary_nodes"]; json.dump([e["node"] for e in v.values()], open(sys.argv[2],"w"))' \
+             crates/protocol/tests/data/baileys-vectors.json "$corpus" ;;
+  *) echo "usage: scripts/bench-wire.sh [random|stanzas]" >&2; exit 2 ;;
+esac
 
 target=${CARGO_TARGET_DIR:-target}
 rm -rf "$target/criterion/codec" "$target/criterion/transport"

@@ -58,7 +58,7 @@ fn ping_vector_tree_shape() {
         "@s.whatsapp.net decodes as a JID"
     );
     assert_eq!(
-        node.child_by_tag("ping").map(|n| n.tag.as_str()),
+        node.child_by_tag("ping").map(|n| n.tag.as_ref()),
         Some("ping")
     );
     assert!(node.child_by_tag("pong").is_none());
@@ -66,7 +66,7 @@ fn ping_vector_tree_shape() {
 
 /// Encodes `s` as the string content of `<x>` and returns just the string's bytes.
 fn string_bytes(s: &str) -> Vec<u8> {
-    let full = encode(&Node::new("x").text(s)).unwrap();
+    let full = encode(&Node::new("x").text(s.to_owned())).unwrap();
     let prefix = [0x00, 0xf8, 0x02, 0xfc, 0x01, b'x'];
     assert_eq!(full[..6], prefix);
     full[6..].to_vec()

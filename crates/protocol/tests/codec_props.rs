@@ -83,7 +83,7 @@ fn jid() -> impl Strategy<Value = Jid> {
 
 fn attr_value() -> impl Strategy<Value = AttrValue> {
     prop_oneof![
-        3 => any_string().prop_map(AttrValue::Str),
+        3 => any_string().prop_map(|s| AttrValue::Str(s.into())),
         1 => jid().prop_map(AttrValue::Jid),
     ]
 }
@@ -92,7 +92,7 @@ fn leaf_content() -> impl Strategy<Value = Content> {
     prop_oneof![
         Just(Content::None),
         prop::collection::vec(any::<u8>(), 0..300).prop_map(Content::Bytes),
-        canonical_content_string().prop_map(Content::Str),
+        canonical_content_string().prop_map(|s| Content::Str(s.into())),
         jid().prop_map(Content::Jid),
     ]
 }
@@ -104,8 +104,11 @@ fn node_with(content: impl Strategy<Value = Content>) -> impl Strategy<Value = N
         content,
     )
         .prop_map(|(tag, attrs, content)| Node {
-            tag,
-            attrs,
+            tag: tag.into(),
+            attrs: attrs
+                .into_iter()
+                .map(|(k, v): (String, AttrValue)| (k.into(), v))
+                .collect(),
             content,
         })
 }

@@ -38,7 +38,7 @@ fn at_strings_become_jids() {
         Content::Jid(Jid::new("status", Server::Broadcast))
     );
     // Attribute order is kept.
-    let keys: Vec<_> = node.attrs.iter().map(|(k, _)| k.as_str()).collect();
+    let keys: Vec<_> = node.attrs.iter().map(|(k, _)| k.as_ref()).collect();
     assert_eq!(keys, ["to", "from", "odd", "id"]);
     assert_eq!(
         hex::encode(

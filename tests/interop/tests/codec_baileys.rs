@@ -63,11 +63,11 @@ fn jid() -> impl Strategy<Value = Jid> {
 
 fn attr_value() -> impl Strategy<Value = AttrValue> {
     prop_oneof![
-        single_token().prop_map(AttrValue::Str),
-        double_token().prop_map(AttrValue::Str),
-        nibble().prop_map(AttrValue::Str),
-        upper_hex().prop_map(AttrValue::Str),
-        raw().prop_map(AttrValue::Str),
+        single_token().prop_map(|s| AttrValue::Str(s.into())),
+        double_token().prop_map(|s| AttrValue::Str(s.into())),
+        nibble().prop_map(|s| AttrValue::Str(s.into())),
+        upper_hex().prop_map(|s| AttrValue::Str(s.into())),
+        raw().prop_map(|s| AttrValue::Str(s.into())),
         jid().prop_map(AttrValue::Jid),
     ]
 }
@@ -90,9 +90,9 @@ fn leaf_content() -> impl Strategy<Value = Content> {
     prop_oneof![
         Just(Content::None),
         prop::collection::vec(any::<u8>(), 0..300).prop_map(Content::Bytes),
-        single_token().prop_map(Content::Str),
-        nibble().prop_map(Content::Str),
-        upper_hex().prop_map(Content::Str),
+        single_token().prop_map(|s| Content::Str(s.into())),
+        nibble().prop_map(|s| Content::Str(s.into())),
+        upper_hex().prop_map(|s| Content::Str(s.into())),
         jid().prop_map(Content::Jid),
         Just(Content::Nodes(Vec::new())),
     ]
@@ -105,8 +105,11 @@ fn leaf() -> impl Strategy<Value = Node> {
         leaf_content(),
     )
         .prop_map(|(tag, attrs, content)| Node {
-            tag,
-            attrs,
+            tag: tag.into(),
+            attrs: attrs
+                .into_iter()
+                .map(|(k, v): (String, AttrValue)| (k.into(), v))
+                .collect(),
             content,
         })
 }
@@ -118,8 +121,11 @@ fn parent(children: impl Strategy<Value = Vec<Node>>) -> impl Strategy<Value = N
         children,
     )
         .prop_map(|(tag, attrs, children)| Node {
-            tag,
-            attrs,
+            tag: tag.into(),
+            attrs: attrs
+                .into_iter()
+                .map(|(k, v): (String, AttrValue)| (k.into(), v))
+                .collect(),
             content: Content::Nodes(children),
         })
 }

@@ -17,7 +17,7 @@ use std::io::Read;
 
 use flate2::read::ZlibDecoder;
 
-use super::node::{AttrValue, Content, Node};
+use super::node::{AttrValue, Content, Node, Text};
 use super::{tag, token, FLAG_COMPRESSED};
 use crate::jid::{Jid, Server};
 
@@ -202,7 +202,7 @@ fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
 
 /// What a string-position tag reads as.
 enum Item {
-    Str(String),
+    Str(Text),
     Jid(Jid),
 }
 
@@ -336,7 +336,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A plain string (tag, attribute key, JID part): a JID here is an error.
-    fn string(&mut self) -> Result<String, DecodeError> {
+    fn string(&mut self) -> Result<Text, DecodeError> {
         let offset = self.pos;
         let tag = self.byte()?;
         match self.item(tag, offset)? {
@@ -348,7 +348,7 @@ impl<'a> Reader<'a> {
     /// Reads the string or JID introduced by `tag` (read at `offset`).
     fn item(&mut self, tag: u8, offset: usize) -> Result<Item, DecodeError> {
         let s = match tag {
-            tag::LIST_EMPTY => String::new(),
+            tag::LIST_EMPTY => Text::Borrowed(""),
             tag::DICTIONARY_0..=tag::DICTIONARY_3 => {
                 let index = self.byte()?;
                 let token = token::double(tag - tag::DICTIONARY_0, index);
@@ -359,7 +359,7 @@ impl<'a> Reader<'a> {
                         tag,
                         expected: "a string",
                     })?
-                    .to_owned()
+                    .into()
             }
             tag::BINARY_8 | tag::BINARY_20 | tag::BINARY_32 => {
                 let len = self.binary_len(tag)?;
@@ -368,13 +368,14 @@ impl<'a> Reader<'a> {
                 std::str::from_utf8(bytes)
                     .map_err(|_| DecodeError::InvalidUtf8 { offset: start })?
                     .to_owned()
+                    .into()
             }
-            tag::NIBBLE_8 | tag::HEX_8 => self.packed(tag)?,
+            tag::NIBBLE_8 | tag::HEX_8 => self.packed(tag)?.into(),
             tag::JID_PAIR | tag::AD_JID | tag::FB_JID | tag::INTEROP_JID => {
                 return Ok(Item::Jid(self.jid(tag, offset)?));
             }
             _ => match token::single(tag) {
-                Some(token) => token.to_owned(),
+                Some(token) => token.into(),
                 None => {
                     return Err(DecodeError::InvalidTag {
                         offset,
@@ -433,13 +434,13 @@ impl<'a> Reader<'a> {
         };
         match tag {
             tag::JID_PAIR => {
-                let user = self.string()?;
+                let user = self.string()?.into_owned();
                 let server = server_string(self)?;
                 Ok(Jid::new(user, server))
             }
             tag::AD_JID => {
                 let [domain, device] = self.take_array()?;
-                let user = self.string()?;
+                let user = self.string()?.into_owned();
                 let (server, agent) = match Server::from_domain_type(domain) {
                     Some(server) => (server, None),
                     None => (Server::WhatsApp, Some(domain)),
@@ -449,7 +450,7 @@ impl<'a> Reader<'a> {
                 Ok(jid)
             }
             tag::FB_JID => {
-                let user = self.string()?;
+                let user = self.string()?.into_owned();
                 let device = self.u16()?;
                 let server = server_string(self)?;
                 if server.domain_type().is_some() {
@@ -461,7 +462,7 @@ impl<'a> Reader<'a> {
                 Ok(Jid::new(user, server).with_device(device))
             }
             _ => {
-                let user = self.string()?;
+                let user = self.string()?.into_owned();
                 let device = self.u16()?;
                 let integrator = self.u16()?;
                 let server = server_string(self)?;

@@ -103,7 +103,7 @@ impl Writer<'_> {
             .map(|n| n + 1 + usize::from(has_content))
             .filter(|&n| n <= MAX_LIST)
             .ok_or_else(|| EncodeError::TooManyAttributes {
-                tag: node.tag.clone(),
+                tag: node.tag.to_string(),
                 count: node.attrs.len(),
             })?;
         self.list_start(size);
@@ -120,7 +120,7 @@ impl Writer<'_> {
             Content::Nodes(children) => {
                 if children.len() > MAX_LIST {
                     return Err(EncodeError::TooManyChildren {
-                        tag: node.tag.clone(),
+                        tag: node.tag.to_string(),
                         count: children.len(),
                     });
                 }

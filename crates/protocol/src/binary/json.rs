@@ -86,11 +86,11 @@ pub enum JsonError {
 /// The JSON form of `node`.
 pub fn to_value(node: &Node) -> Value {
     let mut object = Map::with_capacity(3);
-    object.insert("tag".to_owned(), Value::String(node.tag.clone()));
+    object.insert("tag".to_owned(), Value::String(node.tag.to_string()));
     let attrs = node
         .attrs
         .iter()
-        .map(|(key, value)| (key.clone(), Value::String(value.to_string())))
+        .map(|(key, value)| (key.to_string(), Value::String(value.to_string())))
         .collect();
     object.insert("attrs".to_owned(), Value::Object(attrs));
     let content = match &node.content {
@@ -100,7 +100,7 @@ pub fn to_value(node: &Node) -> Value {
             "{BYTES_PREFIX}{}",
             hex::encode(bytes)
         ))),
-        Content::Str(s) => Some(Value::String(s.clone())),
+        Content::Str(s) => Some(Value::String(s.to_string())),
         Content::Jid(jid) => Some(Value::String(jid.to_string())),
     };
     if let Some(content) = content {
@@ -144,7 +144,7 @@ fn node_at(value: &Value, path: &str) -> Result<Node, JsonError> {
                 path: path.to_owned(),
             })
         }
-        Some(Value::String(tag)) if !tag.is_empty() => tag.clone(),
+        Some(Value::String(tag)) if !tag.is_empty() => tag.clone().into(),
         Some(_) => {
             return Err(JsonError::InvalidTag {
                 path: path.to_owned(),
@@ -156,7 +156,7 @@ fn node_at(value: &Value, path: &str) -> Result<Node, JsonError> {
         Some(Value::Object(attrs)) => attrs
             .iter()
             .map(|(key, value)| match value {
-                Value::String(s) => Ok((key.clone(), AttrValue::infer(s.clone()))),
+                Value::String(s) => Ok((key.clone().into(), AttrValue::infer(s.clone()))),
                 _ => Err(JsonError::AttrNotString {
                     path: path.to_owned(),
                     key: key.clone(),

@@ -34,7 +34,7 @@ pub use decode::{
     DEFAULT_MAX_DEPTH, DEFAULT_MAX_INFLATED_LEN,
 };
 pub use encode::{encode, encode_into, EncodeError, MAX_ENCODE_DEPTH};
-pub use node::{AttrValue, Content, Node};
+pub use node::{AttrValue, Content, Node, Text};
 
 /// Wire tag values (dictionary version 3).
 pub mod tag {

@@ -3,15 +3,20 @@
 //! This is the tree the codec reads and writes. Attribute order is kept as inserted (it is
 //! part of the wire bytes), and duplicate keys are not merged: [`Node::attr`] appends.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::jid::Jid;
+
+/// A string in a node: borrowed when it is one of the protocol's static tokens (so decoding
+/// the common tags, keys and values allocates nothing), owned otherwise.
+pub type Text = Cow<'static, str>;
 
 /// An attribute value: a string, or a JID (written with the JID wire tags).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AttrValue {
     /// A plain string (token, packed or raw on the wire).
-    Str(String),
+    Str(Text),
     /// A JID.
     Jid(Jid),
 }
@@ -19,7 +24,8 @@ pub enum AttrValue {
 impl AttrValue {
     /// Baileys' reading of a string: a JID if it contains `@` and parses as one, otherwise
     /// the string itself. Used by the JSON form; the encoder never guesses.
-    pub fn infer(s: String) -> AttrValue {
+    pub fn infer(s: impl Into<Text>) -> AttrValue {
+        let s = s.into();
         if s.contains('@') {
             if let Ok(jid) = s.parse() {
                 return AttrValue::Jid(jid);
@@ -55,14 +61,20 @@ impl fmt::Display for AttrValue {
     }
 }
 
-impl From<&str> for AttrValue {
-    fn from(s: &str) -> AttrValue {
-        AttrValue::Str(s.to_owned())
+impl From<&'static str> for AttrValue {
+    fn from(s: &'static str) -> AttrValue {
+        AttrValue::Str(Cow::Borrowed(s))
     }
 }
 
 impl From<String> for AttrValue {
     fn from(s: String) -> AttrValue {
+        AttrValue::Str(Cow::Owned(s))
+    }
+}
+
+impl From<Text> for AttrValue {
+    fn from(s: Text) -> AttrValue {
         AttrValue::Str(s)
     }
 }
@@ -85,7 +97,7 @@ pub enum Content {
     Bytes(Vec<u8>),
     /// A string written as a token or packed digits/hex. Strings that are neither are written
     /// raw and therefore decode as [`Content::Bytes`].
-    Str(String),
+    Str(Text),
     /// A JID.
     Jid(Jid),
 }
@@ -94,16 +106,16 @@ pub enum Content {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Node {
     /// The tag, e.g. `iq`. Never empty on the wire.
-    pub tag: String,
+    pub tag: Text,
     /// Attributes in wire order.
-    pub attrs: Vec<(String, AttrValue)>,
+    pub attrs: Vec<(Text, AttrValue)>,
     /// The content.
     pub content: Content,
 }
 
 impl Node {
     /// A node with this tag, no attributes and no content.
-    pub fn new(tag: impl Into<String>) -> Node {
+    pub fn new(tag: impl Into<Text>) -> Node {
         Node {
             tag: tag.into(),
             attrs: Vec::new(),
@@ -112,7 +124,7 @@ impl Node {
     }
 
     /// Appends an attribute (no de-duplication).
-    pub fn attr(mut self, key: impl Into<String>, value: impl Into<AttrValue>) -> Node {
+    pub fn attr(mut self, key: impl Into<Text>, value: impl Into<AttrValue>) -> Node {
         self.attrs.push((key.into(), value.into()));
         self
     }
@@ -130,7 +142,7 @@ impl Node {
     }
 
     /// Sets the content to a string (see [`Content::Str`] for how it is written).
-    pub fn text(mut self, text: impl Into<String>) -> Node {
+    pub fn text(mut self, text: impl Into<Text>) -> Node {
         self.content = Content::Str(text.into());
         self
     }
