@@ -398,30 +398,32 @@ impl<'a> Reader<'a> {
         }
         let start = self.pos;
         let bytes = self.take(count)?;
-        let unpack = |nibble: u8, i: usize| -> Result<char, DecodeError> {
-            let c = match (tag, nibble) {
-                (_, 0..=9) => b'0' + nibble,
-                (tag::NIBBLE_8, 10) => b'-',
-                (tag::NIBBLE_8, 11) => b'.',
-                (tag::HEX_8, 10..=15) => b'A' + nibble - 10,
-                _ => {
-                    return Err(DecodeError::InvalidNibble {
-                        offset: start + i,
-                        nibble,
-                    })
-                }
-            };
-            Ok(char::from(c))
+        // One table per packing: the ASCII byte of each nibble, 0 where the nibble is invalid.
+        const NIBBLES: [u8; 16] = *b"0123456789-.\0\0\0\0";
+        const HEX: [u8; 16] = *b"0123456789ABCDEF";
+        let table = if tag == tag::NIBBLE_8 { &NIBBLES } else { &HEX };
+        let unpack = |nibble: u8, i: usize| -> Result<u8, DecodeError> {
+            match table[usize::from(nibble)] {
+                0 => Err(DecodeError::InvalidNibble {
+                    offset: start + i,
+                    nibble,
+                }),
+                c => Ok(c),
+            }
         };
-        let mut s = String::with_capacity(count * 2);
+        let mut out = Vec::with_capacity(count * 2);
         for (i, &b) in bytes.iter().enumerate() {
-            s.push(unpack(b >> 4, i)?);
+            out.push(unpack(b >> 4, i)?);
             // The low nibble of the last byte of an odd string is padding.
             if !(odd && i + 1 == count) {
-                s.push(unpack(b & 0x0f, i)?);
+                out.push(unpack(b & 0x0f, i)?);
             }
         }
-        Ok(s)
+        // Every byte comes from the ASCII tables above.
+        String::from_utf8(out).map_err(|_| DecodeError::InvalidNibble {
+            offset: start,
+            nibble: 0,
+        })
     }
 
     fn jid(&mut self, tag: u8, offset: usize) -> Result<Jid, DecodeError> {
