@@ -12,9 +12,11 @@
 //! - [`binary`]: the binary XML-like node codec (tokens, packing, JIDs) and its JSON form.
 //! - [`jid`]: WhatsApp addresses.
 //! - [`proto`]: the protobuf messages the protocol uses.
+//! - [`adv`]: the account-signed device identity of `pair-success` (both sides).
 //! - [`pairing_code`]: pairing-code linking's key derivation and wrapping; phone numbers.
 //! - [`xeddsa`]: XEdDSA signatures with libsignal's sign-bit convention.
 
+pub mod adv;
 pub mod binary;
 pub mod cert;
 pub mod frame;
