@@ -14,6 +14,7 @@
 //! - [`proto`]: the protobuf messages the protocol uses.
 //! - [`adv`]: the account-signed device identity of `pair-success` (both sides).
 //! - [`pairing_code`]: pairing-code linking's key derivation and wrapping; phone numbers.
+//! - [`qr`]: the linking QR code's text.
 //! - [`xeddsa`]: XEdDSA signatures with libsignal's sign-bit convention.
 
 pub mod adv;
@@ -24,4 +25,5 @@ pub mod jid;
 pub mod noise;
 pub mod pairing_code;
 pub mod proto;
+pub mod qr;
 pub mod xeddsa;

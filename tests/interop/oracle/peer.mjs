@@ -15,6 +15,7 @@ import { Curve } from 'baileys/lib/Utils/crypto.js';
 import { generateRegistrationNode } from 'baileys/lib/Utils/validate-connection.js';
 import { DEFAULT_CONNECTION_CONFIG, NOISE_WA_HEADER, WA_CERT_DETAILS } from 'baileys/lib/Defaults/index.js';
 import { proto } from 'baileys/WAProto/index.js';
+import { buildPairingQRData } from 'baileys/lib/Utils/companion-reg-client-utils.js';
 import * as C from 'baileys/lib/WABinary/constants.js';
 import { fromJson, toJson, randomNodes } from './nodes.mjs';
 
@@ -96,6 +97,9 @@ const ops = {
     }),
     xeddsa_verify_many: ({ items }) => ({
         results: items.map(({ pub, msg, sig }) => curve.verifySignature(Buffer.concat([Buffer.from([5]), unhex(pub)]), unhex(msg), unhex(sig), false) === true),
+    }),
+    qr_text: ({ ref, noise, identity, adv, browser }) => ({
+        text: buildPairingQRData(ref, unhex(noise).toString('base64'), unhex(identity).toString('base64'), unhex(adv).toString('base64'), browser),
     }),
     tokens: () => ({ single: C.SINGLE_BYTE_TOKENS, double: C.DOUBLE_BYTE_TOKENS }),
     noise_start: noiseStart,
