@@ -9,6 +9,8 @@
 //! Nothing may panic; every error must be a typed error.
 #![no_main]
 
+use std::sync::OnceLock;
+
 use libfuzzer_sys::fuzz_target;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -36,18 +38,46 @@ struct Pair {
     server: ServerConnection,
 }
 
+/// Keys and a genuine chain, made once: issuing and key generation dominate an iteration
+/// otherwise, and they are not what is being fuzzed.
+struct Fixture {
+    root: wafleet_protocol::cert::RootKey,
+    server_static: KeyPair,
+    chain: Vec<u8>,
+    server_ephemeral: KeyPair,
+    client_static: KeyPair,
+    client_ephemeral: KeyPair,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let ca = CertificateAuthority::generate(&mut rng);
+        let server_static = KeyPair::generate(&mut rng);
+        let chain = ca
+            .issue(&ChainSpec::new(1, 0, u64::MAX), &server_static.public, &mut rng)
+            .to_bytes();
+        Fixture {
+            root: ca.root_key(),
+            server_static,
+            chain,
+            server_ephemeral: KeyPair::generate(&mut rng),
+            client_static: KeyPair::generate(&mut rng),
+            client_ephemeral: KeyPair::generate(&mut rng),
+        }
+    })
+}
+
 fn pair(chain: Option<Vec<u8>>) -> Pair {
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let ca = CertificateAuthority::generate(&mut rng);
-    let server_static = KeyPair::generate(&mut rng);
-    let chain = chain.unwrap_or_else(|| {
-        ca.issue(&ChainSpec::new(1, 0, u64::MAX), &server_static.public, &mut rng)
-            .to_bytes()
-    });
-    let server = ServerConnection::new(server_static, chain, &mut rng);
-    let mut config = ClientConfig::new(KeyPair::generate(&mut rng));
-    config.root = ca.root_key();
-    let client = ClientConnection::new(config, 1_000, &mut rng).expect("client starts");
+    let f = fixture();
+    let chain = chain.unwrap_or_else(|| f.chain.clone());
+    let server =
+        ServerConnection::with_ephemeral(f.server_static.clone(), chain, f.server_ephemeral.clone());
+    let mut config = ClientConfig::new(f.client_static.clone());
+    config.root = f.root;
+    let client = ClientConnection::with_ephemeral(config, 1_000, f.client_ephemeral.clone())
+        .expect("client starts");
     Pair { client, server }
 }
 
