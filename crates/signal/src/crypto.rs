@@ -79,7 +79,7 @@ pub(crate) fn aes_cbc_decrypt(
     iv: &[u8; 16],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, SignalError> {
-    if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+    if ciphertext.is_empty() || ciphertext.len() & 15 != 0 {
         return Err(SignalError::InvalidCiphertext);
     }
     let cipher = Aes256::new(GenericArray::from_slice(key));

@@ -218,10 +218,10 @@ pub fn create_sender_key_distribution(
     rng: &mut impl CryptoRngCore,
 ) -> (SenderKeyRecord, SenderKeyDistributionMessage) {
     let mut record = record.clone();
-    if !record
+    if record
         .states
         .back()
-        .is_some_and(|s| s.signing_private.is_some())
+        .is_none_or(|s| s.signing_private.is_none())
     {
         let signing = KeyPair::generate(rng);
         let mut chain_key = [0u8; 32];

@@ -221,7 +221,7 @@ fn seed() -> u64 {
     std::env::var("SIGNAL_INTEROP_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random())
+        .unwrap_or_else(rand::random)
 }
 
 #[test]

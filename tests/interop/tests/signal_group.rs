@@ -12,6 +12,9 @@ use wafleet_signal::*;
 
 const GROUP: &str = "120363000000000001@g.us";
 
+/// Per receiver: (sender, skmsg, expected plaintext) in flight.
+type Queues = BTreeMap<String, Vec<(String, Vec<u8>, Vec<u8>)>>;
+
 #[derive(Default)]
 struct RustMember {
     own: SenderKeyRecord,
@@ -93,7 +96,7 @@ impl Group {
     /// `n` messages from random members; each other member receives them reordered within
     /// a window. `outsiders` must fail to decrypt every one. Returns decryptions checked.
     fn chat(&mut self, rng: &mut StdRng, n: usize, outsiders: &[&str]) -> usize {
-        let mut queues: BTreeMap<String, Vec<(String, Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        let mut queues: Queues = BTreeMap::new();
         let mut checked = 0;
         for i in 0..n {
             let sender = self.members[rng.gen_range(0..self.members.len())].clone();
@@ -124,12 +127,7 @@ impl Group {
         checked + self.flush(rng, &mut queues, 0)
     }
 
-    fn flush(
-        &mut self,
-        rng: &mut StdRng,
-        queues: &mut BTreeMap<String, Vec<(String, Vec<u8>, Vec<u8>)>>,
-        keep: usize,
-    ) -> usize {
+    fn flush(&mut self, rng: &mut StdRng, queues: &mut Queues, keep: usize) -> usize {
         let mut checked = 0;
         for (who, q) in queues.iter_mut() {
             while q.len() > keep {
