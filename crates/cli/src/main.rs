@@ -1,3 +1,43 @@
 //! The `wafleet` command line.
+//!
+//! One module per subcommand group; each exposes a clap `Subcommand` enum and a `run`
+//! function returning `Err(message)` for a one-line error. `main` prints that message as
+//! `error: …` on stderr and exits non-zero.
+//!
+//! - `wafleet node decode|encode`: the binary node codec ([`node`]).
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod node;
+
+/// wafleet: a WhatsApp Web multi-device gateway.
+#[derive(Debug, Parser)]
+#[command(name = "wafleet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Binary nodes: decode wire hex to JSON, encode JSON to wire hex.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node(command) => node::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // One line, whatever the underlying error's Display does.
+            eprintln!("error: {}", message.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

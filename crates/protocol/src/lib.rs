@@ -12,12 +12,18 @@
 //! - [`binary`]: the binary XML-like node codec (tokens, packing, JIDs) and its JSON form.
 //! - [`jid`]: WhatsApp addresses.
 //! - [`proto`]: the protobuf messages the protocol uses.
+//! - [`adv`]: the account-signed device identity of `pair-success` (both sides).
+//! - [`pairing_code`]: pairing-code linking's key derivation and wrapping; phone numbers.
+//! - [`qr`]: the linking QR code's text.
 //! - [`xeddsa`]: XEdDSA signatures with libsignal's sign-bit convention.
 
+pub mod adv;
 pub mod binary;
 pub mod cert;
 pub mod frame;
 pub mod jid;
 pub mod noise;
+pub mod pairing_code;
 pub mod proto;
+pub mod qr;
 pub mod xeddsa;

@@ -1,1 +1,161 @@
-//! Test-only crate; the suite lives in `tests/`.
+//! Test support for the interop suite: a handle on the oracle peer (`oracle/peer.mjs`), a
+//! Node.js process running Baileys 7.0.0-rc14 and libsignal-node 6.0.0 from npm.
+//!
+//! The peer is installed by `scripts/install-oracle.sh` (run here on first use) and spoken
+//! to in JSON lines. A missing `node` is a test failure, never a skip: the suite exists to
+//! prove interoperability, and a silent pass would prove nothing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Once;
+
+use serde_json::Value;
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs the idempotent oracle install once per test process.
+pub fn install_oracle() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/install-oracle.sh"))
+            .status()
+            .expect("cannot run scripts/install-oracle.sh");
+        assert!(status.success(), "scripts/install-oracle.sh failed");
+    });
+}
+
+/// A running oracle peer.
+pub struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    /// Starts `node oracle/peer.mjs`.
+    pub fn start() -> Peer {
+        install_oracle();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle");
+        let mut child = Command::new("node")
+            .arg("peer.mjs")
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect(
+                "cannot start node: the interop suite needs Node.js (apt-get install nodejs npm)",
+            );
+        let stdin = child.stdin.take().expect("peer stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("peer stdout"));
+        Peer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one request and returns the reply, panicking on an error reply.
+    pub fn call(&mut self, request: Value) -> Value {
+        let reply = self.try_call(request.clone());
+        match reply {
+            Ok(v) => v,
+            Err(e) => panic!("oracle refused {}: {e}", request["op"]),
+        }
+    }
+
+    /// Sends one request; `Err` carries the peer's error text.
+    pub fn try_call(&mut self, request: Value) -> Result<Value, String> {
+        let mut line = serde_json::to_string(&request).expect("request serializes");
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .expect("write to oracle peer");
+        self.stdin.flush().expect("flush oracle peer");
+        let mut reply = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut reply)
+            .expect("read from oracle peer");
+        assert!(n > 0, "oracle peer exited");
+        let v: Value = serde_json::from_str(&reply).expect("oracle reply is JSON");
+        if v["ok"] == Value::Bool(true) {
+            Ok(v)
+        } else {
+            Err(v["error"].as_str().unwrap_or("?").to_string())
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Hex-decodes a JSON string value.
+pub fn unhex(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("hex string")).expect("valid hex")
+}
+
+/// The first place two JSON trees differ, as `path: left != right`, or `None` when equal.
+/// Keeps assertion messages short on large trees.
+pub fn first_diff(a: &Value, b: &Value) -> Option<String> {
+    fn walk(a: &Value, b: &Value, path: &mut String) -> Option<String> {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let xk: Vec<_> = x.keys().collect();
+                let yk: Vec<_> = y.keys().collect();
+                if xk != yk {
+                    return Some(format!("{path}: keys {xk:?} != {yk:?}"));
+                }
+                for (k, v) in x {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    if let Some(d) = walk(v, &y[k], path) {
+                        return Some(d);
+                    }
+                    path.truncate(len);
+                }
+                None
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                if x.len() != y.len() {
+                    return Some(format!("{path}: length {} != {}", x.len(), y.len()));
+                }
+                for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    if let Some(d) = walk(v, w, path) {
+                        return Some(d);
+                    }
+                    path.truncate(len);
+                }
+                None
+            }
+            _ if a == b => None,
+            _ => {
+                let cut = |v: &Value| {
+                    let s = v.to_string();
+                    if s.len() > 200 {
+                        format!(
+                            "{}…",
+                            &s[..s.char_indices().nth(200).map_or(s.len(), |(i, _)| i)]
+                        )
+                    } else {
+                        s
+                    }
+                };
+                Some(format!("{path}: {} != {}", cut(a), cut(b)))
+            }
+        }
+    }
+    walk(a, b, &mut String::from("$"))
+}

@@ -1,1 +1,0 @@
-//! TODO(issue 2): filled in by the binary work.

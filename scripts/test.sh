@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test in the workspace
+# (unit, integration, and the interop suite against Baileys / libsignal-node from npm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== oracle (npm: baileys 7.0.0-rc14, libsignal 6.0.0)"
+bash scripts/install-oracle.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== fuzz targets compile"
+if [ -f fuzz/Cargo.toml ]; then
+  cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace --no-fail-fast
