@@ -44,14 +44,18 @@ pub(crate) fn verify_truncated_hmac(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> 
     !tag.is_empty() && mac.verify_truncated_left(tag).is_ok()
 }
 
-/// The message-key seed of a chain key: `HMAC(ck, 01)`.
-pub(crate) fn chain_message_seed(chain_key: &[u8; 32]) -> [u8; 32] {
-    hmac(chain_key, &[&[1u8]])
-}
-
-/// The next chain key: `HMAC(ck, 02)`.
-pub(crate) fn chain_next(chain_key: &[u8; 32]) -> [u8; 32] {
-    hmac(chain_key, &[&[2u8]])
+/// One chain step: (message-key seed `HMAC(ck, 01)`, next chain key `HMAC(ck, 02)`), keying
+/// the HMAC once.
+pub(crate) fn chain_step(chain_key: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+    let keyed = <HmacSha256 as Mac>::new_from_slice(chain_key).expect("HMAC takes any key length");
+    let mut a = keyed.clone();
+    a.update(&[1u8]);
+    let mut b = keyed;
+    b.update(&[2u8]);
+    (
+        a.finalize().into_bytes().into(),
+        b.finalize().into_bytes().into(),
+    )
 }
 
 /// AES-256-CBC with PKCS#7 padding.

@@ -5,9 +5,7 @@
 //! from the chain (`HMAC(ck,01)`) through HKDF "WhisperGroup": IV = first 16 bytes, key = the
 //! next 32.
 
-use crate::crypto::{
-    aes_cbc_decrypt, aes_cbc_encrypt, chain_message_seed, chain_next, derive_secrets,
-};
+use crate::crypto::{aes_cbc_decrypt, aes_cbc_encrypt, chain_step, derive_secrets};
 use crate::error::SignalError;
 use crate::keys::{KeyPair, PublicKey};
 use crate::message::{check_version, VERSION_BYTE};
@@ -281,8 +279,9 @@ pub fn group_encrypt(
         .ok_or(SignalError::NoSenderKeyState(0))?;
     let private = state.signing_private.ok_or(SignalError::NoSigningKey)?;
     let iteration = state.iteration;
-    let (iv, key) = sender_message_keys(&chain_message_seed(&state.chain_key));
-    state.chain_key = chain_next(&state.chain_key);
+    let (seed, next) = chain_step(&state.chain_key);
+    let (iv, key) = sender_message_keys(&seed);
+    state.chain_key = next;
     state.iteration = iteration
         .checked_add(1)
         .ok_or(SignalError::InvalidMessage("sender chain exhausted"))?;
@@ -344,15 +343,17 @@ pub fn group_decrypt(
         }
         let mut ck = state.chain_key;
         for i in state.iteration..msg.iteration {
-            state.message_keys.push_back((i, chain_message_seed(&ck)));
+            let (seed, next) = chain_step(&ck);
+            state.message_keys.push_back((i, seed));
             if state.message_keys.len() > MAX_SENDER_MESSAGE_KEYS {
                 state.message_keys.pop_front();
             }
-            ck = chain_next(&ck);
+            ck = next;
         }
-        state.chain_key = chain_next(&ck);
+        let (seed, next) = chain_step(&ck);
+        state.chain_key = next;
         state.iteration = msg.iteration + 1;
-        chain_message_seed(&ck)
+        seed
     };
     let (iv, key) = sender_message_keys(&seed);
     let plaintext = aes_cbc_decrypt(&key, &iv, &msg.ciphertext)?;

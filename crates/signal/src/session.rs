@@ -6,8 +6,7 @@
 
 use crate::address::ProtocolAddress;
 use crate::crypto::{
-    aes_cbc_decrypt, aes_cbc_encrypt, chain_message_seed, chain_next, derive_secrets, hmac,
-    verify_truncated_hmac,
+    aes_cbc_decrypt, aes_cbc_encrypt, chain_step, derive_secrets, hmac, verify_truncated_hmac,
 };
 use crate::error::SignalError;
 use crate::keys::{KeyPair, PreKeyBundle, PublicKey};
@@ -276,8 +275,9 @@ pub fn encrypt(
     chain.next = counter
         .checked_add(1)
         .ok_or(SignalError::InvalidMessage("sending chain exhausted"))?;
-    chain.key = Some(chain_next(&chain_key));
-    let keys = message_keys(&chain_message_seed(&chain_key));
+    let (seed, next) = chain_step(&chain_key);
+    chain.key = Some(next);
+    let keys = message_keys(&seed);
     let ciphertext = aes_cbc_encrypt(&keys.cipher, &keys.iv, plaintext);
     let local = state.local_identity.serialize();
     let remote = state.remote_identity.serialize();
@@ -340,32 +340,34 @@ fn decrypt_whisper(
     rng: &mut impl CryptoRngCore,
 ) -> Result<Decrypted, SignalError> {
     let mut first_err = None;
-    let candidates = record.current.iter().map(|s| (None, s)).chain(
-        record
-            .previous
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (Some(i), s)),
-    );
-    for (slot, state) in candidates {
-        let mut state = state.clone();
-        match decrypt_with_state(&mut state, msg, rng) {
+    // Work on one copy of the record; a failed attempt restores its slot from `record`.
+    let mut scratch = record.clone();
+    let slots = scratch.current.is_some() as usize + scratch.previous.len();
+    for n in 0..slots {
+        let (state, original) = match (n, &mut scratch.current) {
+            (0, Some(current)) => (current, record.current.as_ref()),
+            _ => {
+                let i = n - record.current.is_some() as usize;
+                (&mut scratch.previous[i], record.previous.get(i))
+            }
+        };
+        match decrypt_with_state(state, msg, rng) {
             Ok(plaintext) => {
                 let new_identity = check_trust(identities, address, &state.remote_identity)?;
-                let mut record = record.clone();
-                match slot {
-                    None => record.current = Some(state),
-                    Some(i) => record.previous[i] = state,
-                }
                 return Ok(Decrypted {
-                    record,
+                    record: scratch,
                     plaintext,
                     consumed_pre_key: None,
                     new_identity,
                 });
             }
-            Err(e @ SignalError::DuplicateMessage(_)) => return Err(e),
             Err(e) => {
+                if let Some(original) = original {
+                    *state = original.clone();
+                }
+                if matches!(e, SignalError::DuplicateMessage(_)) {
+                    return Err(e);
+                }
                 first_err.get_or_insert(e);
             }
         }
@@ -520,13 +522,14 @@ fn advance(
         });
     }
     for i in current..target {
-        chain.skipped.push_back((i, chain_message_seed(&key)));
+        let (seed, next) = chain_step(&key);
+        chain.skipped.push_back((i, seed));
         if chain.skipped.len() > MAX_SKIPPED_KEYS {
             chain.skipped.pop_front();
         }
-        key = chain_next(&key);
+        key = next;
     }
-    Ok((chain_message_seed(&key), chain_next(&key)))
+    Ok(chain_step(&key))
 }
 
 /// A new ratchet key from the peer: close its previous chain (keeping skipped keys up to
