@@ -40,7 +40,8 @@ pub use keys::{
 };
 pub use message::{CiphertextMessage, PreKeyWhisperMessage, WhisperMessage};
 pub use session::{
-    decrypt, encrypt, process_prekey_bundle, Decrypted, SessionRecord, MAX_FORWARD_JUMPS,
+    decrypt, encrypt, process_prekey_bundle, Decrypted, SessionRecord, SessionSetup, SessionState,
+    MAX_FORWARD_JUMPS,
 };
 pub use store::{IdentityKeyStore, InMemoryIdentityStore, InMemoryPreKeyStore, PreKeyStore};
 
