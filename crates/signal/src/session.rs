@@ -1,0 +1,596 @@
+//! 1:1 sessions: X3DH setup from a prekey bundle, the double ratchet, `pkmsg`/`msg`.
+//!
+//! Everything here is a pure function from the current [`SessionRecord`] (and read-only store
+//! views) to a new record plus an output. Nothing is committed on error: a failed decryption
+//! leaves the caller's record untouched, so a forged message cannot consume keys.
+
+use crate::address::ProtocolAddress;
+use crate::crypto::{
+    aes_cbc_decrypt, aes_cbc_encrypt, chain_step, derive_secrets, hmac, verify_truncated_hmac,
+};
+use crate::error::SignalError;
+use crate::keys::{KeyPair, PreKeyBundle, PublicKey};
+use crate::message::{CiphertextMessage, PreKeyWhisperMessage, WhisperMessage, VERSION_BYTE};
+use crate::store::{IdentityKeyStore, PreKeyStore};
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// How far ahead of its chain a message may be (libsignal-node's bound).
+pub const MAX_FORWARD_JUMPS: u32 = 2000;
+/// Skipped message keys kept per receiving chain (oldest dropped first).
+pub const MAX_SKIPPED_KEYS: usize = 2000;
+/// Receiving chains kept per session state (oldest dropped first).
+pub const MAX_RECEIVER_CHAINS: usize = 5;
+/// Previous session states kept per record (libsignal-node keeps 40 closed sessions).
+pub const MAX_PREVIOUS_STATES: usize = 40;
+/// Version of the serialized [`SessionRecord`] format.
+pub const SESSION_RECORD_VERSION: u32 = 1;
+
+const WHISPER_TEXT: &[u8] = b"WhisperText";
+const WHISPER_RATCHET: &[u8] = b"WhisperRatchet";
+const WHISPER_MESSAGE_KEYS: &[u8] = b"WhisperMessageKeys";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Chain {
+    /// `None` once the chain is closed (we moved past it).
+    key: Option<[u8; 32]>,
+    /// Index of the next message key this chain will produce.
+    next: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ReceiverChain {
+    ratchet_key: PublicKey,
+    chain: Chain,
+    /// Message-key seeds of skipped messages, by chain index, oldest first.
+    skipped: VecDeque<(u32, [u8; 32])>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingPreKey {
+    pre_key_id: Option<u32>,
+    signed_pre_key_id: u32,
+    base_key: PublicKey,
+}
+
+/// One ratchet session with a remote device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    remote_registration_id: u32,
+    remote_identity: PublicKey,
+    local_identity: PublicKey,
+    base_key: PublicKey,
+    base_key_ours: bool,
+    root_key: [u8; 32],
+    our_ratchet: KeyPair,
+    their_ratchet: PublicKey,
+    previous_counter: u32,
+    sender_chain: Option<Chain>,
+    receiver_chains: Vec<ReceiverChain>,
+    pending_pre_key: Option<PendingPreKey>,
+}
+
+impl SessionState {
+    /// The remote device's identity key.
+    pub fn remote_identity(&self) -> &PublicKey {
+        &self.remote_identity
+    }
+    /// The remote device's registration id.
+    pub fn remote_registration_id(&self) -> u32 {
+        self.remote_registration_id
+    }
+    /// The X3DH base key that identifies this session.
+    pub fn base_key(&self) -> &PublicKey {
+        &self.base_key
+    }
+    /// Whether we still wrap outgoing messages as `pkmsg` (no reply received yet).
+    pub fn has_pending_pre_key(&self) -> bool {
+        self.pending_pre_key.is_some()
+    }
+    /// Total skipped message keys held.
+    pub fn skipped_key_count(&self) -> usize {
+        self.receiver_chains.iter().map(|c| c.skipped.len()).sum()
+    }
+}
+
+/// All sessions with one remote device: the current one and previous ones (kept so that
+/// messages still in flight on an older session decrypt after a peer re-keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    version: u32,
+    current: Option<SessionState>,
+    previous: VecDeque<SessionState>,
+}
+
+impl Default for SessionRecord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionRecord {
+    /// An empty record (no session yet).
+    pub fn new() -> Self {
+        Self {
+            version: SESSION_RECORD_VERSION,
+            current: None,
+            previous: VecDeque::new(),
+        }
+    }
+    /// The current session, if any.
+    pub fn current(&self) -> Option<&SessionState> {
+        self.current.as_ref()
+    }
+    /// Previous sessions, most recent first.
+    pub fn previous(&self) -> impl Iterator<Item = &SessionState> {
+        self.previous.iter()
+    }
+    /// Whether there is a current session to encrypt with.
+    pub fn has_current_session(&self) -> bool {
+        self.current.is_some()
+    }
+    /// Returns a record whose current session (if any) is archived as a previous one.
+    pub fn archive_current(&self) -> Self {
+        let mut r = self.clone();
+        r.promote(None);
+        r
+    }
+    fn promote(&mut self, state: Option<SessionState>) {
+        if let Some(old) = self.current.take() {
+            self.previous.push_front(old);
+            self.previous.truncate(MAX_PREVIOUS_STATES);
+        }
+        self.current = state;
+    }
+    /// Serializes the record (versioned JSON).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records serialize")
+    }
+    /// Reads a record written by [`SessionRecord::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignalError> {
+        let r: Self =
+            serde_json::from_slice(bytes).map_err(|e| SignalError::InvalidRecord(e.to_string()))?;
+        if r.version != SESSION_RECORD_VERSION {
+            return Err(SignalError::InvalidRecord(format!(
+                "unsupported session record version {}",
+                r.version
+            )));
+        }
+        Ok(r)
+    }
+}
+
+fn check_trust(
+    store: &impl IdentityKeyStore,
+    address: &ProtocolAddress,
+    identity: &PublicKey,
+) -> Result<Option<PublicKey>, SignalError> {
+    if !store.is_trusted_identity(address, identity) {
+        return Err(SignalError::UntrustedIdentity(address.to_string()));
+    }
+    Ok(match store.identity(address) {
+        None => Some(*identity),
+        Some(_) => None,
+    })
+}
+
+/// The result of [`process_prekey_bundle`].
+#[derive(Clone, Debug)]
+pub struct SessionSetup {
+    /// The new record to persist (the previous current session is archived).
+    pub record: SessionRecord,
+    /// The remote identity, if it was not on record yet: persist it as trusted.
+    pub new_identity: Option<PublicKey>,
+}
+
+/// Starts a session as the initiator from the remote device's prekey bundle (X3DH, no PQ).
+/// The next [`encrypt`] produces a `pkmsg`.
+pub fn process_prekey_bundle(
+    record: &SessionRecord,
+    address: &ProtocolAddress,
+    store: &impl IdentityKeyStore,
+    bundle: &PreKeyBundle,
+    rng: &mut impl CryptoRngCore,
+) -> Result<SessionSetup, SignalError> {
+    let new_identity = check_trust(store, address, &bundle.identity_key)?;
+    bundle.verify_signature()?;
+    let ours = store.identity_key_pair().key_pair();
+    let base = KeyPair::generate(rng);
+
+    let mut secret = Vec::with_capacity(160);
+    secret.extend_from_slice(&[0xff; 32]);
+    secret.extend_from_slice(&ours.agree(&bundle.signed_pre_key));
+    secret.extend_from_slice(&base.agree(&bundle.identity_key));
+    secret.extend_from_slice(&base.agree(&bundle.signed_pre_key));
+    if let Some((_, one_time)) = &bundle.pre_key {
+        secret.extend_from_slice(&base.agree(one_time));
+    }
+    let [root, _] = derive_secrets::<2>(&secret, &[0u8; 32], WHISPER_TEXT);
+
+    let our_ratchet = KeyPair::generate(rng);
+    let [root, sending] = derive_secrets::<2>(
+        &our_ratchet.agree(&bundle.signed_pre_key),
+        &root,
+        WHISPER_RATCHET,
+    );
+    let state = SessionState {
+        remote_registration_id: bundle.registration_id,
+        remote_identity: bundle.identity_key,
+        local_identity: ours.public,
+        base_key: base.public,
+        base_key_ours: true,
+        root_key: root,
+        our_ratchet,
+        their_ratchet: bundle.signed_pre_key,
+        previous_counter: 0,
+        sender_chain: Some(Chain {
+            key: Some(sending),
+            next: 0,
+        }),
+        receiver_chains: Vec::new(),
+        pending_pre_key: Some(PendingPreKey {
+            pre_key_id: bundle.pre_key.map(|(id, _)| id),
+            signed_pre_key_id: bundle.signed_pre_key_id,
+            base_key: base.public,
+        }),
+    };
+    let mut record = record.clone();
+    record.promote(Some(state));
+    Ok(SessionSetup {
+        record,
+        new_identity,
+    })
+}
+
+struct MessageKeys {
+    cipher: [u8; 32],
+    mac: [u8; 32],
+    iv: [u8; 16],
+}
+
+fn message_keys(seed: &[u8; 32]) -> MessageKeys {
+    let [cipher, mac, iv_full] = derive_secrets::<3>(seed, &[0u8; 32], WHISPER_MESSAGE_KEYS);
+    let mut iv = [0u8; 16];
+    iv.copy_from_slice(&iv_full[..16]);
+    MessageKeys { cipher, mac, iv }
+}
+
+/// Encrypts `plaintext` (already padded by the caller, see [`crate::padding`]) with the
+/// current session. Returns the new record to persist *before* the ciphertext is sent.
+pub fn encrypt(
+    record: &SessionRecord,
+    address: &ProtocolAddress,
+    store: &impl IdentityKeyStore,
+    plaintext: &[u8],
+) -> Result<(SessionRecord, CiphertextMessage), SignalError> {
+    let mut record = record.clone();
+    let state = record.current.as_mut().ok_or(SignalError::NoSession)?;
+    if !store.is_trusted_identity(address, &state.remote_identity) {
+        return Err(SignalError::UntrustedIdentity(address.to_string()));
+    }
+    let chain = state.sender_chain.as_mut().ok_or(SignalError::NoSession)?;
+    let chain_key = chain.key.ok_or(SignalError::NoSession)?;
+    let counter = chain.next;
+    chain.next = counter
+        .checked_add(1)
+        .ok_or(SignalError::InvalidMessage("sending chain exhausted"))?;
+    let (seed, next) = chain_step(&chain_key);
+    chain.key = Some(next);
+    let keys = message_keys(&seed);
+    let ciphertext = aes_cbc_encrypt(&keys.cipher, &keys.iv, plaintext);
+    let local = state.local_identity.serialize();
+    let remote = state.remote_identity.serialize();
+    let msg = WhisperMessage::build(
+        state.our_ratchet.public,
+        counter,
+        state.previous_counter,
+        ciphertext,
+        |body| hmac(&keys.mac, &[&local, &remote, &[VERSION_BYTE], body]),
+    );
+    let out = match &state.pending_pre_key {
+        Some(p) => CiphertextMessage::PreKey(PreKeyWhisperMessage::build(
+            store.local_registration_id(),
+            p.pre_key_id,
+            p.signed_pre_key_id,
+            p.base_key,
+            state.local_identity,
+            msg,
+        )),
+        None => CiphertextMessage::Whisper(msg),
+    };
+    Ok((record, out))
+}
+
+/// The result of [`decrypt`].
+#[derive(Clone, Debug)]
+pub struct Decrypted {
+    /// The new record to persist *before* acking the message.
+    pub record: SessionRecord,
+    /// The plaintext (still padded; see [`crate::padding`]).
+    pub plaintext: Vec<u8>,
+    /// A one-time prekey this `pkmsg` consumed: remove it once the record is persisted.
+    pub consumed_pre_key: Option<u32>,
+    /// The sender's identity, if it was not on record yet: persist it as trusted.
+    pub new_identity: Option<PublicKey>,
+}
+
+/// Decrypts a `pkmsg` or `msg` from `address`.
+pub fn decrypt(
+    record: &SessionRecord,
+    address: &ProtocolAddress,
+    identities: &impl IdentityKeyStore,
+    pre_keys: &impl PreKeyStore,
+    message: &CiphertextMessage,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Decrypted, SignalError> {
+    match message {
+        CiphertextMessage::Whisper(m) => decrypt_whisper(record, address, identities, m, rng),
+        CiphertextMessage::PreKey(m) => {
+            decrypt_prekey(record, address, identities, pre_keys, m, rng)
+        }
+    }
+}
+
+fn decrypt_whisper(
+    record: &SessionRecord,
+    address: &ProtocolAddress,
+    identities: &impl IdentityKeyStore,
+    msg: &WhisperMessage,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Decrypted, SignalError> {
+    let mut first_err = None;
+    // Work on one copy of the record; a failed attempt restores its slot from `record`.
+    let mut scratch = record.clone();
+    let slots = scratch.current.is_some() as usize + scratch.previous.len();
+    for n in 0..slots {
+        let (state, original) = match (n, &mut scratch.current) {
+            (0, Some(current)) => (current, record.current.as_ref()),
+            _ => {
+                let i = n - record.current.is_some() as usize;
+                (&mut scratch.previous[i], record.previous.get(i))
+            }
+        };
+        match decrypt_with_state(state, msg, rng) {
+            Ok(plaintext) => {
+                let new_identity = check_trust(identities, address, &state.remote_identity)?;
+                return Ok(Decrypted {
+                    record: scratch,
+                    plaintext,
+                    consumed_pre_key: None,
+                    new_identity,
+                });
+            }
+            Err(e) => {
+                if let Some(original) = original {
+                    *state = original.clone();
+                }
+                if matches!(e, SignalError::DuplicateMessage(_)) {
+                    return Err(e);
+                }
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or(SignalError::NoSession))
+}
+
+fn decrypt_prekey(
+    record: &SessionRecord,
+    address: &ProtocolAddress,
+    identities: &impl IdentityKeyStore,
+    pre_keys: &impl PreKeyStore,
+    msg: &PreKeyWhisperMessage,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Decrypted, SignalError> {
+    let new_identity = check_trust(identities, address, &msg.identity_key)?;
+    let is_this_session = |s: &SessionState| !s.base_key_ours && s.base_key == msg.base_key;
+
+    // A session from this very pkmsg already exists: we just have not replied yet.
+    let mut record = record.clone();
+    let existing = if record.current.as_ref().is_some_and(is_this_session) {
+        record.current.as_mut()
+    } else {
+        record.previous.iter_mut().find(|s| is_this_session(s))
+    };
+    if let Some(state) = existing {
+        let mut updated = state.clone();
+        let plaintext = decrypt_with_state(&mut updated, &msg.message, rng)?;
+        *state = updated;
+        return Ok(Decrypted {
+            record,
+            plaintext,
+            consumed_pre_key: None,
+            new_identity,
+        });
+    }
+
+    let one_time = match msg.pre_key_id {
+        Some(id) => Some(
+            pre_keys
+                .pre_key(id)
+                .ok_or(SignalError::InvalidPreKeyId(id))?,
+        ),
+        None => None,
+    };
+    let signed = pre_keys
+        .signed_pre_key(msg.signed_pre_key_id)
+        .ok_or(SignalError::InvalidSignedPreKeyId(msg.signed_pre_key_id))?;
+    let ours = identities.identity_key_pair().key_pair();
+
+    let mut secret = Vec::with_capacity(160);
+    secret.extend_from_slice(&[0xff; 32]);
+    secret.extend_from_slice(&signed.key_pair.agree(&msg.identity_key));
+    secret.extend_from_slice(&ours.agree(&msg.base_key));
+    secret.extend_from_slice(&signed.key_pair.agree(&msg.base_key));
+    if let Some(pk) = one_time {
+        secret.extend_from_slice(&pk.key_pair.agree(&msg.base_key));
+    }
+    let [root, _] = derive_secrets::<2>(&secret, &[0u8; 32], WHISPER_TEXT);
+    let mut state = SessionState {
+        remote_registration_id: msg.registration_id,
+        remote_identity: msg.identity_key,
+        local_identity: ours.public,
+        base_key: msg.base_key,
+        base_key_ours: false,
+        root_key: root,
+        our_ratchet: signed.key_pair.clone(),
+        their_ratchet: msg.base_key,
+        previous_counter: 0,
+        sender_chain: None,
+        receiver_chains: Vec::new(),
+        pending_pre_key: None,
+    };
+    let plaintext = decrypt_with_state(&mut state, &msg.message, rng)?;
+    record.promote(Some(state));
+    Ok(Decrypted {
+        record,
+        plaintext,
+        consumed_pre_key: msg.pre_key_id,
+        new_identity,
+    })
+}
+
+/// Steps the ratchet if needed and decrypts; mutates `state` (the caller's scratch copy).
+fn decrypt_with_state(
+    state: &mut SessionState,
+    msg: &WhisperMessage,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Vec<u8>, SignalError> {
+    let idx = match state
+        .receiver_chains
+        .iter()
+        .position(|c| c.ratchet_key == msg.ephemeral_key)
+    {
+        Some(i) => i,
+        None => {
+            if msg.ephemeral_key == state.our_ratchet.public {
+                return Err(SignalError::InvalidMessage(
+                    "message on our own sending chain",
+                ));
+            }
+            step_ratchet(state, msg, rng)?
+        }
+    };
+    let chain = &mut state.receiver_chains[idx];
+    let seed = if msg.counter < chain.chain.next {
+        let pos = chain
+            .skipped
+            .iter()
+            .position(|(i, _)| *i == msg.counter)
+            .ok_or(SignalError::DuplicateMessage(msg.counter))?;
+        chain
+            .skipped
+            .remove(pos)
+            .map(|(_, s)| s)
+            .ok_or(SignalError::DuplicateMessage(msg.counter))?
+    } else {
+        let key = chain.chain.key.ok_or(SignalError::ChainClosed)?;
+        let seed = advance(chain, key, msg.counter)?;
+        chain.chain.key = Some(seed.1);
+        chain.chain.next = msg.counter + 1;
+        seed.0
+    };
+    let keys = message_keys(&seed);
+    let remote = state.remote_identity.serialize();
+    let local = state.local_identity.serialize();
+    if !verify_truncated_hmac(
+        &keys.mac,
+        &[&remote, &local, &[VERSION_BYTE], msg.body()],
+        msg.mac(),
+    ) {
+        return Err(SignalError::BadMac);
+    }
+    let plaintext = aes_cbc_decrypt(&keys.cipher, &keys.iv, &msg.ciphertext)?;
+    state.pending_pre_key = None;
+    Ok(plaintext)
+}
+
+/// Derives message keys from `key` (the chain key at index `chain.next`) up to `target`,
+/// storing the skipped ones; returns (seed at `target`, chain key after `target`).
+fn advance(
+    chain: &mut ReceiverChain,
+    mut key: [u8; 32],
+    target: u32,
+) -> Result<([u8; 32], [u8; 32]), SignalError> {
+    let current = chain.chain.next;
+    if target - current > MAX_FORWARD_JUMPS {
+        return Err(SignalError::TooFarInFuture {
+            current,
+            index: target,
+            limit: MAX_FORWARD_JUMPS,
+        });
+    }
+    for i in current..target {
+        let (seed, next) = chain_step(&key);
+        chain.skipped.push_back((i, seed));
+        if chain.skipped.len() > MAX_SKIPPED_KEYS {
+            chain.skipped.pop_front();
+        }
+        key = next;
+    }
+    Ok(chain_step(&key))
+}
+
+/// A new ratchet key from the peer: close its previous chain (keeping skipped keys up to
+/// `previous_counter`), derive the new receiving chain and a fresh sending chain.
+fn step_ratchet(
+    state: &mut SessionState,
+    msg: &WhisperMessage,
+    rng: &mut impl CryptoRngCore,
+) -> Result<usize, SignalError> {
+    let their_old = state.their_ratchet;
+    if let Some(prev) = state
+        .receiver_chains
+        .iter_mut()
+        .find(|c| c.ratchet_key == their_old)
+    {
+        // libsignal-node sends 0xffffffff (-1) when it never used the previous chain.
+        if msg.previous_counter != u32::MAX {
+            if let Some(key) = prev.chain.key {
+                if msg.previous_counter >= prev.chain.next {
+                    let (seed, next) = advance(prev, key, msg.previous_counter)?;
+                    prev.skipped.push_back((msg.previous_counter, seed));
+                    if prev.skipped.len() > MAX_SKIPPED_KEYS {
+                        prev.skipped.pop_front();
+                    }
+                    prev.chain.key = Some(next);
+                    prev.chain.next = msg.previous_counter + 1;
+                }
+            }
+        }
+        prev.chain.key = None;
+    }
+    let [root, receiving] = derive_secrets::<2>(
+        &state.our_ratchet.agree(&msg.ephemeral_key),
+        &state.root_key,
+        WHISPER_RATCHET,
+    );
+    state.receiver_chains.push(ReceiverChain {
+        ratchet_key: msg.ephemeral_key,
+        chain: Chain {
+            key: Some(receiving),
+            next: 0,
+        },
+        skipped: VecDeque::new(),
+    });
+    if state.receiver_chains.len() > MAX_RECEIVER_CHAINS {
+        state.receiver_chains.remove(0);
+    }
+    if let Some(sending) = state.sender_chain.take() {
+        state.previous_counter = sending.next.saturating_sub(1);
+    }
+    state.our_ratchet = KeyPair::generate(rng);
+    let [root, sending] = derive_secrets::<2>(
+        &state.our_ratchet.agree(&msg.ephemeral_key),
+        &root,
+        WHISPER_RATCHET,
+    );
+    state.root_key = root;
+    state.sender_chain = Some(Chain {
+        key: Some(sending),
+        next: 0,
+    });
+    state.their_ratchet = msg.ephemeral_key;
+    Ok(state.receiver_chains.len() - 1)
+}
