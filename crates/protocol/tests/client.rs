@@ -31,8 +31,16 @@ fn drain_events(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
+/// Everything the session wants sent; each node must encode and decode back.
 fn drain_tx(s: &mut Session) -> Vec<Node> {
-    std::iter::from_fn(|| s.poll_transmit()).collect()
+    let nodes: Vec<Node> = std::iter::from_fn(|| s.poll_transmit()).collect();
+    for n in &nodes {
+        let bytes = wafleet_protocol::binary::encode(n).expect("encodable");
+        let back = wafleet_protocol::binary::decode(&bytes).expect("decodable");
+        assert_eq!(back.tag, n.tag);
+        assert_eq!(back.attrs, n.attrs);
+    }
+    nodes
 }
 
 fn pair_device(refs: usize) -> Node {
@@ -628,7 +636,12 @@ fn inbound_stanzas_are_acked() {
     assert_eq!(attr(&tx[0], "id"), "M1");
     assert_eq!(tx[0].attr_jid("to"), Some(&group));
     assert_eq!(tx[0].attr_jid("participant"), Some(&sender));
-    assert!(tx[0].get_attr("type").is_none());
+    assert_eq!(attr(&tx[0], "type"), "text");
+    assert_eq!(
+        tx[0].attr_jid("from"),
+        Some(&Jid::parse("15551234567:7@s.whatsapp.net").unwrap())
+    );
+    assert!(tx[1].get_attr("from").is_none());
     assert_eq!(attr(&tx[1], "class"), "receipt");
     assert_eq!(attr(&tx[1], "type"), "read");
     assert!(drain_events(&mut s).is_empty());
@@ -678,6 +691,28 @@ fn registration_payload_fields() {
         .profile
         .login_payload(&identity)
         .is_err());
+}
+
+#[test]
+fn client_type_and_platform_id_follow_baileys() {
+    use wafleet_protocol::client::{Browser, ClientProfile};
+    use wafleet_protocol::qr::ClientType;
+    let edge = ClientProfile {
+        browser: Browser::Edge,
+        os: "Windows".into(),
+        ..ClientProfile::default()
+    };
+    assert_eq!(edge.platform_id(), "2");
+    assert_eq!(edge.platform_display(), "Edge (Windows)");
+    assert_eq!(edge.browser.platform_type() as i32, 6);
+    let desktop = |os: &str| ClientProfile {
+        browser: Browser::Desktop,
+        os: os.into(),
+        ..ClientProfile::default()
+    };
+    assert_eq!(desktop("Windows").client_type(), ClientType::Uwp);
+    assert_eq!(desktop("Mac OS").client_type(), ClientType::Electron);
+    assert_eq!(desktop("Mac OS").platform_id(), "7");
 }
 
 #[test]

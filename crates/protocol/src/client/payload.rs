@@ -51,8 +51,8 @@ impl std::fmt::Display for WaVersion {
     }
 }
 
-/// The browser the companion presents as (`DeviceProps.platformType`, the QR client type and
-/// the pairing-code platform id / display name).
+/// The browser the companion presents as (`DeviceProps.platformType`, and with the OS the QR
+/// client type and the pairing-code platform id / display name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Browser {
     /// Chrome.
@@ -94,18 +94,6 @@ impl Browser {
             Browser::Desktop => P::Desktop,
         }
     }
-
-    /// The QR code's client type.
-    pub fn client_type(self) -> ClientType {
-        match self {
-            Browser::Chrome => ClientType::Chrome,
-            Browser::Firefox => ClientType::Firefox,
-            Browser::Safari => ClientType::Safari,
-            Browser::Edge => ClientType::Edge,
-            Browser::Opera => ClientType::Opera,
-            Browser::Desktop => ClientType::OtherWeb,
-        }
-    }
 }
 
 /// How the companion describes itself.
@@ -135,9 +123,24 @@ impl ClientProfile {
         format!("{} ({})", self.browser.name(), self.os)
     }
 
-    /// `companion_platform_id`: the platform type number as a decimal string.
+    /// The companion web client type: the QR's last field and `companion_platform_id`
+    /// (Baileys `getCompanionWebClientType`; not `DeviceProps.PlatformType`, e.g. Edge is 2
+    /// here and 6 there). A desktop app is UWP on Windows and Electron elsewhere.
+    pub fn client_type(&self) -> ClientType {
+        match self.browser {
+            Browser::Chrome => ClientType::Chrome,
+            Browser::Firefox => ClientType::Firefox,
+            Browser::Safari => ClientType::Safari,
+            Browser::Edge => ClientType::Edge,
+            Browser::Opera => ClientType::Opera,
+            Browser::Desktop if self.os == "Windows" => ClientType::Uwp,
+            Browser::Desktop => ClientType::Electron,
+        }
+    }
+
+    /// `companion_platform_id`: the client type's character, e.g. `1` for Chrome.
     pub fn platform_id(&self) -> String {
-        (self.browser.platform_type() as i32).to_string()
+        self.client_type().code().to_string()
     }
 
     /// The encoded `DeviceProps`.

@@ -453,7 +453,7 @@ impl Session {
             noise_public: self.identity.noise_key.public,
             identity_public: self.identity.identity_key.public,
             adv_secret: self.identity.adv_secret,
-            client_type: self.config.profile.browser.client_type(),
+            client_type: self.config.profile.client_type(),
         }
         .to_text();
         self.events.push_back(Event::Qr {
@@ -479,12 +479,14 @@ impl Session {
             .attr("id", id.to_owned())
             .attr("to", from.clone())
             .attr("class", node.tag.clone());
-        if let Some(p) = node.get_attr("participant") {
-            ack = ack.attr("participant", p.clone());
+        for key in ["participant", "recipient", "type"] {
+            if let Some(v) = node.get_attr(key) {
+                ack = ack.attr(key, v.clone());
+            }
         }
-        if node.tag != "message" {
-            if let Some(t) = node.attr_str("type") {
-                ack = ack.attr("type", t.to_owned());
+        if node.tag == "message" {
+            if let Some(me) = self.identity.jid() {
+                ack = ack.attr("from", me);
             }
         }
         self.transmits.push_back(ack);
