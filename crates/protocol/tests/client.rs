@@ -924,3 +924,28 @@ fn unpaired_identity_roundtrips_serde() {
     let _ = AdvSignedDeviceIdentity::default();
     let _ = AttrValue::from("x");
 }
+
+#[test]
+fn server_ping_is_answered_and_stray_results_ignored() {
+    let (mut s, mut rng) = ready(18);
+    drain_tx(&mut s);
+    drain_events(&mut s);
+    s.handle_node(
+        Node::new("iq")
+            .attr("from", server())
+            .attr("id", "SP1")
+            .attr("type", "get")
+            .attr("xmlns", "urn:xmpp:ping"),
+        T0,
+        &mut rng,
+    );
+    let tx = drain_tx(&mut s);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(attr(&tx[0], "id"), "SP1");
+    assert_eq!(attr(&tx[0], "type"), "result");
+    // A result for an id we never sent, and a pair-device on a paired device: no effect.
+    s.handle_node(count_result("nope", 0), T0, &mut rng);
+    s.handle_node(pair_device(6), T0, &mut rng);
+    assert!(drain_events(&mut s).is_empty());
+    assert!(!s.is_closed());
+}
