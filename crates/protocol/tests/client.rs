@@ -225,7 +225,13 @@ fn pair_success_happy_path_then_restart_and_login_payload() {
     s.handle_node(pair_success(di), T0 + 5_000, &mut rng);
 
     let tx = drain_tx(&mut s);
-    assert_eq!(tx.len(), 1);
+    assert_eq!(tx.len(), 2);
+    // t=1700000000 s, now = T0 + 5 s: the server is 5 s behind.
+    assert_eq!(s.server_time_offset_ms(), -5_000);
+    let unified = child(&tx[1], "unified_session");
+    assert_eq!(tx[1].tag, "ib");
+    let want = (T0 + 3 * 86_400_000) % (7 * 86_400_000);
+    assert_eq!(attr(unified, "id"), want.to_string());
     let reply = &tx[0];
     assert_eq!(attr(reply, "type"), "result");
     assert_eq!(attr(reply, "id"), "ps-1");
@@ -453,7 +459,9 @@ fn success_gives_ready_and_post_login_queries() {
         }]
     );
     let tx = drain_tx(&mut s);
-    assert_eq!(tx.len(), 2);
+    assert_eq!(tx.len(), 3);
+    assert_eq!(tx[2].tag, "ib");
+    assert!(tx[2].child_by_tag("unified_session").is_some());
     assert_eq!(attr(&tx[0], "xmlns"), "passive");
     assert_eq!(attr(&tx[0], "type"), "set");
     assert!(tx[0].child_by_tag("active").is_some());

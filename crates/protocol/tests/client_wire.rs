@@ -205,5 +205,6 @@ fn qr_link_then_login_over_noise() {
     ));
     let sent = link.collect();
     let tags: Vec<_> = sent.iter().map(|n| n.attr_str("xmlns")).collect();
-    assert_eq!(tags, [Some("passive"), Some("encrypt")]);
+    assert_eq!(tags, [Some("passive"), Some("encrypt"), None]);
+    assert_eq!(sent[2].tag, "ib");
 }

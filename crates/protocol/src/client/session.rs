@@ -219,6 +219,7 @@ pub struct Session {
     link: Option<LinkCode>,
     keepalive: Keepalive,
     held_upload: Option<Node>,
+    server_offset_ms: i64,
 }
 
 impl std::fmt::Debug for Session {
@@ -266,6 +267,7 @@ impl Session {
             link: None,
             keepalive: Keepalive::default(),
             held_upload: None,
+            server_offset_ms: 0,
         }
     }
 
@@ -278,6 +280,12 @@ impl Session {
     /// The current identity (updated at `pair-success`, `success` and prekey generation).
     pub fn identity(&self) -> &DeviceIdentity {
         &self.identity
+    }
+
+    /// Server clock minus the caller's clock, in ms, from the `t` attribute (unix seconds)
+    /// of `pair-success` / `success`; 0 until one arrived.
+    pub fn server_time_offset_ms(&self) -> i64 {
+        self.server_offset_ms
     }
 
     /// Whether a terminal event was emitted.
@@ -495,7 +503,7 @@ impl Session {
     fn handle_iq(&mut self, node: &Node, now: u64, rng: &mut impl CryptoRngCore) {
         let id = node.attr_str("id").unwrap_or_default().to_owned();
         if node.child_by_tag("pair-success").is_some() {
-            return self.handle_pair_success(node, &id, rng);
+            return self.handle_pair_success(node, &id, now, rng);
         }
         match node.attr_str("type") {
             Some("set") if node.child_by_tag("pair-device").is_some() => {
@@ -541,10 +549,17 @@ impl Session {
         self.emit_qr(first, expires_at, 0, remaining);
     }
 
-    fn handle_pair_success(&mut self, node: &Node, id: &str, rng: &mut impl CryptoRngCore) {
+    fn handle_pair_success(
+        &mut self,
+        node: &Node,
+        id: &str,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) {
         if self.phase != Phase::Linking && self.phase != Phase::Connected {
             return;
         }
+        self.update_server_offset(node, now);
         let ps = node.child_by_tag("pair-success");
         let device = ps.and_then(|p| p.child_by_tag("device"));
         let jid = device.and_then(|d| attr_jid(d, "jid"));
@@ -595,6 +610,7 @@ impl Session {
                     .attr("key-index", signed.key_index.to_string())
                     .bytes(signed.reply)])]);
                 self.transmits.push_back(reply);
+                self.send_unified_session(now);
                 self.identity.jid = Some(jid.to_string());
                 self.identity.lid = lid.as_ref().map(Jid::to_string);
                 self.identity.platform = platform.clone();
@@ -639,9 +655,32 @@ impl Session {
                 .attr("type", "get")
                 .children([Node::new("count")]),
         );
+        self.update_server_offset(node, now);
+        self.send_unified_session(now);
         self.schedule_ping(now, rng);
         let lid = self.identity.lid();
         self.events.push_back(Event::Ready { jid, lid });
+    }
+
+    fn update_server_offset(&mut self, node: &Node, now: u64) {
+        if let Some(t) = node.attr_str("t").and_then(|t| t.parse::<i64>().ok()) {
+            self.server_offset_ms = t
+                .saturating_mul(1000)
+                .saturating_sub(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// `<ib><unified_session id=…/></ib>` (Baileys `sendUnifiedSession`): the id is
+    /// `(server now + 3 days) mod 1 week`, in ms.
+    fn send_unified_session(&mut self, now: u64) {
+        const DAY_MS: i64 = 86_400_000;
+        let server_now = i64::try_from(now)
+            .unwrap_or(i64::MAX)
+            .saturating_add(self.server_offset_ms);
+        let id = server_now.saturating_add(3 * DAY_MS).rem_euclid(7 * DAY_MS);
+        self.transmits.push_back(
+            Node::new("ib").children([Node::new("unified_session").attr("id", id.to_string())]),
+        );
     }
 
     fn schedule_ping(&mut self, now: u64, rng: &mut impl CryptoRngCore) {
