@@ -957,3 +957,22 @@ fn server_ping_is_answered_and_stray_results_ignored() {
     assert!(drain_events(&mut s).is_empty());
     assert!(!s.is_closed());
 }
+
+#[test]
+fn hosted_account_pairs() {
+    let (mut s, mut rng, qr) = linking(19);
+    let account = KeyPair::generate(&mut rng);
+    let hosted = DeviceGrant {
+        hosted: true,
+        ..grant()
+    };
+    let di = adv::issue(
+        &hosted,
+        &account.private,
+        &qr.adv_secret,
+        &qr.identity_public,
+        &mut rng,
+    );
+    s.handle_node(pair_success(di), T0, &mut rng);
+    assert!(matches!(s.poll_event(), Some(Event::Paired { .. })));
+}
