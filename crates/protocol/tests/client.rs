@@ -976,3 +976,33 @@ fn hosted_account_pairs() {
     s.handle_node(pair_success(di), T0, &mut rng);
     assert!(matches!(s.poll_event(), Some(Event::Paired { .. })));
 }
+
+#[test]
+fn info_broadcasts() {
+    let (mut s, mut rng) = ready(20);
+    drain_tx(&mut s);
+    drain_events(&mut s);
+    s.handle_node(
+        Node::new("ib").children([Node::new("offline_preview").attr("count", "7")]),
+        T0,
+        &mut rng,
+    );
+    let tx = drain_tx(&mut s);
+    assert_eq!(tx.len(), 1);
+    assert_eq!(attr(child(&tx[0], "offline_batch"), "count"), "100");
+    s.handle_node(
+        Node::new("ib").children([
+            Node::new("edge_routing").children([Node::new("routing_info").bytes(vec![8, 9, 10])]),
+            Node::new("offline").attr("count", "7"),
+        ]),
+        T0,
+        &mut rng,
+    );
+    assert_eq!(
+        drain_events(&mut s),
+        vec![
+            Event::RoutingInfo(vec![8, 9, 10]),
+            Event::OfflineDelivered { count: 7 }
+        ]
+    );
+}

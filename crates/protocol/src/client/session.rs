@@ -146,6 +146,14 @@ pub enum Event {
         /// The identity with `next_pre_key_id` / `pre_keys_uploaded` updated.
         identity: Box<DeviceIdentity>,
     },
+    /// `<ib><edge_routing><routing_info>`: store it and pass it as
+    /// `noise::ClientConfig::routing_info` on the next connection.
+    RoutingInfo(Vec<u8>),
+    /// `<ib><offline count=N>`: the offline queue was delivered.
+    OfflineDelivered {
+        /// The `count` attribute.
+        count: u32,
+    },
     /// The connection is over. Terminal; see [`DisconnectReason::should_reconnect`].
     Disconnected(DisconnectReason),
 }
@@ -385,7 +393,35 @@ impl Session {
                 }
             }
             "message" | "receipt" | "call" => self.ack(&node),
+            "ib" => self.handle_ib(&node),
             _ => {}
+        }
+    }
+
+    /// `<ib>` (info broadcast) children, as Baileys handles them.
+    fn handle_ib(&mut self, node: &Node) {
+        for child in node.child_nodes() {
+            match &*child.tag {
+                "offline_preview" => self.transmits.push_back(
+                    Node::new("ib").children([Node::new("offline_batch").attr("count", "100")]),
+                ),
+                "offline" => {
+                    let count = child
+                        .attr_str("count")
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
+                    self.events.push_back(Event::OfflineDelivered { count });
+                }
+                "edge_routing" => {
+                    let info = child
+                        .child_by_tag("routing_info")
+                        .and_then(Node::content_bytes);
+                    if let Some(info) = info {
+                        self.events.push_back(Event::RoutingInfo(info.to_vec()));
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
