@@ -16,10 +16,13 @@
 //! - [`pairing_code`]: pairing-code linking's key derivation and wrapping; phone numbers.
 //! - [`qr`]: the linking QR code's text.
 //! - [`xeddsa`]: XEdDSA signatures with libsignal's sign-bit convention.
+//! - [`client`]: the companion's linking and login state machine (QR, pairing code,
+//!   pair-success, stream errors, prekeys, keepalive).
 
 pub mod adv;
 pub mod binary;
 pub mod cert;
+pub mod client;
 pub mod frame;
 pub mod jid;
 pub mod noise;
