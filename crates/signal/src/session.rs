@@ -20,8 +20,14 @@ use std::collections::VecDeque;
 pub const MAX_FORWARD_JUMPS: u32 = 2000;
 /// Skipped message keys kept per receiving chain (oldest dropped first).
 pub const MAX_SKIPPED_KEYS: usize = 2000;
-/// Receiving chains kept per session state (oldest dropped first).
+/// Receiving chains kept per session state before spent ones (closed, no skipped keys
+/// left) are dropped, oldest first.
 pub const MAX_RECEIVER_CHAINS: usize = 5;
+/// Receiving chains kept at most, spent or not (oldest dropped first). libsignal-node never
+/// drops a receiving chain, so a message that arrives after several ratchet steps still
+/// decrypts there; keeping chains that still hold skipped keys (up to this bound) lets it
+/// decrypt here too. Worst case per session: 16 × 2,000 skipped keys.
+pub const MAX_RECEIVER_CHAINS_HARD: usize = 16;
 /// Previous session states kept per record (libsignal-node keeps 40 closed sessions).
 pub const MAX_PREVIOUS_STATES: usize = 40;
 /// Version of the serialized [`SessionRecord`] format.
@@ -532,6 +538,26 @@ fn advance(
     Ok(chain_step(&key))
 }
 
+/// Drops receiving chains beyond [`MAX_RECEIVER_CHAINS`]: first those that can no longer
+/// decrypt anything (closed, no skipped keys), oldest first; then, beyond
+/// [`MAX_RECEIVER_CHAINS_HARD`], the oldest of any kind. The newest chain is never dropped.
+fn prune_receiver_chains(chains: &mut Vec<ReceiverChain>) {
+    while chains.len() > MAX_RECEIVER_CHAINS {
+        let spent = chains[..chains.len() - 1]
+            .iter()
+            .position(|c| c.chain.key.is_none() && c.skipped.is_empty());
+        match spent {
+            Some(i) => {
+                chains.remove(i);
+            }
+            None if chains.len() > MAX_RECEIVER_CHAINS_HARD => {
+                chains.remove(0);
+            }
+            None => break,
+        }
+    }
+}
+
 /// A new ratchet key from the peer: close its previous chain (keeping skipped keys up to
 /// `previous_counter`), derive the new receiving chain and a fresh sending chain.
 fn step_ratchet(
@@ -574,9 +600,7 @@ fn step_ratchet(
         },
         skipped: VecDeque::new(),
     });
-    if state.receiver_chains.len() > MAX_RECEIVER_CHAINS {
-        state.receiver_chains.remove(0);
-    }
+    prune_receiver_chains(&mut state.receiver_chains);
     if let Some(sending) = state.sender_chain.take() {
         state.previous_counter = sending.next.saturating_sub(1);
     }

@@ -246,3 +246,31 @@ fn records_serialize_and_resume() {
     v["version"] = 99.into();
     assert!(SessionRecord::from_bytes(&serde_json::to_vec(&v).unwrap()).is_err());
 }
+
+/// A message held back while the conversation ratchets many times still decrypts, as in
+/// libsignal-node (which never drops a receiving chain). Found by the interop suite: with
+/// the five most recent chains kept regardless, the sixth-oldest was dropped and its late
+/// message was taken for a new ratchet key, failing with a bad MAC.
+#[test]
+fn late_message_after_many_ratchet_steps() {
+    let (mut a, mut b) = pair(true);
+    let first = a.encrypt(b"first");
+    assert_eq!(b.decrypt(&first).unwrap(), b"first");
+    // Alice's chain: one message delivered now, one held back.
+    let held = a.encrypt(b"held back");
+    let mut delivered_after = Vec::new();
+    for round in 0..8u8 {
+        let m = b.encrypt(&[round]);
+        assert_eq!(a.decrypt(&m).unwrap(), [round]);
+        let m = a.encrypt(&[100 + round]);
+        assert_eq!(b.decrypt(&m).unwrap(), [100 + round]);
+        delivered_after.push(round);
+    }
+    assert_eq!(delivered_after.len(), 8);
+    assert_eq!(b.decrypt(&held).unwrap(), b"held back");
+    // And only once.
+    assert!(matches!(
+        b.decrypt(&held),
+        Err(SignalError::DuplicateMessage(_))
+    ));
+}
