@@ -200,10 +200,12 @@ fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     Ok(out)
 }
 
-/// What a string-position tag reads as.
-enum Item {
-    Str(Text),
-    Jid(Jid),
+/// Whether `tag` introduces a JID rather than a string.
+fn is_jid_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        tag::JID_PAIR | tag::AD_JID | tag::FB_JID | tag::INTEROP_JID
+    )
 }
 
 struct Reader<'a> {
@@ -268,9 +270,10 @@ impl<'a> Reader<'a> {
             let key = self.string()?;
             let offset = self.pos;
             let tag = self.byte()?;
-            let value = match self.item(tag, offset)? {
-                Item::Str(s) => AttrValue::Str(s),
-                Item::Jid(jid) => AttrValue::Jid(jid),
+            let value = if is_jid_tag(tag) {
+                AttrValue::Jid(self.jid(tag, offset)?)
+            } else {
+                AttrValue::Str(self.text(tag, offset)?)
             };
             attrs.push((key, value));
         }
@@ -316,10 +319,8 @@ impl<'a> Reader<'a> {
                 let len = self.binary_len(tag)?;
                 Ok(Content::Bytes(self.take(len)?.to_vec()))
             }
-            _ => match self.item(tag, offset)? {
-                Item::Str(s) => Ok(Content::Str(s)),
-                Item::Jid(jid) => Ok(Content::Jid(jid)),
-            },
+            _ if is_jid_tag(tag) => Ok(Content::Jid(self.jid(tag, offset)?)),
+            _ => Ok(Content::Str(self.text(tag, offset)?)),
         }
     }
 
@@ -339,14 +340,15 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<Text, DecodeError> {
         let offset = self.pos;
         let tag = self.byte()?;
-        match self.item(tag, offset)? {
-            Item::Str(s) => Ok(s),
-            Item::Jid(_) => Err(DecodeError::UnexpectedJid { offset }),
+        if is_jid_tag(tag) {
+            return Err(DecodeError::UnexpectedJid { offset });
         }
+        self.text(tag, offset)
     }
 
-    /// Reads the string or JID introduced by `tag` (read at `offset`).
-    fn item(&mut self, tag: u8, offset: usize) -> Result<Item, DecodeError> {
+    /// Reads the string introduced by `tag` (read at `offset`); JID tags are handled by
+    /// the callers.
+    fn text(&mut self, tag: u8, offset: usize) -> Result<Text, DecodeError> {
         let s = match tag {
             tag::LIST_EMPTY => Text::Borrowed(""),
             tag::DICTIONARY_0..=tag::DICTIONARY_3 => {
@@ -371,9 +373,6 @@ impl<'a> Reader<'a> {
                     .into()
             }
             tag::NIBBLE_8 | tag::HEX_8 => self.packed(tag)?.into(),
-            tag::JID_PAIR | tag::AD_JID | tag::FB_JID | tag::INTEROP_JID => {
-                return Ok(Item::Jid(self.jid(tag, offset)?));
-            }
             _ => match token::single(tag) {
                 Some(token) => token.into(),
                 None => {
@@ -385,7 +384,7 @@ impl<'a> Reader<'a> {
                 }
             },
         };
-        Ok(Item::Str(s))
+        Ok(s)
     }
 
     fn packed(&mut self, tag: u8) -> Result<String, DecodeError> {
