@@ -97,13 +97,7 @@ fn grant() -> DeviceGrant {
 fn paired(seed: u64) -> (DeviceIdentity, KeyPair) {
     let (mut s, mut rng, qr) = linking(seed);
     let account = KeyPair::generate(&mut rng);
-    let di = adv::issue(
-        &grant(),
-        &account.private,
-        &qr.adv_secret,
-        &qr.identity_public,
-        &mut rng,
-    );
+    let di = issue(&account, &qr, &mut rng);
     s.handle_node(pair_success(di), T0 + 5_000, &mut rng);
     (s.identity().clone(), account)
 }
@@ -211,17 +205,22 @@ fn configurable_qr_durations() {
     );
 }
 
-#[test]
-fn pair_success_happy_path_then_restart_and_login_payload() {
-    let (mut s, mut rng, qr) = linking(3);
-    let account = KeyPair::generate(&mut rng);
-    let di = adv::issue(
+/// The phone's device identity for the companion behind `qr`, signed by `account`.
+fn issue(account: &KeyPair, qr: &PairingQr, rng: &mut StdRng) -> Vec<u8> {
+    adv::issue(
         &grant(),
         &account.private,
         &qr.adv_secret,
         &qr.identity_public,
-        &mut rng,
-    );
+        rng,
+    )
+}
+
+#[test]
+fn pair_success_happy_path_then_restart_and_login_payload() {
+    let (mut s, mut rng, qr) = linking(3);
+    let account = KeyPair::generate(&mut rng);
+    let di = issue(&account, &qr, &mut rng);
     s.handle_node(pair_success(di), T0 + 5_000, &mut rng);
 
     let tx = drain_tx(&mut s);
@@ -341,13 +340,7 @@ fn expect_auth_failure(s: &mut Session, want: AdvError, text: &str) {
 fn tampered_hmac_is_refused_with_401_hmac_mismatch() {
     let (mut s, mut rng, qr) = linking(5);
     let account = KeyPair::generate(&mut rng);
-    let di = adv::issue(
-        &grant(),
-        &account.private,
-        &qr.adv_secret,
-        &qr.identity_public,
-        &mut rng,
-    );
+    let di = issue(&account, &qr, &mut rng);
     let mut wrapper = AdvSignedDeviceIdentityHmac::decode(di.as_slice()).unwrap();
     wrapper.hmac.as_mut().unwrap()[0] ^= 1;
     s.handle_node(pair_success(wrapper.encode_to_vec()), T0, &mut rng);
