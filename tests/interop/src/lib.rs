@@ -39,10 +39,16 @@ pub struct Peer {
 impl Peer {
     /// Starts `node oracle/peer.mjs`.
     pub fn start() -> Peer {
+        Peer::start_script("peer.mjs")
+    }
+
+    /// Starts `node oracle/<script>`, a JSON-lines peer (one request per line in, one
+    /// reply per line out).
+    pub fn start_script(script: &str) -> Peer {
         install_oracle();
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle");
         let mut child = Command::new("node")
-            .arg("peer.mjs")
+            .arg(script)
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -60,18 +66,9 @@ impl Peer {
         }
     }
 
-    /// Sends one request and returns the reply, panicking on an error reply.
-    pub fn call(&mut self, request: Value) -> Value {
-        let reply = self.try_call(request.clone());
-        match reply {
-            Ok(v) => v,
-            Err(e) => panic!("oracle refused {}: {e}", request["op"]),
-        }
-    }
-
-    /// Sends one request; `Err` carries the peer's error text.
-    pub fn try_call(&mut self, request: Value) -> Result<Value, String> {
-        let mut line = serde_json::to_string(&request).expect("request serializes");
+    /// Sends one request line and returns the raw reply, whatever its shape.
+    pub fn request(&mut self, request: &Value) -> Value {
+        let mut line = serde_json::to_string(request).expect("request serializes");
         line.push('\n');
         self.stdin
             .write_all(line.as_bytes())
@@ -82,8 +79,22 @@ impl Peer {
             .stdout
             .read_line(&mut reply)
             .expect("read from oracle peer");
-        assert!(n > 0, "oracle peer exited");
-        let v: Value = serde_json::from_str(&reply).expect("oracle reply is JSON");
+        assert!(n > 0, "oracle peer exited (request was {})", request["op"]);
+        serde_json::from_str(&reply).expect("oracle reply is JSON")
+    }
+
+    /// Sends one request and returns the reply, panicking on an error reply.
+    pub fn call(&mut self, request: Value) -> Value {
+        let reply = self.try_call(request.clone());
+        match reply {
+            Ok(v) => v,
+            Err(e) => panic!("oracle refused {}: {e}", request["op"]),
+        }
+    }
+
+    /// Sends one request to `peer.mjs`; `Err` carries the peer's error text.
+    pub fn try_call(&mut self, request: Value) -> Result<Value, String> {
+        let v = self.request(&request);
         if v["ok"] == Value::Bool(true) {
             Ok(v)
         } else {

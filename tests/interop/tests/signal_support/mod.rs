@@ -4,102 +4,45 @@
 
 use rand::rngs::OsRng;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use wafleet_interop::Peer;
 use wafleet_signal::keys::{
     generate_registration_id, IdentityKeyPair, PreKeyRecord, SignedPreKeyRecord,
 };
 use wafleet_signal::*;
 
-fn oracle_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle")
-}
-
-/// Ensures node and the pinned oracle are present; panics loudly otherwise.
-fn ensure_oracle() {
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        matches!(&node, Ok(o) if o.status.success()),
-        "signal interop: `node` is required (apt-get install nodejs npm); refusing to skip"
-    );
-    let dir = oracle_dir();
-    if !dir.join("node_modules/libsignal/package.json").exists()
-        || !dir.join("node_modules/baileys/package.json").exists()
-    {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-oracle.sh");
-        let st = Command::new("bash")
-            .arg(script)
-            .status()
-            .expect("run install-oracle.sh");
-        assert!(
-            st.success(),
-            "signal interop: scripts/install-oracle.sh failed"
-        );
-    }
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(dir.join("node_modules/libsignal/package.json"))
-            .expect("libsignal package.json"),
-    )
-    .unwrap();
-    assert_eq!(
-        v["version"], "6.0.0",
-        "signal interop: want libsignal-node 6.0.0"
-    );
-}
-
-pub struct Oracle {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+/// `oracle/signal-peer.mjs`, whose replies are `{"ok": value}` or `{"err": text}`.
+pub struct Oracle(Peer);
 
 impl Oracle {
     pub fn spawn() -> Self {
-        ensure_oracle();
-        let mut child = Command::new("node")
-            .arg(oracle_dir().join("signal-peer.mjs"))
-            .current_dir(oracle_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn node signal-peer.mjs");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Oracle {
-            child,
-            stdin,
-            stdout,
-        }
+        let peer = Peer::start_script("signal-peer.mjs");
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(manifest.join("oracle/node_modules/libsignal/package.json"))
+                .expect("libsignal package.json"),
+        )
+        .expect("package.json is JSON");
+        assert_eq!(
+            v["version"], "6.0.0",
+            "signal interop: want libsignal-node 6.0.0"
+        );
+        Oracle(peer)
     }
 
     /// Sends one request; `Ok(result)` or `Err(error string from node)`.
     pub fn call(&mut self, req: Value) -> Result<Value, String> {
-        writeln!(self.stdin, "{req}").expect("write to oracle");
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        let n = self.stdout.read_line(&mut line).expect("read from oracle");
-        assert!(n > 0, "oracle exited (request was {req})");
-        let v: Value = serde_json::from_str(&line).expect("oracle JSON");
+        let v = self.0.request(&req);
         match (v.get("ok"), v.get("err")) {
             (Some(ok), _) => Ok(ok.clone()),
             (_, Some(e)) => Err(e.as_str().unwrap_or_default().to_string()),
-            _ => panic!("bad oracle reply {line}"),
+            _ => panic!("bad oracle reply {v}"),
         }
     }
 
     pub fn ok(&mut self, req: Value) -> Value {
         let r = self.call(req.clone());
         r.unwrap_or_else(|e| panic!("oracle {req}: {e}"))
-    }
-}
-
-impl Drop for Oracle {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
