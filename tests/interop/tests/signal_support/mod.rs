@@ -49,9 +49,7 @@ impl Oracle {
 pub fn h(b: &[u8]) -> String {
     hex::encode(b)
 }
-pub fn unh(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().expect("hex string")).expect("hex")
-}
+pub use wafleet_interop::unhex as unh;
 
 /// A wafleet device: identity, prekeys, and session records per remote.
 pub struct RustPeer {
