@@ -5,12 +5,14 @@
 //! `error: …` on stderr and exits non-zero.
 //!
 //! - `wafleet node decode|encode`: the binary node codec ([`node`]).
+//! - `wafleet sim`: the WhatsApp simulator on loopback ([`sim`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod node;
+mod sim;
 
 /// wafleet: a WhatsApp Web multi-device gateway.
 #[derive(Debug, Parser)]
@@ -25,12 +27,15 @@ enum Command {
     /// Binary nodes: decode wire hex to JSON, encode JSON to wire hex.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Run the WhatsApp simulator (server and phones) on loopback until Ctrl-C.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(command) => node::run(command),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -227,6 +227,40 @@ async fn tampered_account_signature_is_refused_with_signature_mismatch() {
 }
 
 #[tokio::test]
+async fn forged_device_signature_is_refused_by_the_phone() {
+    let sim = simulator_with_phone(PHONE).await;
+    let mut companion = Companion::connect_forging_signature(&sim, fresh_identity()).await;
+    let qr = companion.first_qr().await;
+    let scan = sim.scan_qr(PHONE, &qr).await;
+    assert!(
+        matches!(
+            scan,
+            Err(SimError::DeviceSignature(AdvError::DeviceSignatureMismatch))
+        ),
+        "{scan:?}"
+    );
+    let counters = sim.counters();
+    assert_eq!(counters.device_signatures_bad, 1);
+    assert_eq!(counters.device_signatures_ok, 0);
+    // No 515: the socket ends with a 401 stream error, and the device cannot log in.
+    let (_, events) = companion.until_closed().await;
+    assert!(!events.contains(&Event::Restart), "{events:?}");
+    let identity = events
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Paired { identity, .. } => Some(*identity),
+            _ => None,
+        })
+        .expect("the companion itself accepted pair-success");
+    let mut again = Companion::connect(&sim, identity).await;
+    assert_eq!(
+        again.wait_for(disconnect).await,
+        DisconnectReason::LoggedOut
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn second_login_replaces_the_older_socket() {
     let sim = simulator_with_phone(PHONE).await;
     let identity = link_by_qr(&sim, PHONE).await;
