@@ -85,6 +85,9 @@ pub(crate) struct Device {
     pub lid: Jid,
     /// One-time prekeys the device uploaded: id → public key.
     pub prekeys: HashMap<u32, [u8; 32]>,
+    /// The `<registration>`, `<type>`, `<identity>` and `<skey>` of the last upload, for
+    /// the `<digest>` query.
+    pub bundle: Vec<Node>,
 }
 
 /// A phone waiting for the companion's answer to one of its stanzas.
@@ -609,16 +612,35 @@ impl State {
     }
 
     fn prekey_query(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
-        if node.child_by_tag("count").is_none() {
-            return vec![Outbound::Node(result_for(node))];
-        }
         let Some(device) = self.device_of(id) else {
             return vec![Outbound::Node(error_for(node, 401, "not-authorized"))];
         };
+        if node.child_by_tag("digest").is_some() {
+            return vec![Outbound::Node(self.digest(&device, node))];
+        }
+        if node.child_by_tag("count").is_none() {
+            return vec![Outbound::Node(result_for(node))];
+        }
         let count = self.devices.get(&device).map_or(0, |d| d.prekeys.len());
         vec![Outbound::Node(result_for(node).children([
             Node::new("count").attr("value", count.to_string()),
         ]))]
+    }
+
+    /// `<digest>`: the stored key bundle and prekey ids (no hash: nothing here checks it).
+    fn digest(&self, device: &str, node: &Node) -> Node {
+        let Some(record) = self.devices.get(device).filter(|d| !d.bundle.is_empty()) else {
+            return error_for(node, 404, "item-not-found");
+        };
+        let mut ids: Vec<u32> = record.prekeys.keys().copied().collect();
+        ids.sort_unstable();
+        let list = Node::new("list").children(
+            ids.into_iter()
+                .map(|i| Node::new("id").bytes(i.to_be_bytes()[1..].to_vec())),
+        );
+        let mut children = record.bundle.clone();
+        children.push(list);
+        result_for(node).children([Node::new("digest").children(children)])
     }
 
     fn prekey_upload(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
@@ -648,6 +670,13 @@ impl State {
         };
         let received = keys.len();
         record.prekeys.extend(keys);
+        let bundle: Vec<Node> = ["registration", "type", "identity", "skey"]
+            .into_iter()
+            .filter_map(|tag| node.child_by_tag(tag).cloned())
+            .collect();
+        if !bundle.is_empty() {
+            record.bundle = bundle;
+        }
         *self
             .counters
             .prekey_uploads
@@ -847,6 +876,7 @@ mod tests {
             Device {
                 lid: Jid::new("123", Server::Lid).with_device(1),
                 prekeys: HashMap::new(),
+                bundle: Vec::new(),
             },
         );
         jid
@@ -893,12 +923,15 @@ mod tests {
             .attr("id", "u1")
             .attr("xmlns", "encrypt")
             .attr("type", "set")
-            .children([Node::new("list").children((1u32..=3).map(|i| {
-                Node::new("key").children([
-                    Node::new("id").bytes(i.to_be_bytes()[1..].to_vec()),
-                    Node::new("value").bytes(vec![i as u8; 32]),
-                ])
-            }))]);
+            .children([
+                Node::new("registration").bytes(vec![0, 0, 0, 1]),
+                Node::new("list").children((1u32..=3).map(|i| {
+                    Node::new("key").children([
+                        Node::new("id").bytes(i.to_be_bytes()[1..].to_vec()),
+                        Node::new("value").bytes(vec![i as u8; 32]),
+                    ])
+                })),
+            ]);
         let out = state.on_node(second, upload);
         assert_eq!(node_of(&out).attr_str("type"), Some("result"));
         let count = Node::new("iq")
@@ -913,6 +946,17 @@ mod tests {
                 .and_then(|c| c.attr_str("value")),
             Some("3")
         );
+        let digest = Node::new("iq")
+            .attr("id", "d1")
+            .attr("xmlns", "encrypt")
+            .attr("type", "get")
+            .children([Node::new("digest")]);
+        let out = state.on_node(second, digest);
+        let ids = node_of(&out)
+            .child_by_tag("digest")
+            .and_then(|d| d.child_by_tag("list"))
+            .map(|l| l.child_nodes().len());
+        assert_eq!(ids, Some(3));
         // A malformed upload (short value) stores nothing.
         let bad = Node::new("iq")
             .attr("id", "u2")
