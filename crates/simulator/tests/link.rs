@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    eventually, fresh_identity, link_by_qr, simulator_with, simulator_with_phone, Companion,
+    eventually, fresh_identity, link_by_qr, simulator_with, simulator_with_phone, Companion, Ended,
 };
 use wafleet_protocol::adv::AdvError;
 use wafleet_protocol::client::{DisconnectReason, Event};
@@ -68,8 +68,8 @@ async fn qr_link_then_login_and_prekey_upload() {
     let counters = sim.counters();
     assert_eq!(counters.device_signatures_ok, 1);
     assert_eq!(counters.device_signatures_bad, 0);
-    let (close_frame, _) = companion.until_closed().await;
-    assert!(close_frame, "the server closes the socket after 515");
+    let (ended, _) = companion.until_closed().await;
+    assert_eq!(ended, Ended::HungUp, "the companion hangs up after 515");
 
     // Login with the paired identity: success, then a first prekey upload that is stored.
     let mut companion = Companion::connect(&sim, identity).await;
@@ -314,8 +314,8 @@ async fn drop_connections_closes_without_a_stream_error() {
     })
     .await;
     assert_eq!(sim.drop_connections(&device), 1);
-    let (close_frame, events) = companion.until_closed().await;
-    assert!(!close_frame, "an abrupt drop sends no close frame");
+    let (ended, events) = companion.until_closed().await;
+    assert_eq!(ended, Ended::Dropped, "an abrupt drop sends no close frame");
     assert!(
         !events.iter().any(|e| matches!(e, Event::Disconnected(_))),
         "no stream error expected, got {events:?}"
@@ -384,8 +384,8 @@ async fn registration_socket_closes_when_all_refs_expired() {
     let sim = simulator_with(config, PHONE).await;
     let mut companion = Companion::connect(&sim, fresh_identity()).await;
     let qr = companion.first_qr().await;
-    let (close_frame, _) = companion.until_closed().await;
-    assert!(close_frame);
+    let (ended, _) = companion.until_closed().await;
+    assert_eq!(ended, Ended::ServerClosed);
     assert!(matches!(
         sim.scan_qr(PHONE, &qr).await,
         Err(SimError::NoSuchRef)

@@ -33,8 +33,8 @@ pub const STEP: Duration = Duration::from_secs(20);
 pub enum Step {
     /// A session event.
     Event(Event),
-    /// The socket ended. `close_frame` says whether the server sent a WebSocket close.
-    Closed { close_frame: bool },
+    /// The socket ended.
+    Ended(Ended),
     /// The driver failed (noise, codec, WebSocket error).
     Failed(String),
 }
@@ -42,6 +42,17 @@ pub enum Step {
 enum Command {
     RequestPairingCode(PhoneNumber),
     Close,
+}
+
+/// How a socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The server sent a WebSocket close frame.
+    ServerClosed,
+    /// The connection dropped without a close frame.
+    Dropped,
+    /// The session ended (restart, stream error, failure) and the driver hung up.
+    HungUp,
 }
 
 /// A companion connected to the simulator.
@@ -139,14 +150,13 @@ impl Companion {
         }
     }
 
-    /// Skips events until the socket closes; returns whether the server sent a close frame
-    /// and the events seen on the way.
-    pub async fn until_closed(&mut self) -> (bool, Vec<Event>) {
+    /// Skips events until the socket ends; returns how, and the events seen on the way.
+    pub async fn until_closed(&mut self) -> (Ended, Vec<Event>) {
         let mut seen = Vec::new();
         loop {
             match self.next().await {
                 Step::Event(e) => seen.push(e),
-                Step::Closed { close_frame } => return (close_frame, seen),
+                Step::Ended(how) => return (how, seen),
                 Step::Failed(e) => panic!("companion driver failed: {e}"),
             }
         }
@@ -223,12 +233,12 @@ async fn drive(
                     }
                 }
                 Some(Ok(Message::Close(_))) => {
-                    let _ = steps.send(Step::Closed { close_frame: true });
+                    let _ = steps.send(Step::Ended(Ended::ServerClosed));
                     return Ok(());
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
-                    let _ = steps.send(Step::Closed { close_frame: false });
+                    let _ = steps.send(Step::Ended(Ended::Dropped));
                     return Ok(());
                 }
             },
@@ -276,6 +286,12 @@ async fn drive(
             if !confirmed {
                 break;
             }
+        }
+        if session.is_closed() {
+            // Restart or disconnect: a driver hangs up (and reconnects if it wants to).
+            let _ = ws.close(None).await;
+            let _ = steps.send(Step::Ended(Ended::HungUp));
+            return Ok(());
         }
     }
 }
