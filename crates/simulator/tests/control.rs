@@ -62,6 +62,9 @@ async fn link_unlink_and_counters_over_http() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(error["error"]["code"], "bad_request");
+    let (status, error) = http(&base, "GET", "/nowhere", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(error["error"]["code"], "not_found");
     let (status, error) = http(&base, "POST", "/devices/nonsense/unlink", None).await;
     assert_eq!(status, 400);
     assert_eq!(error["error"]["code"], "bad_jid");
