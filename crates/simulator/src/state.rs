@@ -410,12 +410,19 @@ impl State {
     }
 
     /// The registration socket currently showing QR ref `reference`.
+    ///
+    /// The companion starts its QR timer when `pair-device` arrives, a little after the
+    /// server started its own, so a ref stays acceptable for a short grace after the
+    /// server moved on (a second, or half a ref's lifetime if that is shorter).
     pub fn socket_showing(&self, reference: &str, now: Instant) -> Option<SocketId> {
+        let grace = (self.policy.next_qr_ttl / 2).min(Duration::from_secs(1));
+        let earlier = now.checked_sub(grace).unwrap_or(now);
         self.sockets.iter().find_map(|(id, e)| match &e.role {
-            Role::Registration(r) => r
-                .ref_index(&self.policy, now)
-                .filter(|i| r.refs[*i] == reference)
-                .map(|_| *id),
+            Role::Registration(r) => [now, earlier]
+                .into_iter()
+                .filter_map(|t| r.ref_index(&self.policy, t))
+                .any(|i| r.refs[i] == reference)
+                .then_some(*id),
             _ => None,
         })
     }
@@ -839,7 +846,23 @@ mod tests {
             state.registration(id).map(|r| r.expires_at(&policy)),
             Some(end)
         );
-        assert_eq!(state.socket_showing(&refs[5], end), None);
+        // A short grace covers the companion's later start of its timer.
+        assert_eq!(
+            state.socket_showing(&refs[5], end + Duration::from_millis(500)),
+            Some(id)
+        );
+        assert_eq!(
+            state.socket_showing(&refs[4], t0 + Duration::from_millis(140_900)),
+            Some(id)
+        );
+        assert_eq!(
+            state.socket_showing(&refs[5], end + Duration::from_millis(1001)),
+            None
+        );
+        assert_eq!(
+            state.socket_showing(&refs[4], t0 + Duration::from_millis(141_001)),
+            None
+        );
     }
 
     #[test]
