@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use support::{
     eventually, fresh_identity, link_by_qr, simulator_with, simulator_with_phone, Companion, Ended,
+    Step,
 };
 use wafleet_protocol::adv::AdvError;
+use wafleet_protocol::cert::RootKey;
 use wafleet_protocol::client::{DisconnectReason, Event};
 use wafleet_protocol::jid::Jid;
 use wafleet_protocol::qr::PairingQr;
@@ -336,6 +338,17 @@ async fn too_old_client_gets_405() {
         companion.wait_for(disconnect).await,
         DisconnectReason::ClientOutdated
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_companion_pinned_to_whatsapps_root_refuses_the_simulator() {
+    let sim = simulator_with_phone(PHONE).await;
+    let mut companion = Companion::connect_pinned(&sim, fresh_identity(), RootKey::WHATSAPP).await;
+    match companion.next().await {
+        Step::Failed(error) => assert!(error.contains("certificate"), "{error}"),
+        other => panic!("expected a certificate failure, got {other:?}"),
+    }
     sim.shutdown().await;
 }
 

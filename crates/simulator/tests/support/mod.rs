@@ -89,16 +89,35 @@ impl Companion {
         Companion::start(sim, identity, SessionConfig::default(), true).await
     }
 
+    /// A companion pinned to `root` instead of the simulator's root key.
+    pub async fn connect_pinned(
+        sim: &Simulator,
+        identity: DeviceIdentity,
+        root: RootKey,
+    ) -> Companion {
+        Companion::spawn(sim, identity, SessionConfig::default(), false, root).await
+    }
+
     async fn start(
         sim: &Simulator,
         identity: DeviceIdentity,
         config: SessionConfig,
         forge: bool,
     ) -> Companion {
+        let root = RootKey::custom(sim.root_public_key());
+        Companion::spawn(sim, identity, config, forge, root).await
+    }
+
+    async fn spawn(
+        sim: &Simulator,
+        identity: DeviceIdentity,
+        config: SessionConfig,
+        forge: bool,
+        root: RootKey,
+    ) -> Companion {
         let (ws, _) = tokio_tungstenite::connect_async(sim.ws_url())
             .await
             .expect("WebSocket connects to the simulator");
-        let root = RootKey::custom(sim.root_public_key());
         let (step_tx, steps) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
