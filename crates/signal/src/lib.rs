@@ -17,10 +17,13 @@ pub mod address;
 mod crypto;
 pub mod error;
 pub mod group;
+mod hmac_sha256;
 pub mod keys;
 pub mod message;
 pub mod padding;
+mod protobuf;
 pub mod session;
+mod sha256_x2;
 pub mod store;
 
 /// Generated protobuf types for the Signal wire messages.
