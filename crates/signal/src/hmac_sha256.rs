@@ -304,12 +304,14 @@ pub(crate) fn hkdf<const I: usize>(salt: &HmacKey, input: &[u8], info: &[u8; I],
         Err(_) => salt.mac(&[input]),
     };
     let prk = HmacKey::new(&prk);
+    const COUNTER_LEN: usize = 1;
     let mut t = [0u8; DIGEST_LEN];
     for (i, chunk) in out.chunks_mut(DIGEST_LEN).enumerate() {
         // T(i) = HMAC(PRK, T(i-1) || info || i), T(0) empty.
         let counter = [i as u8 + 1];
         let previous: &[u8] = if i == 0 { &[] } else { &t };
-        t = if DIGEST_LEN + I + 1 <= ShortMessage::MAX {
+        // T(i-1), info and the one-byte counter in one block?
+        t = if DIGEST_LEN + I + COUNTER_LEN <= ShortMessage::MAX {
             let mut m = ShortMessage::new();
             m.push(previous).push(info).push(&counter);
             prk.mac_short(m)

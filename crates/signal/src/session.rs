@@ -386,11 +386,18 @@ fn decrypt_whisper(
         match decrypt_with_state(&mut state, msg, rng) {
             Ok(plaintext) => {
                 let new_identity = check_trust(identities, address, &state.remote_identity)?;
-                let mut record = record.clone();
-                match previous_index {
-                    None => record.current = Some(state),
-                    Some(i) => Arc::make_mut(&mut record.previous)[i] = state,
-                }
+                let record = match previous_index {
+                    None => SessionRecord {
+                        version: record.version,
+                        current: Some(state),
+                        previous: Arc::clone(&record.previous),
+                    },
+                    Some(i) => {
+                        let mut record = record.clone();
+                        Arc::make_mut(&mut record.previous)[i] = state;
+                        record
+                    }
+                };
                 return Ok(Decrypted {
                     record,
                     plaintext,

@@ -1,17 +1,19 @@
-//! Two independent SHA-256 block compressions run together.
+//! SHA-256 block compression on SHA-NI, one block or two independent ones at a time.
 //!
 //! The ratchet's SHA-256 work is a chain of single-block compressions, so it is bound by the
 //! latency of the SHA-NI round instruction (`sha256rnds2`), not its throughput: one block is
 //! 32 of them back to back, each waiting for the one before. Where two compressions do not
 //! depend on each other (an HMAC key's inner and outer pad blocks; a chain step's two
 //! HMACs; the last HKDF block beside keying the MAC) [`compress_x2`] interleaves their
-//! rounds in one instruction stream so the second fills the first's latency.
+//! rounds in one instruction stream so the second fills the first's latency. [`compress`]
+//! runs the same rounds for one block, inlined where it is used.
 //!
 //! This is the crate's only `unsafe` code: SHA-NI intrinsics, only called after runtime
-//! detection of the CPU features they need, reading the two 64-byte blocks and writing the
-//! two 32-byte states through references of exactly those sizes. Without SHA-NI (or off
-//! x86-64) the two blocks go through `sha2`'s own compression one after the other. The tests
-//! check both paths against `sha2` on random states and blocks.
+//! detection of the CPU features they need, reading 64-byte blocks and 32-byte states
+//! through references of exactly those sizes. Without SHA-NI (or off x86-64) the blocks go
+//! through `sha2`'s compression function. The tests check the kernel against `sha2` (its
+//! own, separately written SHA-NI code on such CPUs) on random states and blocks, and
+//! against FIPS 180-4's "abc" example.
 
 /// Compresses `block_a` into `state_a` and `block_b` into `state_b` (each exactly what
 /// `sha2::compress256` would do with one block).
@@ -28,12 +30,25 @@ pub(crate) fn compress_x2(
         unsafe { shani::compress_x2(state_a, block_a, state_b, block_b) };
         return;
     }
-    compress(state_a, block_a);
-    compress(state_b, block_b);
+    compress_portable(state_a, block_a);
+    compress_portable(state_b, block_b);
 }
 
-/// One block through `sha2` (SHA-NI where available, else portable code).
+/// One block: the same SHA-NI rounds as [`compress_x2`] where available (inlined into the
+/// caller's code, without `sha2`'s per-call dispatch and multi-block loop), else `sha2`.
 pub(crate) fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
+    #[cfg(target_arch = "x86_64")]
+    if shani::available() {
+        // SAFETY: `available` checked that the CPU has every feature `compress_x1`'s
+        // `target_feature` attribute enables.
+        unsafe { shani::compress_x1(state, block) };
+        return;
+    }
+    compress_portable(state, block);
+}
+
+/// One block through `sha2` (which picks SHA-NI or portable code itself).
+fn compress_portable(state: &mut [u32; 8], block: &[u8; 64]) {
     use sha2::digest::generic_array::GenericArray;
     sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
 }
@@ -130,6 +145,22 @@ mod shani {
         lane.abef = _mm_sha256rnds2_epu32(lane.abef, lane.cdgh, _mm_shuffle_epi32(wk, 0x0e));
     }
 
+    /// One compression.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have SHA-NI, SSE2, SSSE3 and SSE4.1 ([`available`]).
+    #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+    pub(super) unsafe fn compress_x1(state: &mut [u32; 8], block: &[u8; 64]) {
+        let mut lane = load(state, block);
+        let start = (lane.abef, lane.cdgh);
+        macro_rules! rounds {
+            ($($i:literal)*) => { $( rounds4(&mut lane, $i); )* };
+        }
+        rounds!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        store(&lane, start, state);
+    }
+
     /// Both compressions, their 16 groups of four rounds interleaved.
     ///
     /// # Safety
@@ -170,8 +201,11 @@ mod tests {
             rng.fill(&mut block_a[..]);
             rng.fill(&mut block_b[..]);
             let (mut want_a, mut want_b) = (a, b);
-            compress(&mut want_a, &block_a);
-            compress(&mut want_b, &block_b);
+            compress_portable(&mut want_a, &block_a);
+            compress_portable(&mut want_b, &block_b);
+            let mut single = a;
+            compress(&mut single, &block_a);
+            assert_eq!(single, want_a);
             compress_x2(&mut a, &block_a, &mut b, &block_b);
             assert_eq!((a, b), (want_a, want_b));
         }
@@ -190,11 +224,17 @@ mod tests {
         ];
         let (mut a, mut b) = (initial, initial);
         compress_x2(&mut a, &block, &mut b, &block);
-        let want = [
+        let mut single = initial;
+        compress(&mut single, &block);
+        assert_eq!(single, want_of_abc());
+        assert_eq!(a, want_of_abc());
+        assert_eq!(b, want_of_abc());
+    }
+
+    fn want_of_abc() -> [u32; 8] {
+        [
             0xba7816bf, 0x8f01cfea, 0x414140de, 0x5dae2223, 0xb00361a3, 0x96177a9c, 0xb410ff61,
             0xf20015ad,
-        ];
-        assert_eq!(a, want);
-        assert_eq!(b, want);
+        ]
     }
 }
