@@ -1,7 +1,8 @@
 //! HMAC-SHA256 (RFC 2104) and HKDF-SHA256 (RFC 5869) on SHA-256's block function.
 //!
 //! The ratchet hashes tiny inputs under 32-byte keys, so its cost is counted in SHA-256
-//! compressions (one per 64-byte block; `sha2` runs them on SHA-NI where the CPU has it).
+//! compressions (one per 64-byte block; [`crate::sha256_block`] runs them on SHA-NI where
+//! the CPU has it, two at a time where they are independent).
 //! Keying an HMAC costs two compressions (the inner and outer pad blocks); each MAC then
 //! costs one per 64 bytes of `inner pad || message || padding` after the first block, plus
 //! one for the outer hash. [`HmacKey`] keeps the two keyed states, so a key used more than
@@ -10,7 +11,7 @@
 //! all-zero HKDF salt Signal uses once per process. The `hmac`/`hkdf` crates would re-key
 //! on every use and buffer through the generic `digest` machinery.
 
-use crate::sha256_x2::compress_x2;
+use crate::sha256_block::compress_x2;
 use std::sync::OnceLock;
 
 /// SHA-256 initial hash value (FIPS 180-4, 5.3.3).
@@ -32,8 +33,9 @@ pub(crate) const DIGEST_LEN: usize = 32;
 fn compress(state: &mut [u32; 8], blocks: &[u8]) {
     debug_assert_eq!(blocks.len() % BLOCK, 0);
     for block in blocks.chunks_exact(BLOCK) {
+        // `chunks_exact` yields 64-byte chunks: the conversion always succeeds.
         if let Ok(block) = <&[u8; BLOCK]>::try_from(block) {
-            crate::sha256_x2::compress(state, block);
+            crate::sha256_block::compress(state, block);
         }
     }
 }
