@@ -136,8 +136,9 @@ start() {
   bin="$(server_binary)"
   mkdir -p "$DIR"
   rm -f "$PID_FILE"
+  # Detached, and without fd 9: the server must not hold the start/stop lock.
   setsid nohup "$bin" -a 127.0.0.1 -p "$PORT" -js -sd "$DIR" -P "$PID_FILE" -l "$LOG_FILE" \
-    < /dev/null > /dev/null 2>&1 &
+    < /dev/null > /dev/null 2>&1 9>&- &
   # The server writes its pid file once it runs; until then wait on the port.
   local i
   for i in $(seq 1 50); do
