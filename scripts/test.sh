@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, then every test in the workspace
 # (unit, integration, and the interop suite against Baileys / libsignal-node from npm).
+# The bus tests run against a real NATS server that scripts/services.sh starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
@@ -19,6 +20,10 @@ echo "== fuzz targets compile"
 if [ -f fuzz/Cargo.toml ]; then
   cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 fi
+
+echo "== services: NATS 2.15.1 with JetStream, PostgreSQL, S3 (scripts/services.sh)"
+service_env="$(bash scripts/services.sh up)"   # fails the run if a service cannot start
+eval "$service_env"
 
 echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast
