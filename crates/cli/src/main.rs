@@ -5,11 +5,13 @@
 //! `error: …` on stderr and exits non-zero.
 //!
 //! - `wafleet node decode|encode`: the binary node codec ([`node`]).
+//! - `wafleet link`: links one session in the foreground ([`link`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod link;
 mod node;
 
 /// wafleet: a WhatsApp Web multi-device gateway.
@@ -25,12 +27,15 @@ enum Command {
     /// Binary nodes: decode wire hex to JSON, encode JSON to wire hex.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Link a session (QR or pairing code) and log it in, in the foreground.
+    Link(link::LinkArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(command) => node::run(command),
+        Command::Link(args) => link::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
