@@ -184,6 +184,7 @@ impl SessionDriver {
             stop: stop_rx,
             routing_info: None,
             healthy: false,
+            qr_remaining: None,
         };
         let task = tokio::spawn(runner.run());
         Ok(SessionDriver { events, stop, task })
@@ -295,6 +296,9 @@ struct Runner {
     routing_info: Option<Vec<u8>>,
     /// Whether the current connection got as far as a QR or a login.
     healthy: bool,
+    /// How many QRs follow the one shown now on this connection (`None`: none shown, or
+    /// paired since).
+    qr_remaining: Option<u32>,
 }
 
 impl Runner {
@@ -327,7 +331,16 @@ impl Runner {
                 return DriverExit::Stopped;
             }
             self.healthy = false;
-            let outcome = self.connection().await;
+            self.qr_remaining = None;
+            let outcome = match self.connection().await {
+                // The server closed the socket while the last QR was up: the refs ran out
+                // on its clock before ours.
+                Outcome::Lost { reason, detail } if self.qr_remaining == Some(0) => {
+                    debug!(session = %self.config.label, reason, %detail, "connection ended during the last QR");
+                    Outcome::Closed(DisconnectReason::QrExhausted)
+                }
+                outcome => outcome,
+            };
             if self.healthy {
                 failures = 0;
             }
@@ -637,6 +650,7 @@ impl Runner {
                 remaining,
             } => {
                 self.healthy = true;
+                self.qr_remaining = Some(remaining);
                 debug!(session = %self.config.label, seq, remaining, "QR");
                 self.emit(DriverEvent::Qr {
                     code: Secret::new(text.into_string()),
@@ -667,6 +681,7 @@ impl Runner {
             Event::Paired {
                 jid, lid, identity, ..
             } => {
+                self.qr_remaining = None;
                 self.stored.identity = *identity;
                 self.save().await?;
                 info!(session = %self.config.label, %jid, "paired and saved");

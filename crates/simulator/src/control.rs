@@ -1,0 +1,158 @@
+//! The HTTP control API (JSON), for demos and tests in other languages:
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /phones` | `{"phone":"15551234567"}` | the phone (`201`) |
+//! | `POST /phones/{phone}/scan` | `{"qr":"…"}` | `{"device":"<jid>"}` |
+//! | `POST /phones/{phone}/pairing-code` | `{"code":"ABCD-EFGH"}` | `{"device":"<jid>"}` |
+//! | `POST /phones/{phone}/tamper` | `{"tamper":"none\|hmac\|account_signature"}` | `{}` |
+//! | `POST /devices/{jid}/unlink` | | `{}` |
+//! | `POST /devices/{jid}/drop` | | `{"dropped":N}` |
+//! | `GET /counters` | | [`Counters`](crate::Counters) |
+//!
+//! Errors are `{"error":{"code":"…","message":"…"}}` with a 4xx/5xx status.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wafleet_protocol::jid::Jid;
+
+use crate::{SimError, Simulator, Tamper};
+
+/// The router over a simulator handle.
+pub fn router(sim: Simulator) -> Router {
+    Router::new()
+        .route("/phones", post(add_phone))
+        .route("/phones/{phone}/scan", post(scan))
+        .route("/phones/{phone}/pairing-code", post(pairing_code))
+        .route("/phones/{phone}/tamper", post(tamper))
+        .route("/devices/{jid}/unlink", post(unlink))
+        .route("/devices/{jid}/drop", post(drop_connections))
+        .route("/counters", get(counters))
+        .with_state(sim)
+}
+
+/// An error answer.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl From<SimError> for ApiError {
+    fn from(e: SimError) -> ApiError {
+        let (status, code) = e.status_and_code();
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: e.body_text(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    Ok(payload?.0)
+}
+
+#[derive(Deserialize)]
+struct NewPhone {
+    phone: String,
+}
+
+#[derive(Deserialize)]
+struct Scan {
+    qr: String,
+}
+
+#[derive(Deserialize)]
+struct Code {
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct SetTamper {
+    tamper: Tamper,
+}
+
+async fn add_phone(
+    State(sim): State<Simulator>,
+    payload: Result<Json<NewPhone>, JsonRejection>,
+) -> ApiResult {
+    let info = sim.add_phone(&body(payload)?.phone)?;
+    Ok((StatusCode::CREATED, Json(info.to_json())).into_response())
+}
+
+async fn scan(
+    State(sim): State<Simulator>,
+    Path(phone): Path<String>,
+    payload: Result<Json<Scan>, JsonRejection>,
+) -> ApiResult {
+    let qr = body(payload)?.qr;
+    let device = sim.scan_qr(&phone, &qr).await?;
+    Ok(Json(json!({"device": device.to_string()})).into_response())
+}
+
+async fn pairing_code(
+    State(sim): State<Simulator>,
+    Path(phone): Path<String>,
+    payload: Result<Json<Code>, JsonRejection>,
+) -> ApiResult {
+    let code = body(payload)?.code;
+    let device = sim.enter_pairing_code(&phone, &code).await?;
+    Ok(Json(json!({"device": device.to_string()})).into_response())
+}
+
+async fn tamper(
+    State(sim): State<Simulator>,
+    Path(phone): Path<String>,
+    payload: Result<Json<SetTamper>, JsonRejection>,
+) -> ApiResult {
+    sim.set_tamper(&phone, body(payload)?.tamper)?;
+    Ok(Json(json!({})).into_response())
+}
+
+fn device_jid(jid: &str) -> Result<Jid, ApiError> {
+    jid.parse::<Jid>()
+        .map_err(|e| ApiError::from(SimError::BadJid(e.to_string())))
+}
+
+async fn unlink(State(sim): State<Simulator>, Path(jid): Path<String>) -> ApiResult {
+    sim.unlink(&device_jid(&jid)?).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn drop_connections(State(sim): State<Simulator>, Path(jid): Path<String>) -> ApiResult {
+    let dropped = sim.drop_connections(&device_jid(&jid)?);
+    Ok(Json(json!({ "dropped": dropped })).into_response())
+}
+
+async fn counters(State(sim): State<Simulator>) -> Json<Value> {
+    Json(serde_json::to_value(sim.counters()).unwrap_or(Value::Null))
+}

@@ -1,0 +1,314 @@
+//! Test support: a real companion over a real WebSocket.
+//!
+//! [`Companion::connect`] drives `wafleet_protocol::client::Session` and
+//! `noise::ClientConnection` on a tokio task against the simulator's URL, forwarding every
+//! session event to the test. It stands in for the product's session-worker driver, which
+//! is written elsewhere; it does only what a driver must (shovel bytes, fire timers,
+//! confirm prekeys once "persisted").
+
+#![allow(dead_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use wafleet_protocol::binary;
+use wafleet_protocol::cert::RootKey;
+use wafleet_protocol::client::{DeviceIdentity, Event, Session, SessionConfig};
+use wafleet_protocol::noise::{ClientConfig, ClientConnection, ClientEvent};
+use wafleet_protocol::pairing_code::PhoneNumber;
+use wafleet_sim::{SimConfig, Simulator};
+
+/// How long a test waits for one expected step before failing.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// What the companion reports.
+#[derive(Debug)]
+pub enum Step {
+    /// A session event.
+    Event(Event),
+    /// The socket ended. `close_frame` says whether the server sent a WebSocket close.
+    Closed { close_frame: bool },
+    /// The driver failed (noise, codec, WebSocket error).
+    Failed(String),
+}
+
+enum Command {
+    RequestPairingCode(PhoneNumber),
+    Close,
+}
+
+/// A companion connected to the simulator.
+pub struct Companion {
+    steps: mpsc::UnboundedReceiver<Step>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Companion {
+    /// Connects with `identity` (registration when unpaired, login when paired).
+    pub async fn connect(sim: &Simulator, identity: DeviceIdentity) -> Companion {
+        Companion::connect_with(sim, identity, SessionConfig::default()).await
+    }
+
+    /// [`Companion::connect`] with a session configuration.
+    pub async fn connect_with(
+        sim: &Simulator,
+        identity: DeviceIdentity,
+        config: SessionConfig,
+    ) -> Companion {
+        let (ws, _) = tokio_tungstenite::connect_async(sim.ws_url())
+            .await
+            .expect("WebSocket connects to the simulator");
+        let root = RootKey::custom(sim.root_public_key());
+        let (step_tx, steps) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let result = drive(ws, root, identity, config, command_rx, step_tx.clone()).await;
+            if let Err(e) = result {
+                let _ = step_tx.send(Step::Failed(e));
+            }
+        });
+        Companion { steps, commands }
+    }
+
+    /// The next step, failing the test after [`STEP`].
+    pub async fn next(&mut self) -> Step {
+        match tokio::time::timeout(STEP, self.steps.recv()).await {
+            Ok(Some(step)) => step,
+            Ok(None) => panic!("companion driver ended without a step"),
+            Err(_) => panic!("no companion step within {STEP:?}"),
+        }
+    }
+
+    /// The next session event, skipping none; panics on a close or failure.
+    pub async fn event(&mut self) -> Event {
+        match self.next().await {
+            Step::Event(e) => e,
+            other => panic!("expected a session event, got {other:?}"),
+        }
+    }
+
+    /// Skips events until `pick` returns `Some`; panics on close or failure.
+    pub async fn wait_for<T>(&mut self, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        loop {
+            match self.next().await {
+                Step::Event(e) => {
+                    if let Some(v) = pick(&e) {
+                        return v;
+                    }
+                }
+                other => panic!("companion ended while waiting: {other:?}"),
+            }
+        }
+    }
+
+    /// Skips events until the socket closes; returns whether the server sent a close frame
+    /// and the events seen on the way.
+    pub async fn until_closed(&mut self) -> (bool, Vec<Event>) {
+        let mut seen = Vec::new();
+        loop {
+            match self.next().await {
+                Step::Event(e) => seen.push(e),
+                Step::Closed { close_frame } => return (close_frame, seen),
+                Step::Failed(e) => panic!("companion driver failed: {e}"),
+            }
+        }
+    }
+
+    /// The first QR text.
+    pub async fn first_qr(&mut self) -> String {
+        self.wait_for(|e| match e {
+            Event::Qr { text, .. } => Some(text.as_str().to_owned()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Asks the session for a pairing code for `phone`.
+    pub fn request_pairing_code(&self, phone: &str) {
+        let phone = PhoneNumber::parse(phone).expect("test phone number");
+        self.commands
+            .send(Command::RequestPairingCode(phone))
+            .expect("driver running");
+    }
+
+    /// Closes the socket from the companion's side.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn drive(
+    mut ws: Ws,
+    root: RootKey,
+    identity: DeviceIdentity,
+    config: SessionConfig,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    steps: mpsc::UnboundedSender<Step>,
+) -> Result<(), String> {
+    let mut rng = StdRng::from_entropy();
+    let mut client_config = ClientConfig::new(identity.noise_key.clone());
+    client_config.root = root;
+    let mut conn = ClientConnection::new(client_config, now_ms() / 1000, &mut rng)
+        .map_err(|e| e.to_string())?;
+    let mut session = Session::new(identity, config, &mut rng);
+    while let Some(bytes) = conn.poll_transmit() {
+        ws.send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    loop {
+        let deadline = session.poll_timeout().map(|at| {
+            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+        });
+        tokio::select! {
+            message = ws.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    conn.receive(&bytes).map_err(|e| e.to_string())?;
+                    while let Some(event) = conn.poll_event() {
+                        match event {
+                            ClientEvent::ServerHello(_) => {
+                                let payload = session
+                                    .client_payload()
+                                    .map_err(|e| e.to_string())?
+                                    .encode_to_vec();
+                                conn.finish_handshake(&payload).map_err(|e| e.to_string())?;
+                            }
+                            ClientEvent::Frame(plaintext) => {
+                                let node = binary::decode(&plaintext).map_err(|e| e.to_string())?;
+                                session.handle_node(node, now_ms(), &mut rng);
+                            }
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) => {
+                    let _ = steps.send(Step::Closed { close_frame: true });
+                    return Ok(());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    let _ = steps.send(Step::Closed { close_frame: false });
+                    return Ok(());
+                }
+            },
+            command = commands.recv() => match command {
+                Some(Command::RequestPairingCode(phone)) => {
+                    session
+                        .request_pairing_code(&phone, now_ms(), &mut rng)
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(Command::Close) | None => {
+                    let _ = ws.close(None).await;
+                    return Ok(());
+                }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(now_ms(), &mut rng),
+        }
+        // Handshake bytes first, then the session's nodes, then its events.
+        while let Some(bytes) = conn.poll_transmit() {
+            ws.send(Message::Binary(bytes.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        loop {
+            while let Some(node) = session.poll_transmit() {
+                let plaintext = binary::encode(&node).map_err(|e| e.to_string())?;
+                let wire = conn.send(&plaintext).map_err(|e| e.to_string())?;
+                ws.send(Message::Binary(wire.into()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let mut confirmed = false;
+            while let Some(event) = session.poll_event() {
+                if matches!(event, Event::PreKeysGenerated { .. }) {
+                    // The test "persists" instantly; this releases the upload.
+                    session
+                        .confirm_pre_keys_persisted()
+                        .map_err(|e| e.to_string())?;
+                    confirmed = true;
+                }
+                let _ = steps.send(Step::Event(event));
+            }
+            if !confirmed {
+                break;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A simulator with default settings and one phone.
+pub async fn simulator_with_phone(phone: &str) -> Simulator {
+    simulator_with(SimConfig::default(), phone).await
+}
+
+/// A simulator with `config` and one phone.
+pub async fn simulator_with(config: SimConfig, phone: &str) -> Simulator {
+    let sim = Simulator::start(config).await.expect("simulator starts");
+    sim.add_phone(phone).expect("phone added");
+    sim
+}
+
+/// A fresh unpaired identity.
+pub fn fresh_identity() -> DeviceIdentity {
+    DeviceIdentity::generate(&mut StdRng::from_entropy())
+}
+
+/// Links a fresh companion by QR; returns the paired identity (after the 515).
+pub async fn link_by_qr(sim: &Simulator, phone: &str) -> DeviceIdentity {
+    let mut companion = Companion::connect(sim, fresh_identity()).await;
+    let qr = companion.first_qr().await;
+    let (scan, identity) = tokio::join!(sim.scan_qr(phone, &qr), async {
+        let identity = companion
+            .wait_for(|e| match e {
+                Event::Paired { identity, .. } => Some((**identity).clone()),
+                _ => None,
+            })
+            .await;
+        assert!(matches!(companion.event().await, Event::Restart));
+        identity
+    });
+    let jid = scan.expect("phone links the companion");
+    assert_eq!(identity.jid().as_ref(), Some(&jid));
+    identity
+}
+
+/// Polls the simulator's counters until `check` holds, failing after [`STEP`].
+pub async fn eventually(
+    sim: &Simulator,
+    what: &str,
+    check: impl Fn(&wafleet_sim::Counters) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let counters = sim.counters();
+        if check(&counters) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached; counters {counters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
