@@ -410,9 +410,7 @@ impl Runner {
         };
         let mut pairing_requested = false;
         let outcome = 'run: {
-            if let Err(lost) = self.handle_frames(&mut conn, &mut session, first) {
-                break 'run lost;
-            }
+            self.handle_frames(&mut session, first);
             loop {
                 if let Some(outcome) = self
                     .pump(&mut ws, &mut conn, &mut session, &mut pairing_requested)
@@ -435,9 +433,7 @@ impl Runner {
                                 break 'run Outcome::Lost { reason: "noise_error", detail: e.to_string() };
                             }
                             let frames = drain_frames(&mut conn);
-                            if let Err(lost) = self.handle_frames(&mut conn, &mut session, frames) {
-                                break 'run lost;
-                            }
+                            self.handle_frames(&mut session, frames);
                         }
                         Some(Ok(Message::Close(frame))) => break 'run Outcome::Lost {
                             reason: "connection_closed",
@@ -537,12 +533,7 @@ impl Runner {
 
     /// Decodes frames and hands the nodes to the session. A frame that does not decode is
     /// logged and skipped (the connection's cipher state is intact).
-    fn handle_frames(
-        &mut self,
-        _conn: &mut ClientConnection,
-        session: &mut Session,
-        frames: Vec<Vec<u8>>,
-    ) -> Result<(), Outcome> {
+    fn handle_frames(&mut self, session: &mut Session, frames: Vec<Vec<u8>>) {
         for frame in frames {
             match decode(&frame) {
                 Ok(node) => session.handle_node(node, unix_ms(), &mut self.rng),
@@ -551,7 +542,6 @@ impl Runner {
                 }
             }
         }
-        Ok(())
     }
 
     /// Handles the session's events (persisting first), then sends what it transmits;

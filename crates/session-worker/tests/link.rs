@@ -58,10 +58,10 @@ async fn pairing_code_link() {
     .await;
     assert_eq!(code.len(), 9, "XXXX-XXXX");
     let (entered, ((jid, _), skipped)) = tokio::join!(
-        sim.enter_pairing_code(PHONE, &code),
+        enter_pairing_code(&sim, &code),
         wait_for(&mut driver, "ready", ready)
     );
-    assert_eq!(entered.unwrap().to_string(), jid);
+    assert_eq!(entered.to_string(), jid);
     assert!(skipped
         .iter()
         .any(|e| matches!(e, DriverEvent::Paired { .. })));
