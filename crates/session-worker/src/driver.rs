@@ -149,7 +149,8 @@ pub struct SessionDriver {
 impl SessionDriver {
     /// Checks the configuration (phone number, URL), loads the stored session (or makes a
     /// fresh identity, saved at pairing) and starts the driver on the current tokio
-    /// runtime. Nothing connects before these checks pass.
+    /// runtime (it panics outside one, as `tokio::spawn` does). Nothing connects before
+    /// these checks pass.
     pub fn start(
         config: DriverConfig,
         store: Arc<dyn SessionStore>,
@@ -185,6 +186,7 @@ impl SessionDriver {
             routing_info: None,
             healthy: false,
             qr_remaining: None,
+            pending_code: None,
         };
         let task = tokio::spawn(runner.run());
         Ok(SessionDriver { events, stop, task })
@@ -299,6 +301,8 @@ struct Runner {
     /// How many QRs follow the one shown now on this connection (`None`: none shown, or
     /// paired since).
     qr_remaining: Option<u32>,
+    /// A pairing code to show once its `companion_hello` is on the wire.
+    pending_code: Option<DriverEvent>,
 }
 
 impl Runner {
@@ -332,6 +336,7 @@ impl Runner {
             }
             self.healthy = false;
             self.qr_remaining = None;
+            self.pending_code = None;
             let outcome = match self.connection().await {
                 // The server closed the socket while the last QR was up: the refs ran out
                 // on its clock before ours.
@@ -599,6 +604,9 @@ impl Runner {
                     detail: e.to_string(),
                 });
             }
+            if let Some(code) = self.pending_code.take() {
+                self.emit(code);
+            }
             if end.is_some() {
                 return end;
             }
@@ -659,7 +667,8 @@ impl Runner {
             }
             Event::PairingCode { code, expires_at } => {
                 debug!(session = %self.config.label, "pairing code");
-                self.emit(DriverEvent::PairingCode {
+                // Shown once the request carrying it has been sent (see `pump`).
+                self.pending_code = Some(DriverEvent::PairingCode {
                     code: Secret::new(code.into_string()),
                     expires_at,
                 });
