@@ -6,6 +6,7 @@
 //!
 //! - `wafleet node decode|encode`: the binary node codec ([`node`]).
 //! - `wafleet link`: links one session in the foreground ([`link`]).
+//! - `wafleet sim`: the WhatsApp simulator on loopback ([`sim`]).
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod link;
 mod node;
+mod sim;
 
 /// wafleet: a WhatsApp Web multi-device gateway.
 #[derive(Debug, Parser)]
@@ -29,6 +31,8 @@ enum Command {
     Node(node::NodeCommand),
     /// Link a session (QR or pairing code) and log it in, in the foreground.
     Link(link::LinkArgs),
+    /// Run the WhatsApp simulator (server and phones) on loopback until Ctrl-C.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(command) => node::run(command),
         Command::Link(args) => link::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

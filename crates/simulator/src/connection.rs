@@ -6,7 +6,7 @@
 //! registration socket is closed when its last QR ref expires.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rand_core::OsRng;
@@ -19,6 +19,10 @@ use wafleet_protocol::binary::{self, Node};
 use wafleet_protocol::noise::{KeyPair, ServerConnection, ServerEvent};
 
 use crate::state::{Outbound, Shared, SocketId};
+
+/// How long the server waits for a client to hang up after a terminal stanza
+/// (`stream:error`, `failure`) before it closes the socket itself.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The server's Noise identity: its static key and the certificate chain for it.
 pub(crate) struct ServerIdentity {
@@ -165,6 +169,20 @@ impl Connection {
         Ok(())
     }
 
+    /// After a terminal stanza, gives the client [`CLOSE_GRACE`] to read it and hang up
+    /// first, as clients expect (Baileys handles a close that overtakes the stanza as a
+    /// plain lost connection). What it sends meanwhile is not processed.
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = self.ws.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     async fn apply(&mut self, out: Outbound) -> Result<Flow, ConnectionEnd> {
         match out {
             Outbound::Node(node) => {
@@ -174,8 +192,10 @@ impl Connection {
             Outbound::Close(node) => {
                 if let Some(node) = node {
                     self.send_node(&node).await?;
+                    self.linger().await;
                 }
-                self.ws.close(None).await?;
+                // The peer may be gone already; closing is best effort.
+                let _ = self.ws.close(None).await;
                 Ok(Flow::Stop)
             }
             Outbound::Abort => Ok(Flow::Stop),

@@ -34,6 +34,7 @@ pub fn router(sim: Simulator) -> Router {
         .route("/devices/{jid}/unlink", post(unlink))
         .route("/devices/{jid}/drop", post(drop_connections))
         .route("/counters", get(counters))
+        .fallback(not_found)
         .with_state(sim)
 }
 
@@ -151,6 +152,14 @@ async fn unlink(State(sim): State<Simulator>, Path(jid): Path<String>) -> ApiRes
 async fn drop_connections(State(sim): State<Simulator>, Path(jid): Path<String>) -> ApiResult {
     let dropped = sim.drop_connections(&device_jid(&jid)?);
     Ok(Json(json!({ "dropped": dropped })).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such endpoint".to_owned(),
+    }
 }
 
 async fn counters(State(sim): State<Simulator>) -> Json<Value> {

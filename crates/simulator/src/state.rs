@@ -85,6 +85,9 @@ pub(crate) struct Device {
     pub lid: Jid,
     /// One-time prekeys the device uploaded: id → public key.
     pub prekeys: HashMap<u32, [u8; 32]>,
+    /// The `<registration>`, `<type>`, `<identity>` and `<skey>` of the last upload, for
+    /// the `<digest>` query.
+    pub bundle: Vec<Node>,
 }
 
 /// A phone waiting for the companion's answer to one of its stanzas.
@@ -407,12 +410,19 @@ impl State {
     }
 
     /// The registration socket currently showing QR ref `reference`.
+    ///
+    /// The companion starts its QR timer when `pair-device` arrives, a little after the
+    /// server started its own, so a ref stays acceptable for a short grace after the
+    /// server moved on (a second, or half a ref's lifetime if that is shorter).
     pub fn socket_showing(&self, reference: &str, now: Instant) -> Option<SocketId> {
+        let grace = (self.policy.next_qr_ttl / 2).min(Duration::from_secs(1));
+        let earlier = now.checked_sub(grace).unwrap_or(now);
         self.sockets.iter().find_map(|(id, e)| match &e.role {
-            Role::Registration(r) => r
-                .ref_index(&self.policy, now)
-                .filter(|i| r.refs[*i] == reference)
-                .map(|_| *id),
+            Role::Registration(r) => [now, earlier]
+                .into_iter()
+                .filter_map(|t| r.ref_index(&self.policy, t))
+                .any(|i| r.refs[i] == reference)
+                .then_some(*id),
             _ => None,
         })
     }
@@ -609,16 +619,35 @@ impl State {
     }
 
     fn prekey_query(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
-        if node.child_by_tag("count").is_none() {
-            return vec![Outbound::Node(result_for(node))];
-        }
         let Some(device) = self.device_of(id) else {
             return vec![Outbound::Node(error_for(node, 401, "not-authorized"))];
         };
+        if node.child_by_tag("digest").is_some() {
+            return vec![Outbound::Node(self.digest(&device, node))];
+        }
+        if node.child_by_tag("count").is_none() {
+            return vec![Outbound::Node(result_for(node))];
+        }
         let count = self.devices.get(&device).map_or(0, |d| d.prekeys.len());
         vec![Outbound::Node(result_for(node).children([
             Node::new("count").attr("value", count.to_string()),
         ]))]
+    }
+
+    /// `<digest>`: the stored key bundle and prekey ids (no hash: nothing here checks it).
+    fn digest(&self, device: &str, node: &Node) -> Node {
+        let Some(record) = self.devices.get(device).filter(|d| !d.bundle.is_empty()) else {
+            return error_for(node, 404, "item-not-found");
+        };
+        let mut ids: Vec<u32> = record.prekeys.keys().copied().collect();
+        ids.sort_unstable();
+        let list = Node::new("list").children(
+            ids.into_iter()
+                .map(|i| Node::new("id").bytes(i.to_be_bytes()[1..].to_vec())),
+        );
+        let mut children = record.bundle.clone();
+        children.push(list);
+        result_for(node).children([Node::new("digest").children(children)])
     }
 
     fn prekey_upload(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
@@ -648,6 +677,13 @@ impl State {
         };
         let received = keys.len();
         record.prekeys.extend(keys);
+        let bundle: Vec<Node> = ["registration", "type", "identity", "skey"]
+            .into_iter()
+            .filter_map(|tag| node.child_by_tag(tag).cloned())
+            .collect();
+        if !bundle.is_empty() {
+            record.bundle = bundle;
+        }
         *self
             .counters
             .prekey_uploads
@@ -810,7 +846,23 @@ mod tests {
             state.registration(id).map(|r| r.expires_at(&policy)),
             Some(end)
         );
-        assert_eq!(state.socket_showing(&refs[5], end), None);
+        // A short grace covers the companion's later start of its timer.
+        assert_eq!(
+            state.socket_showing(&refs[5], end + Duration::from_millis(500)),
+            Some(id)
+        );
+        assert_eq!(
+            state.socket_showing(&refs[4], t0 + Duration::from_millis(140_900)),
+            Some(id)
+        );
+        assert_eq!(
+            state.socket_showing(&refs[5], end + Duration::from_millis(1001)),
+            None
+        );
+        assert_eq!(
+            state.socket_showing(&refs[4], t0 + Duration::from_millis(141_001)),
+            None
+        );
     }
 
     #[test]
@@ -847,6 +899,7 @@ mod tests {
             Device {
                 lid: Jid::new("123", Server::Lid).with_device(1),
                 prekeys: HashMap::new(),
+                bundle: Vec::new(),
             },
         );
         jid
@@ -893,12 +946,15 @@ mod tests {
             .attr("id", "u1")
             .attr("xmlns", "encrypt")
             .attr("type", "set")
-            .children([Node::new("list").children((1u32..=3).map(|i| {
-                Node::new("key").children([
-                    Node::new("id").bytes(i.to_be_bytes()[1..].to_vec()),
-                    Node::new("value").bytes(vec![i as u8; 32]),
-                ])
-            }))]);
+            .children([
+                Node::new("registration").bytes(vec![0, 0, 0, 1]),
+                Node::new("list").children((1u32..=3).map(|i| {
+                    Node::new("key").children([
+                        Node::new("id").bytes(i.to_be_bytes()[1..].to_vec()),
+                        Node::new("value").bytes(vec![i as u8; 32]),
+                    ])
+                })),
+            ]);
         let out = state.on_node(second, upload);
         assert_eq!(node_of(&out).attr_str("type"), Some("result"));
         let count = Node::new("iq")
@@ -913,6 +969,17 @@ mod tests {
                 .and_then(|c| c.attr_str("value")),
             Some("3")
         );
+        let digest = Node::new("iq")
+            .attr("id", "d1")
+            .attr("xmlns", "encrypt")
+            .attr("type", "get")
+            .children([Node::new("digest")]);
+        let out = state.on_node(second, digest);
+        let ids = node_of(&out)
+            .child_by_tag("digest")
+            .and_then(|d| d.child_by_tag("list"))
+            .map(|l| l.child_nodes().len());
+        assert_eq!(ids, Some(3));
         // A malformed upload (short value) stores nothing.
         let bad = Node::new("iq")
             .attr("id", "u2")

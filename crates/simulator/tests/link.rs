@@ -6,9 +6,11 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    eventually, fresh_identity, link_by_qr, simulator_with, simulator_with_phone, Companion,
+    eventually, fresh_identity, link_by_qr, simulator_with, simulator_with_phone, Companion, Ended,
+    Step,
 };
 use wafleet_protocol::adv::AdvError;
+use wafleet_protocol::cert::RootKey;
 use wafleet_protocol::client::{DisconnectReason, Event};
 use wafleet_protocol::jid::Jid;
 use wafleet_protocol::qr::PairingQr;
@@ -68,8 +70,8 @@ async fn qr_link_then_login_and_prekey_upload() {
     let counters = sim.counters();
     assert_eq!(counters.device_signatures_ok, 1);
     assert_eq!(counters.device_signatures_bad, 0);
-    let (close_frame, _) = companion.until_closed().await;
-    assert!(close_frame, "the server closes the socket after 515");
+    let (ended, _) = companion.until_closed().await;
+    assert_eq!(ended, Ended::HungUp, "the companion hangs up after 515");
 
     // Login with the paired identity: success, then a first prekey upload that is stored.
     let mut companion = Companion::connect(&sim, identity).await;
@@ -227,6 +229,40 @@ async fn tampered_account_signature_is_refused_with_signature_mismatch() {
 }
 
 #[tokio::test]
+async fn forged_device_signature_is_refused_by_the_phone() {
+    let sim = simulator_with_phone(PHONE).await;
+    let mut companion = Companion::connect_forging_signature(&sim, fresh_identity()).await;
+    let qr = companion.first_qr().await;
+    let scan = sim.scan_qr(PHONE, &qr).await;
+    assert!(
+        matches!(
+            scan,
+            Err(SimError::DeviceSignature(AdvError::DeviceSignatureMismatch))
+        ),
+        "{scan:?}"
+    );
+    let counters = sim.counters();
+    assert_eq!(counters.device_signatures_bad, 1);
+    assert_eq!(counters.device_signatures_ok, 0);
+    // No 515: the socket ends with a 401 stream error, and the device cannot log in.
+    let (_, events) = companion.until_closed().await;
+    assert!(!events.contains(&Event::Restart), "{events:?}");
+    let identity = events
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Paired { identity, .. } => Some(*identity),
+            _ => None,
+        })
+        .expect("the companion itself accepted pair-success");
+    let mut again = Companion::connect(&sim, identity).await;
+    assert_eq!(
+        again.wait_for(disconnect).await,
+        DisconnectReason::LoggedOut
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn second_login_replaces_the_older_socket() {
     let sim = simulator_with_phone(PHONE).await;
     let identity = link_by_qr(&sim, PHONE).await;
@@ -280,8 +316,8 @@ async fn drop_connections_closes_without_a_stream_error() {
     })
     .await;
     assert_eq!(sim.drop_connections(&device), 1);
-    let (close_frame, events) = companion.until_closed().await;
-    assert!(!close_frame, "an abrupt drop sends no close frame");
+    let (ended, events) = companion.until_closed().await;
+    assert_eq!(ended, Ended::Dropped, "an abrupt drop sends no close frame");
     assert!(
         !events.iter().any(|e| matches!(e, Event::Disconnected(_))),
         "no stream error expected, got {events:?}"
@@ -302,6 +338,17 @@ async fn too_old_client_gets_405() {
         companion.wait_for(disconnect).await,
         DisconnectReason::ClientOutdated
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_companion_pinned_to_whatsapps_root_refuses_the_simulator() {
+    let sim = simulator_with_phone(PHONE).await;
+    let mut companion = Companion::connect_pinned(&sim, fresh_identity(), RootKey::WHATSAPP).await;
+    match companion.next().await {
+        Step::Failed(error) => assert!(error.contains("certificate"), "{error}"),
+        other => panic!("expected a certificate failure, got {other:?}"),
+    }
     sim.shutdown().await;
 }
 
@@ -350,8 +397,8 @@ async fn registration_socket_closes_when_all_refs_expired() {
     let sim = simulator_with(config, PHONE).await;
     let mut companion = Companion::connect(&sim, fresh_identity()).await;
     let qr = companion.first_qr().await;
-    let (close_frame, _) = companion.until_closed().await;
-    assert!(close_frame);
+    let (ended, _) = companion.until_closed().await;
+    assert_eq!(ended, Ended::ServerClosed);
     assert!(matches!(
         sim.scan_qr(PHONE, &qr).await,
         Err(SimError::NoSuchRef)

@@ -170,3 +170,83 @@ pub fn first_diff(a: &Value, b: &Value) -> Option<String> {
     }
     walk(a, b, &mut String::from("$"))
 }
+
+/// An oracle script that prints JSON events, one per line, until it is killed (e.g.
+/// `oracle/link.mjs`, a stock Baileys socket). A reader thread collects the lines; the
+/// script is killed on drop.
+pub struct EventScript {
+    child: Child,
+    events: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl EventScript {
+    /// Starts `node oracle/<script> <args…>`. Its stdin stays open (the script may exit when
+    /// it closes); its stderr is inherited.
+    pub fn start(script: &str, args: &[&str]) -> EventScript {
+        install_oracle();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle");
+        let mut child = Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect(
+                "cannot start node: the interop suite needs Node.js (apt-get install nodejs npm)",
+            );
+        let stdout = BufReader::new(child.stdout.take().expect("script stdout"));
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let event = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({"event": "unparsed", "line": line}));
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        EventScript {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next event named `name` (`{"event": name, …}`), skipping others, and
+    /// panics after `timeout` or if the script exits first. Blocking: call it from a plain
+    /// thread or inside `tokio::task::block_in_place`.
+    pub fn wait_for(&mut self, name: &str, timeout: std::time::Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if event["event"] == name {
+                        return event;
+                    }
+                }
+                Err(e) => panic!(
+                    "no {name:?} event from the script ({e}); events so far: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Every event received so far, in order.
+    pub fn seen(&self) -> &[Value] {
+        &self.seen
+    }
+}
+
+impl Drop for EventScript {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

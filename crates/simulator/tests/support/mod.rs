@@ -12,15 +12,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
+
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use wafleet_protocol::binary;
+use wafleet_protocol::binary::{self, Content, Node};
 use wafleet_protocol::cert::RootKey;
 use wafleet_protocol::client::{DeviceIdentity, Event, Session, SessionConfig};
 use wafleet_protocol::noise::{ClientConfig, ClientConnection, ClientEvent};
 use wafleet_protocol::pairing_code::PhoneNumber;
+use wafleet_protocol::proto::AdvSignedDeviceIdentity;
 use wafleet_sim::{SimConfig, Simulator};
 
 /// How long a test waits for one expected step before failing.
@@ -31,8 +33,8 @@ pub const STEP: Duration = Duration::from_secs(20);
 pub enum Step {
     /// A session event.
     Event(Event),
-    /// The socket ended. `close_frame` says whether the server sent a WebSocket close.
-    Closed { close_frame: bool },
+    /// The socket ended.
+    Ended(Ended),
     /// The driver failed (noise, codec, WebSocket error).
     Failed(String),
 }
@@ -40,6 +42,17 @@ pub enum Step {
 enum Command {
     RequestPairingCode(PhoneNumber),
     Close,
+}
+
+/// How a socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The server sent a WebSocket close frame.
+    ServerClosed,
+    /// The connection dropped without a close frame.
+    Dropped,
+    /// The session ended (restart, stream error, failure) and the driver hung up.
+    HungUp,
 }
 
 /// A companion connected to the simulator.
@@ -67,14 +80,57 @@ impl Companion {
         identity: DeviceIdentity,
         config: SessionConfig,
     ) -> Companion {
+        Companion::start(sim, identity, config, false).await
+    }
+
+    /// A companion that corrupts its device signature in `pair-device-sign` (one bit of
+    /// `deviceSignature` flipped), as a broken client would.
+    pub async fn connect_forging_signature(sim: &Simulator, identity: DeviceIdentity) -> Companion {
+        Companion::start(sim, identity, SessionConfig::default(), true).await
+    }
+
+    /// A companion pinned to `root` instead of the simulator's root key.
+    pub async fn connect_pinned(
+        sim: &Simulator,
+        identity: DeviceIdentity,
+        root: RootKey,
+    ) -> Companion {
+        Companion::spawn(sim, identity, SessionConfig::default(), false, root).await
+    }
+
+    async fn start(
+        sim: &Simulator,
+        identity: DeviceIdentity,
+        config: SessionConfig,
+        forge: bool,
+    ) -> Companion {
+        let root = RootKey::custom(sim.root_public_key());
+        Companion::spawn(sim, identity, config, forge, root).await
+    }
+
+    async fn spawn(
+        sim: &Simulator,
+        identity: DeviceIdentity,
+        config: SessionConfig,
+        forge: bool,
+        root: RootKey,
+    ) -> Companion {
         let (ws, _) = tokio_tungstenite::connect_async(sim.ws_url())
             .await
             .expect("WebSocket connects to the simulator");
-        let root = RootKey::custom(sim.root_public_key());
         let (step_tx, steps) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let result = drive(ws, root, identity, config, command_rx, step_tx.clone()).await;
+            let result = drive(
+                ws,
+                root,
+                identity,
+                config,
+                forge,
+                command_rx,
+                step_tx.clone(),
+            )
+            .await;
             if let Err(e) = result {
                 let _ = step_tx.send(Step::Failed(e));
             }
@@ -113,14 +169,13 @@ impl Companion {
         }
     }
 
-    /// Skips events until the socket closes; returns whether the server sent a close frame
-    /// and the events seen on the way.
-    pub async fn until_closed(&mut self) -> (bool, Vec<Event>) {
+    /// Skips events until the socket ends; returns how, and the events seen on the way.
+    pub async fn until_closed(&mut self) -> (Ended, Vec<Event>) {
         let mut seen = Vec::new();
         loop {
             match self.next().await {
                 Step::Event(e) => seen.push(e),
-                Step::Closed { close_frame } => return (close_frame, seen),
+                Step::Ended(how) => return (how, seen),
                 Step::Failed(e) => panic!("companion driver failed: {e}"),
             }
         }
@@ -157,6 +212,7 @@ async fn drive(
     root: RootKey,
     identity: DeviceIdentity,
     config: SessionConfig,
+    forge: bool,
     mut commands: mpsc::UnboundedReceiver<Command>,
     steps: mpsc::UnboundedSender<Step>,
 ) -> Result<(), String> {
@@ -196,12 +252,12 @@ async fn drive(
                     }
                 }
                 Some(Ok(Message::Close(_))) => {
-                    let _ = steps.send(Step::Closed { close_frame: true });
+                    let _ = steps.send(Step::Ended(Ended::ServerClosed));
                     return Ok(());
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
-                    let _ = steps.send(Step::Closed { close_frame: false });
+                    let _ = steps.send(Step::Ended(Ended::Dropped));
                     return Ok(());
                 }
             },
@@ -225,7 +281,10 @@ async fn drive(
                 .map_err(|e| e.to_string())?;
         }
         loop {
-            while let Some(node) = session.poll_transmit() {
+            while let Some(mut node) = session.poll_transmit() {
+                if forge {
+                    forge_device_signature(&mut node);
+                }
                 let plaintext = binary::encode(&node).map_err(|e| e.to_string())?;
                 let wire = conn.send(&plaintext).map_err(|e| e.to_string())?;
                 ws.send(Message::Binary(wire.into()))
@@ -245,6 +304,34 @@ async fn drive(
             }
             if !confirmed {
                 break;
+            }
+        }
+        if session.is_closed() {
+            // Restart or disconnect: a driver hangs up (and reconnects if it wants to).
+            let _ = ws.close(None).await;
+            let _ = steps.send(Step::Ended(Ended::HungUp));
+            return Ok(());
+        }
+    }
+}
+
+/// Flips one bit of the device signature inside `<pair-device-sign><device-identity>`.
+fn forge_device_signature(node: &mut Node) {
+    let Content::Nodes(children) = &mut node.content else {
+        return;
+    };
+    for sign in children.iter_mut().filter(|c| c.tag == "pair-device-sign") {
+        let Content::Nodes(identities) = &mut sign.content else {
+            continue;
+        };
+        for identity in identities.iter_mut() {
+            if let Content::Bytes(bytes) = &mut identity.content {
+                let mut signed =
+                    AdvSignedDeviceIdentity::decode(bytes.as_slice()).expect("our own identity");
+                if let Some(sig) = signed.device_signature.as_mut() {
+                    sig[0] ^= 1;
+                }
+                *bytes = signed.encode_to_vec();
             }
         }
     }
@@ -311,4 +398,42 @@ pub async fn eventually(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A minimal HTTP/1.1 client for the control API: one request per connection. Returns the
+/// status and the JSON body.
+pub async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.strip_prefix("http://").expect("http URL");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("control API reachable");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .expect("response read");
+    let text = String::from_utf8(response).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let json = serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON body, got {body:?}"));
+    (status, json)
 }
