@@ -129,6 +129,9 @@ async fn link(
 ) -> Result<(), String> {
     let show_qr = config.phone.is_none();
     let mut driver = SessionDriver::start(config, store.clone()).map_err(|e| e.to_string())?;
+    // After a new link, stay until the first prekeys are uploaded (the server has none, so
+    // the session always generates them): the account is then reachable by others.
+    let mut ready = false;
     loop {
         let event = tokio::select! {
             event = driver.next_event() => event,
@@ -147,6 +150,17 @@ async fn link(
         }
         match event {
             DriverEvent::Ready { .. } => {
+                ready = true;
+                let uploaded = store
+                    .load()
+                    .map_err(|e| e.to_string())?
+                    .is_some_and(|s| s.identity.pre_keys_uploaded);
+                if uploaded {
+                    driver.finish().await;
+                    return Ok(());
+                }
+            }
+            DriverEvent::PreKeysUploaded { .. } if ready => {
                 driver.finish().await;
                 return Ok(());
             }
@@ -203,6 +217,7 @@ fn print_human(event: &DriverEvent, show_qr: bool) {
         DriverEvent::PairingCodeFailed { reason } => eprintln!("pairing code failed: {reason}"),
         DriverEvent::Paired { jid, .. } => println!("Linked as {jid}; logging in…"),
         DriverEvent::Ready { jid, .. } => println!("Ready: {jid}"),
+        DriverEvent::PreKeysUploaded { count } => println!("Uploaded {count} prekeys."),
         DriverEvent::AuthFailure { reason, .. } => eprintln!("linking refused: {reason}"),
         DriverEvent::Disconnected {
             reason,

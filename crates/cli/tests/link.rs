@@ -99,10 +99,22 @@ async fn links_by_qr_then_logs_in_again_without_qr() {
         .to_string();
     let ready = run.event_named("ready").await;
     assert_eq!(ready["jid"], jid.as_str());
+    // A new link stays until its first prekeys are saved and sent.
     let (status, rest, stderr) = run.finish().await;
     assert!(status.success(), "{status:?} {stderr}");
-    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(
+        rest,
+        [serde_json::json!({"event":"pre_keys_uploaded","count":812})]
+    );
     assert!(dir.path().join("shop/session.json").exists());
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while sim.counters().prekeys_stored.get(&jid).copied() != Some(812) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prekeys never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Again: no QR, straight to ready.
     let mut run = wafleet(&sim, dir.path(), &[]);

@@ -186,7 +186,7 @@ impl SessionDriver {
             routing_info: None,
             healthy: false,
             qr_remaining: None,
-            pending_code: None,
+            after_send: Vec::new(),
         };
         let task = tokio::spawn(runner.run());
         Ok(SessionDriver { events, stop, task })
@@ -301,8 +301,9 @@ struct Runner {
     /// How many QRs follow the one shown now on this connection (`None`: none shown, or
     /// paired since).
     qr_remaining: Option<u32>,
-    /// A pairing code to show once its `companion_hello` is on the wire.
-    pending_code: Option<DriverEvent>,
+    /// Events to report once the nodes queued with them are on the wire (a pairing code
+    /// after its `companion_hello`, the prekey upload).
+    after_send: Vec<DriverEvent>,
 }
 
 impl Runner {
@@ -336,7 +337,7 @@ impl Runner {
             }
             self.healthy = false;
             self.qr_remaining = None;
-            self.pending_code = None;
+            self.after_send.clear();
             let outcome = match self.connection().await {
                 // The server closed the socket while the last QR was up: the refs ran out
                 // on its clock before ours.
@@ -604,8 +605,8 @@ impl Runner {
                     detail: e.to_string(),
                 });
             }
-            if let Some(code) = self.pending_code.take() {
-                self.emit(code);
+            for event in std::mem::take(&mut self.after_send) {
+                self.emit(event);
             }
             if end.is_some() {
                 return end;
@@ -668,7 +669,7 @@ impl Runner {
             Event::PairingCode { code, expires_at } => {
                 debug!(session = %self.config.label, "pairing code");
                 // Shown once the request carrying it has been sent (see `pump`).
-                self.pending_code = Some(DriverEvent::PairingCode {
+                self.after_send.push(DriverEvent::PairingCode {
                     code: Secret::new(code.into_string()),
                     expires_at,
                 });
@@ -714,8 +715,11 @@ impl Runner {
                 self.stored.identity = *identity;
                 self.stored.pre_keys.extend(keys);
                 self.save().await?;
-                if let Err(e) = session.confirm_pre_keys_persisted() {
-                    warn!(session = %self.config.label, error = %e, "prekey confirmation refused");
+                match session.confirm_pre_keys_persisted() {
+                    Ok(()) => self.after_send.push(DriverEvent::PreKeysUploaded { count }),
+                    Err(e) => {
+                        warn!(session = %self.config.label, error = %e, "prekey confirmation refused")
+                    }
                 }
                 debug!(session = %self.config.label, count, "prekeys saved, uploading");
             }

@@ -69,6 +69,11 @@ pub enum DriverEvent {
         /// Our LID, if known.
         lid: Option<String>,
     },
+    /// New one-time prekeys were saved and their upload sent to the server.
+    PreKeysUploaded {
+        /// How many.
+        count: usize,
+    },
     /// The server's `pair-success` did not verify (nothing was saved).
     AuthFailure {
         /// `hmac_mismatch`, `signature_mismatch` or `invalid_device_identity`.
@@ -201,6 +206,10 @@ mod tests {
                 detail: "d".into()
             }),
             json!({"event":"auth_failure","reason":"hmac_mismatch","detail":"d"})
+        );
+        assert_eq!(
+            parse(&DriverEvent::PreKeysUploaded { count: 812 }),
+            json!({"event":"pre_keys_uploaded","count":812})
         );
         assert_eq!(
             parse(&DriverEvent::Failed {

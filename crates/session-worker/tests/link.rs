@@ -257,3 +257,29 @@ async fn a_corrupt_store_stops_the_driver_before_connecting() {
     assert!(sim.counters().live_sockets.is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outdated_client_stops_with_client_outdated() {
+    let sim = simulator_with_phone(SimConfig {
+        min_client_version: Some([99, 0, 0]),
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), "old");
+    let mut driver = SessionDriver::start(config_for(&sim, "old"), store.clone()).unwrap();
+    let (reason, skipped) = wait_for(&mut driver, "the end", failed).await;
+    assert_eq!(reason, "client_outdated");
+    assert_eq!(
+        skipped,
+        [DriverEvent::Disconnected {
+            reason: "client_outdated".into(),
+            will_reconnect: false
+        }]
+    );
+    assert!(
+        matches!(driver.join().await, DriverExit::Failed { reason, .. } if reason == "client_outdated")
+    );
+    assert!(store.load().unwrap().is_none());
+    sim.shutdown().await;
+}
