@@ -42,6 +42,9 @@ use crate::store::{SessionStore, StoreError, StoredSession};
 /// WhatsApp's WebSocket endpoint, the default server.
 pub const WHATSAPP_URL: &str = "wss://web.whatsapp.com/ws/chat";
 
+/// Consecutive 515 restarts answered at once; more go through the backoff.
+const MAX_IMMEDIATE_RESTARTS: u32 = 3;
+
 /// The `Origin` header WhatsApp Web sends.
 pub const ORIGIN: &str = "https://web.whatsapp.com";
 
@@ -331,6 +334,7 @@ impl Runner {
 
     async fn run(mut self) -> DriverExit {
         let mut failures: u32 = 0;
+        let mut restarts: u32 = 0;
         loop {
             if self.stop_requested() {
                 return DriverExit::Stopped;
@@ -350,17 +354,26 @@ impl Runner {
             if self.healthy {
                 failures = 0;
             }
+            if !matches!(outcome, Outcome::Restart) {
+                restarts = 0;
+            }
             let (reason, detail) = match outcome {
                 Outcome::Stopped => return DriverExit::Stopped,
-                Outcome::Restart => {
+                Outcome::Restart if restarts < MAX_IMMEDIATE_RESTARTS => {
                     info!(session = %self.config.label, "restart requested (515), reconnecting");
                     self.emit(DriverEvent::Disconnected {
                         reason: "restart_required".into(),
                         will_reconnect: true,
                     });
+                    restarts += 1;
                     failures = 0;
                     continue;
                 }
+                // A server that asks for nothing but restarts gets the backoff.
+                Outcome::Restart => (
+                    "restart_required",
+                    format!("{restarts} restarts in a row without a session"),
+                ),
                 Outcome::Fatal { reason, detail } => return self.fail(reason, detail),
                 Outcome::Closed(reason) if !reason.should_reconnect() => {
                     let code = reason_code(&reason);
