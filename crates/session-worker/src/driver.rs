@@ -45,6 +45,10 @@ pub const WHATSAPP_URL: &str = "wss://web.whatsapp.com/ws/chat";
 /// Consecutive 515 restarts answered at once; more go through the backoff.
 const MAX_IMMEDIATE_RESTARTS: u32 = 3;
 
+/// Linking sockets that may end without a scan (network loss while a QR is shown) before
+/// the driver gives up with `qr_exhausted`.
+const MAX_QR_SOCKETS: u32 = 3;
+
 /// The `Origin` header WhatsApp Web sends.
 pub const ORIGIN: &str = "https://web.whatsapp.com";
 
@@ -335,6 +339,7 @@ impl Runner {
     async fn run(mut self) -> DriverExit {
         let mut failures: u32 = 0;
         let mut restarts: u32 = 0;
+        let mut qr_sockets: u32 = 0;
         loop {
             if self.stop_requested() {
                 return DriverExit::Stopped;
@@ -348,6 +353,16 @@ impl Runner {
                 Outcome::Lost { reason, detail } if self.qr_remaining == Some(0) => {
                     debug!(session = %self.config.label, reason, %detail, "connection ended during the last QR");
                     Outcome::Closed(DisconnectReason::QrExhausted)
+                }
+                // QR sockets that keep ending unscanned must not show QRs forever.
+                Outcome::Lost { reason, detail } if self.qr_remaining.is_some() => {
+                    qr_sockets += 1;
+                    if qr_sockets >= MAX_QR_SOCKETS {
+                        debug!(session = %self.config.label, reason, %detail, qr_sockets, "QR sockets used up");
+                        Outcome::Closed(DisconnectReason::QrExhausted)
+                    } else {
+                        Outcome::Lost { reason, detail }
+                    }
                 }
                 outcome => outcome,
             };
@@ -672,7 +687,17 @@ impl Runner {
                 });
                 if let (Some(phone), false) = (&self.phone, *pairing_requested) {
                     *pairing_requested = true;
-                    if let Err(e) = session.request_pairing_code(phone, unix_ms(), &mut self.rng) {
+                    // The code's key derivation (PBKDF2, 131,072 rounds) is CPU work: keep it
+                    // off the runtime's other tasks where the runtime allows.
+                    let rng = &mut self.rng;
+                    let mut request = || session.request_pairing_code(phone, unix_ms(), rng);
+                    let result = match tokio::runtime::Handle::current().runtime_flavor() {
+                        tokio::runtime::RuntimeFlavor::MultiThread => {
+                            tokio::task::block_in_place(request)
+                        }
+                        _ => request(),
+                    };
+                    if let Err(e) = result {
                         self.emit(DriverEvent::PairingCodeFailed {
                             reason: e.to_string(),
                         });

@@ -283,3 +283,77 @@ async fn an_outdated_client_stops_with_client_outdated() {
     assert!(store.load().unwrap().is_none());
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pairing_code_per_qr_socket_across_rotations() {
+    let sim = simulator_with_phone(SimConfig {
+        first_qr_ttl: Duration::from_millis(1500),
+        next_qr_ttl: Duration::from_millis(1500),
+        qr_refs: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), "rotating");
+    let mut config = config_for(&sim, "rotating");
+    config.phone = Some(PHONE.into());
+    // Long enough that the code's key derivation (debug build) cannot put the
+    // companion's QR clock a whole QR behind the server's.
+    config.session.first_qr_ttl_ms = 1500;
+    config.session.next_qr_ttl_ms = 1500;
+    let mut driver = SessionDriver::start(config, store.clone()).unwrap();
+    let (reason, events) = wait_for(&mut driver, "the end", failed).await;
+    assert_eq!(reason, "qr_exhausted");
+    let qrs = events
+        .iter()
+        .filter(|e| matches!(e, DriverEvent::Qr { .. }))
+        .count();
+    let codes = events
+        .iter()
+        .filter(|e| matches!(e, DriverEvent::PairingCode { .. }))
+        .count();
+    assert_eq!((qrs, codes), (3, 1), "{events:?}");
+    // The code comes after the first QR.
+    let first_code = events
+        .iter()
+        .position(|e| matches!(e, DriverEvent::PairingCode { .. }));
+    assert!(matches!(
+        events.first(),
+        Some(DriverEvent::Qr { seq: 0, .. })
+    ));
+    assert!(first_code > Some(0));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_sockets_closed_by_the_server_end_in_qr_exhausted_after_three() {
+    // The server's refs run out long before the companion's QR clock (60 s) does: each
+    // socket is closed while the companion still expects more QRs.
+    let sim = simulator_with_phone(SimConfig {
+        first_qr_ttl: Duration::from_millis(200),
+        next_qr_ttl: Duration::from_millis(100),
+        qr_refs: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), "unattended");
+    let mut driver = SessionDriver::start(config_for(&sim, "unattended"), store.clone()).unwrap();
+    let (reason, events) = wait_for(&mut driver, "the end", failed).await;
+    assert_eq!(reason, "qr_exhausted");
+    let sockets = events
+        .iter()
+        .filter(|e| matches!(e, DriverEvent::Qr { seq: 0, .. }))
+        .count();
+    assert_eq!(sockets, 3, "{events:?}");
+    let disconnects: Vec<bool> = events
+        .iter()
+        .filter_map(|e| match e {
+            DriverEvent::Disconnected { will_reconnect, .. } => Some(*will_reconnect),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(disconnects, [true, true, false]);
+    assert!(store.load().unwrap().is_none());
+    sim.shutdown().await;
+}
