@@ -5,7 +5,7 @@
 //! from the chain (`HMAC(ck,01)`) through HKDF "WhisperGroup": IV = first 16 bytes, key = the
 //! next 32.
 
-use crate::crypto::{aes_cbc_decrypt, aes_cbc_encrypt, chain_step, derive_secrets};
+use crate::crypto::{aes_cbc_decrypt, aes_cbc_encrypt, chain_step, derive_secrets, Salt};
 use crate::error::SignalError;
 use crate::keys::{KeyPair, PublicKey};
 use crate::message::{check_version, VERSION_BYTE};
@@ -200,7 +200,7 @@ impl SenderKeyMessage {
 }
 
 fn sender_message_keys(seed: &[u8; 32]) -> ([u8; 16], [u8; 32]) {
-    let [d0, d1] = derive_secrets::<2>(seed, &[0u8; 32], b"WhisperGroup");
+    let [d0, d1]: [[u8; 32]; 2] = derive_secrets(seed, Salt::Zero, b"WhisperGroup");
     let mut iv = [0u8; 16];
     iv.copy_from_slice(&d0[..16]);
     let mut key = [0u8; 32];

@@ -8,6 +8,11 @@
 //! * [`group`]: sender keys (`skmsg`) and SenderKeyDistributionMessage.
 //! * [`padding`]: WhatsApp's random plaintext padding.
 //!
+//! Internally, `crypto` holds Signal's KDFs and AES-256-CBC, built on `hmac_sha256` (HMAC and
+//! HKDF on cached SHA-256 states) and `sha256_block` (SHA-NI block compression, two
+//! independent blocks at a time where the ratchet allows; the crate's only `unsafe`);
+//! `protobuf` has the varint primitives of the hand-written WhisperMessage codec.
+//!
 //! Every operation takes the current state by reference and returns the new state to
 //! persist *apart from* its output, so a caller can make state durable before a ciphertext
 //! goes on the wire or before it acks an inbound message. No I/O, no clock, randomness passed
@@ -17,10 +22,13 @@ pub mod address;
 mod crypto;
 pub mod error;
 pub mod group;
+mod hmac_sha256;
 pub mod keys;
 pub mod message;
 pub mod padding;
+mod protobuf;
 pub mod session;
+mod sha256_block;
 pub mod store;
 
 /// Generated protobuf types for the Signal wire messages.

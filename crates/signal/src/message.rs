@@ -6,7 +6,9 @@
 use crate::error::SignalError;
 use crate::keys::PublicKey;
 use crate::proto;
+use crate::protobuf;
 use prost::Message;
+use std::ops::Range;
 
 /// The version byte: current version 3 in both nibbles.
 pub const VERSION_BYTE: u8 = 0x33;
@@ -21,7 +23,8 @@ pub(crate) fn check_version(byte: u8) -> Result<(), SignalError> {
     }
 }
 
-/// A parsed (or freshly built) WhisperMessage.
+/// A parsed (or freshly built) WhisperMessage. It owns its wire bytes; the MAC'd body and
+/// the MAC (and normally the ciphertext) are views into them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WhisperMessage {
     /// The sender's current ratchet key.
@@ -30,9 +33,63 @@ pub struct WhisperMessage {
     pub counter: u32,
     /// Index of the last message in the sender's previous chain.
     pub previous_counter: u32,
-    /// AES-256-CBC ciphertext.
-    pub ciphertext: Vec<u8>,
+    ciphertext: Ciphertext,
     serialized: Vec<u8>,
+}
+
+/// Where a WhisperMessage's ciphertext is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ciphertext {
+    /// A range of the wire bytes (built here, or parsed on the common path).
+    InWire(Range<usize>),
+    /// Its own copy (parsed by prost, for protobufs off the common path).
+    Copied(Vec<u8>),
+}
+
+/// The fields of a WhisperMessage protobuf as the common path reads them: bytes fields as
+/// ranges of the protobuf.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct WhisperFields {
+    ephemeral_key: Option<Range<usize>>,
+    counter: Option<u32>,
+    previous_counter: Option<u32>,
+    ciphertext: Option<Range<usize>>,
+}
+
+impl WhisperFields {
+    /// Reads the fields the way WhatsApp and libsignal write them: fields 1–4, each with its
+    /// own wire type, in any order, the last occurrence winning (protobuf's rule), varints
+    /// of at most 5 bytes, and nothing else. Anything outside that (unknown fields, groups,
+    /// malformed input) gives `None`, and the caller hands the protobuf to prost, whose
+    /// answer is the reference; the tests check that the two agree wherever this one
+    /// answers.
+    fn decode_common(body: &[u8]) -> Option<Self> {
+        let mut fields = Self::default();
+        let mut pos = 0;
+        while let Some(&key) = body.get(pos) {
+            pos += 1;
+            match key {
+                0x0a | 0x22 => {
+                    let len = usize::try_from(protobuf::read_varint(body, &mut pos)?).ok()?;
+                    let end = pos.checked_add(len).filter(|&end| end <= body.len())?;
+                    let range = Some(pos..end);
+                    pos = end;
+                    if key == 0x0a {
+                        fields.ephemeral_key = range;
+                    } else {
+                        fields.ciphertext = range;
+                    }
+                }
+                // uint32 fields: protobuf truncates the varint to 32 bits.
+                0x10 => fields.counter = Some(protobuf::read_varint(body, &mut pos)? as u32),
+                0x18 => {
+                    fields.previous_counter = Some(protobuf::read_varint(body, &mut pos)? as u32)
+                }
+                _ => return None,
+            }
+        }
+        Some(fields)
+    }
 }
 
 impl WhisperMessage {
@@ -46,24 +103,43 @@ impl WhisperMessage {
             return Err(SignalError::InvalidMessage("message too short"));
         }
         let body = &bytes[1..bytes.len() - MAC_LEN];
-        let p = proto::WhisperMessage::decode(body)
-            .map_err(|_| SignalError::InvalidMessage("WhisperMessage protobuf"))?;
-        let ephemeral_key = PublicKey::deserialize(
-            p.ephemeral_key
-                .as_deref()
-                .ok_or(SignalError::InvalidMessage("missing ratchet key"))?,
-        )?;
+        let (ephemeral_key, counter, previous_counter, ciphertext) =
+            match WhisperFields::decode_common(body) {
+                Some(f) => (
+                    f.ephemeral_key.map(|r| PublicKey::deserialize(&body[r])),
+                    f.counter,
+                    f.previous_counter,
+                    // Ranges of `body` are one byte further into the wire bytes.
+                    f.ciphertext
+                        .map(|r| Ciphertext::InWire(r.start + 1..r.end + 1)),
+                ),
+                None => {
+                    let p = proto::WhisperMessage::decode(body)
+                        .map_err(|_| SignalError::InvalidMessage("WhisperMessage protobuf"))?;
+                    (
+                        p.ephemeral_key.as_deref().map(PublicKey::deserialize),
+                        p.counter,
+                        p.previous_counter,
+                        p.ciphertext.map(Ciphertext::Copied),
+                    )
+                }
+            };
         Ok(Self {
-            ephemeral_key,
-            counter: p
-                .counter
-                .ok_or(SignalError::InvalidMessage("missing counter"))?,
-            previous_counter: p.previous_counter.unwrap_or(0),
-            ciphertext: p
-                .ciphertext
-                .ok_or(SignalError::InvalidMessage("missing ciphertext"))?,
+            ephemeral_key: ephemeral_key
+                .ok_or(SignalError::InvalidMessage("missing ratchet key"))??,
+            counter: counter.ok_or(SignalError::InvalidMessage("missing counter"))?,
+            previous_counter: previous_counter.unwrap_or(0),
+            ciphertext: ciphertext.ok_or(SignalError::InvalidMessage("missing ciphertext"))?,
             serialized: bytes.to_vec(),
         })
+    }
+
+    /// The AES-256-CBC ciphertext.
+    pub fn ciphertext(&self) -> &[u8] {
+        match &self.ciphertext {
+            Ciphertext::InWire(range) => &self.serialized[range.clone()],
+            Ciphertext::Copied(bytes) => bytes,
+        }
     }
 
     /// The proto part (between the version byte and the MAC).
@@ -76,24 +152,32 @@ impl WhisperMessage {
         &self.serialized[self.serialized.len() - MAC_LEN..]
     }
 
-    /// Builds the message; `mac` computes the 8-byte MAC over `version || proto`.
+    /// Builds the message in one buffer, laid out as prost would encode the protobuf
+    /// (fields in number order, all present): `encrypt` appends exactly
+    /// `ciphertext_len` bytes of ciphertext, `mac` computes the MAC over `version || proto`
+    /// (its first 8 bytes are appended).
     pub(crate) fn build(
         ephemeral_key: PublicKey,
         counter: u32,
         previous_counter: u32,
-        ciphertext: Vec<u8>,
+        ciphertext_len: usize,
+        encrypt: impl FnOnce(&mut Vec<u8>),
         mac: impl FnOnce(&[u8]) -> [u8; 32],
     ) -> Self {
-        let p = proto::WhisperMessage {
-            ephemeral_key: Some(ephemeral_key.serialize().to_vec()),
-            counter: Some(counter),
-            previous_counter: Some(previous_counter),
-            ciphertext: Some(ciphertext.clone()),
-        };
-        let mut serialized = Vec::with_capacity(p.encoded_len() + 1 + MAC_LEN);
+        let mut serialized = Vec::with_capacity(1 + 35 + 2 * 6 + 6 + ciphertext_len + MAC_LEN);
         serialized.push(VERSION_BYTE);
-        p.encode(&mut serialized)
-            .expect("Vec has unlimited capacity");
+        serialized.extend_from_slice(&[0x0a, 33]);
+        serialized.extend_from_slice(&ephemeral_key.serialize());
+        serialized.push(0x10);
+        protobuf::write_varint(&mut serialized, counter.into());
+        serialized.push(0x18);
+        protobuf::write_varint(&mut serialized, previous_counter.into());
+        serialized.push(0x22);
+        protobuf::write_varint(&mut serialized, ciphertext_len as u64);
+        let start = serialized.len();
+        encrypt(&mut serialized);
+        debug_assert_eq!(serialized.len() - start, ciphertext_len);
+        let ciphertext = Ciphertext::InWire(start..serialized.len());
         let tag = mac(&serialized[1..]);
         serialized.extend_from_slice(&tag[..MAC_LEN]);
         Self {
@@ -230,5 +314,159 @@ impl CiphertextMessage {
             Self::PreKey(m) => m.serialize(),
             Self::Whisper(m) => m.serialize(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type View = (Option<Vec<u8>>, Option<u32>, Option<u32>, Option<Vec<u8>>);
+
+    /// prost's reading of a WhisperMessage protobuf: the reference.
+    fn prost_view(body: &[u8]) -> Option<View> {
+        let p = proto::WhisperMessage::decode(body).ok()?;
+        Some((p.ephemeral_key, p.counter, p.previous_counter, p.ciphertext))
+    }
+
+    /// The common path's reading, `None` where it defers to prost.
+    fn fast_view(body: &[u8]) -> Option<View> {
+        let f = WhisperFields::decode_common(body)?;
+        let bytes = |r: Option<Range<usize>>| r.map(|r| body[r].to_vec());
+        Some((
+            bytes(f.ephemeral_key),
+            f.counter,
+            f.previous_counter,
+            bytes(f.ciphertext),
+        ))
+    }
+
+    /// A protobuf from (kind, number, bytes) fields: kinds 0–3 are fields 1–4 with their
+    /// own wire types, 4 an unknown field, 5 a known field with the wrong wire type.
+    fn encode(fields: &[(u8, u64, Vec<u8>)]) -> (Vec<u8>, bool) {
+        let mut body = Vec::new();
+        let mut common = true;
+        for (kind, number, bytes) in fields {
+            let len_field = |body: &mut Vec<u8>, key: u8| {
+                body.push(key);
+                protobuf::write_varint(body, bytes.len() as u64);
+                body.extend_from_slice(bytes);
+            };
+            match kind {
+                0 => len_field(&mut body, 0x0a),
+                1 | 2 => {
+                    body.push(if *kind == 1 { 0x10 } else { 0x18 });
+                    protobuf::write_varint(&mut body, *number);
+                    common &= *number < 1 << 35;
+                }
+                3 => len_field(&mut body, 0x22),
+                4 => {
+                    body.push(0x28);
+                    protobuf::write_varint(&mut body, *number);
+                    common = false;
+                }
+                _ => {
+                    len_field(&mut body, 0x12);
+                    common = false;
+                }
+            }
+        }
+        (body, common)
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_agrees_with_prost(
+            fields in prop::collection::vec(
+                (0u8..6, prop_oneof![0u64..300, any::<u32>().prop_map(u64::from), any::<u64>()],
+                 prop::collection::vec(any::<u8>(), 0..40)),
+                0..8,
+            ),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (body, common) = encode(&fields);
+            let fast = fast_view(&body);
+            if common {
+                prop_assert!(fast.is_some(), "the common layout must take the fast path");
+            }
+            if let Some(fast) = fast {
+                prop_assert_eq!(Some(fast), prost_view(&body));
+            }
+            // Truncated anywhere: the fast path agrees or defers.
+            let truncated = &body[..cut.index(body.len() + 1)];
+            if let Some(fast) = fast_view(truncated) {
+                prop_assert_eq!(Some(fast), prost_view(truncated));
+            }
+        }
+
+        #[test]
+        fn fast_path_agrees_with_prost_on_any_bytes(
+            body in prop::collection::vec(any::<u8>(), 0..120),
+        ) {
+            if let Some(fast) = fast_view(&body) {
+                prop_assert_eq!(Some(fast), prost_view(&body));
+            }
+        }
+    }
+
+    #[test]
+    fn built_message_is_prosts_encoding_and_parses_back() {
+        let key = PublicKey([9; 32]);
+        for (counter, previous) in [(0, 0), (1, 0), (127, 128), (300, 70_000), (u32::MAX, 5)] {
+            let ciphertext = vec![7u8; 48];
+            let msg = WhisperMessage::build(
+                key,
+                counter,
+                previous,
+                48,
+                |out| out.extend_from_slice(&ciphertext),
+                |_| [0xab; 32],
+            );
+            let mut want = vec![VERSION_BYTE];
+            proto::WhisperMessage {
+                ephemeral_key: Some(key.serialize().to_vec()),
+                counter: Some(counter),
+                previous_counter: Some(previous),
+                ciphertext: Some(ciphertext.clone()),
+            }
+            .encode(&mut want)
+            .unwrap();
+            want.extend_from_slice(&[0xab; MAC_LEN]);
+            assert_eq!(msg.serialize(), want);
+            let parsed = WhisperMessage::parse(msg.serialize()).unwrap();
+            assert_eq!(parsed, msg);
+            assert_eq!(parsed.ciphertext(), ciphertext);
+            assert_eq!(parsed.mac(), [0xab; MAC_LEN]);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_go_through_prost_with_the_same_result() {
+        // A genuine layout with an unknown varint field appended: the fast path defers and
+        // the parse still yields the same fields (ciphertext copied).
+        let key = PublicKey([3; 32]);
+        let msg = WhisperMessage::build(
+            key,
+            5,
+            2,
+            16,
+            |out| out.extend_from_slice(&[1; 16]),
+            |_| [0; 32],
+        );
+        let mut bytes = msg.serialize()[..msg.serialize().len() - MAC_LEN].to_vec();
+        bytes.extend_from_slice(&[0x28, 0x01]);
+        bytes.extend_from_slice(&[0; MAC_LEN]);
+        let parsed = WhisperMessage::parse(&bytes).unwrap();
+        assert_eq!(
+            (
+                parsed.ephemeral_key,
+                parsed.counter,
+                parsed.previous_counter
+            ),
+            (key, 5, 2)
+        );
+        assert_eq!(parsed.ciphertext(), [1; 16]);
+        assert!(matches!(parsed.ciphertext, Ciphertext::Copied(_)));
     }
 }

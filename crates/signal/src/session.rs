@@ -6,7 +6,8 @@
 
 use crate::address::ProtocolAddress;
 use crate::crypto::{
-    aes_cbc_decrypt, aes_cbc_encrypt, chain_step, derive_secrets, hmac, verify_truncated_hmac,
+    aes_cbc_decrypt, aes_cbc_encrypt_into, cbc_ciphertext_len, chain_step, derive_secrets,
+    message_keys, verify_truncated_hmac, Salt,
 };
 use crate::error::SignalError;
 use crate::keys::{KeyPair, PreKeyBundle, PublicKey};
@@ -15,6 +16,7 @@ use crate::store::{IdentityKeyStore, PreKeyStore};
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// How far ahead of its chain a message may be (libsignal-node's bound).
 pub const MAX_FORWARD_JUMPS: u32 = 2000;
@@ -33,9 +35,9 @@ pub const MAX_PREVIOUS_STATES: usize = 40;
 /// Version of the serialized [`SessionRecord`] format.
 pub const SESSION_RECORD_VERSION: u32 = 1;
 
-const WHISPER_TEXT: &[u8] = b"WhisperText";
-const WHISPER_RATCHET: &[u8] = b"WhisperRatchet";
-const WHISPER_MESSAGE_KEYS: &[u8] = b"WhisperMessageKeys";
+const WHISPER_TEXT: &[u8; 11] = b"WhisperText";
+const WHISPER_RATCHET: &[u8; 14] = b"WhisperRatchet";
+const WHISPER_MESSAGE_KEYS: &[u8; 18] = b"WhisperMessageKeys";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Chain {
@@ -49,8 +51,39 @@ struct Chain {
 struct ReceiverChain {
     ratchet_key: PublicKey,
     chain: Chain,
-    /// Message-key seeds of skipped messages, by chain index, oldest first.
-    skipped: VecDeque<(u32, [u8; 32])>,
+    skipped: SkippedKeys,
+}
+
+/// Message-key seeds of a receiving chain's skipped messages, by chain index, oldest first,
+/// at most [`MAX_SKIPPED_KEYS`] (the oldest dropped first). Shared between the record an
+/// operation takes and the one it returns until one of them changes, so returning a new
+/// record does not copy up to 2,000 keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+struct SkippedKeys(Arc<VecDeque<(u32, [u8; 32])>>);
+
+impl SkippedKeys {
+    fn push(&mut self, index: u32, seed: [u8; 32]) {
+        let keys = Arc::make_mut(&mut self.0);
+        keys.push_back((index, seed));
+        if keys.len() > MAX_SKIPPED_KEYS {
+            keys.pop_front();
+        }
+    }
+
+    /// Removes and returns the seed for chain index `index`, if it is held.
+    fn take(&mut self, index: u32) -> Option<[u8; 32]> {
+        let pos = self.0.iter().position(|(i, _)| *i == index)?;
+        Arc::make_mut(&mut self.0).remove(pos).map(|(_, seed)| seed)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,11 +135,15 @@ impl SessionState {
 
 /// All sessions with one remote device: the current one and previous ones (kept so that
 /// messages still in flight on an older session decrypt after a peer re-keys).
+///
+/// Cloning is cheap where it matters: the previous sessions (up to
+/// [`MAX_PREVIOUS_STATES`]) are shared between the record an operation takes and the one it
+/// returns until one of them changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     version: u32,
     current: Option<SessionState>,
-    previous: VecDeque<SessionState>,
+    previous: Arc<VecDeque<SessionState>>,
 }
 
 impl Default for SessionRecord {
@@ -121,7 +158,7 @@ impl SessionRecord {
         Self {
             version: SESSION_RECORD_VERSION,
             current: None,
-            previous: VecDeque::new(),
+            previous: Arc::default(),
         }
     }
     /// The current session, if any.
@@ -144,8 +181,9 @@ impl SessionRecord {
     }
     fn promote(&mut self, state: Option<SessionState>) {
         if let Some(old) = self.current.take() {
-            self.previous.push_front(old);
-            self.previous.truncate(MAX_PREVIOUS_STATES);
+            let previous = Arc::make_mut(&mut self.previous);
+            previous.push_front(old);
+            previous.truncate(MAX_PREVIOUS_STATES);
         }
         self.current = state;
     }
@@ -212,12 +250,12 @@ pub fn process_prekey_bundle(
     if let Some((_, one_time)) = &bundle.pre_key {
         secret.extend_from_slice(&base.agree(one_time));
     }
-    let [root, _] = derive_secrets::<2>(&secret, &[0u8; 32], WHISPER_TEXT);
+    let [root, _]: [[u8; 32]; 2] = derive_secrets(&secret, Salt::Zero, WHISPER_TEXT);
 
     let our_ratchet = KeyPair::generate(rng);
-    let [root, sending] = derive_secrets::<2>(
+    let [root, sending]: [[u8; 32]; 2] = derive_secrets(
         &our_ratchet.agree(&bundle.signed_pre_key),
-        &root,
+        Salt::Key(&root),
         WHISPER_RATCHET,
     );
     let state = SessionState {
@@ -249,19 +287,6 @@ pub fn process_prekey_bundle(
     })
 }
 
-struct MessageKeys {
-    cipher: [u8; 32],
-    mac: [u8; 32],
-    iv: [u8; 16],
-}
-
-fn message_keys(seed: &[u8; 32]) -> MessageKeys {
-    let [cipher, mac, iv_full] = derive_secrets::<3>(seed, &[0u8; 32], WHISPER_MESSAGE_KEYS);
-    let mut iv = [0u8; 16];
-    iv.copy_from_slice(&iv_full[..16]);
-    MessageKeys { cipher, mac, iv }
-}
-
 /// Encrypts `plaintext` (already padded by the caller, see [`crate::padding`]) with the
 /// current session. Returns the new record to persist *before* the ciphertext is sent.
 pub fn encrypt(
@@ -283,16 +308,16 @@ pub fn encrypt(
         .ok_or(SignalError::InvalidMessage("sending chain exhausted"))?;
     let (seed, next) = chain_step(&chain_key);
     chain.key = Some(next);
-    let keys = message_keys(&seed);
-    let ciphertext = aes_cbc_encrypt(&keys.cipher, &keys.iv, plaintext);
+    let keys = message_keys(&seed, WHISPER_MESSAGE_KEYS);
     let local = state.local_identity.serialize();
     let remote = state.remote_identity.serialize();
     let msg = WhisperMessage::build(
         state.our_ratchet.public,
         counter,
         state.previous_counter,
-        ciphertext,
-        |body| hmac(&keys.mac, &[&local, &remote, &[VERSION_BYTE], body]),
+        cbc_ciphertext_len(plaintext.len()),
+        |out| aes_cbc_encrypt_into(&keys.cipher, &keys.iv, plaintext, out),
+        |body| keys.mac.mac(&[&local, &remote, &[VERSION_BYTE], body]),
     );
     let out = match &state.pending_pre_key {
         Some(p) => CiphertextMessage::PreKey(PreKeyWhisperMessage::build(
@@ -345,35 +370,43 @@ fn decrypt_whisper(
     msg: &WhisperMessage,
     rng: &mut impl CryptoRngCore,
 ) -> Result<Decrypted, SignalError> {
+    // Try the current session, then the previous ones, each on its own copy; only the one
+    // that decrypts goes into the new record.
     let mut first_err = None;
-    // Work on one copy of the record; a failed attempt restores its slot from `record`.
-    let mut scratch = record.clone();
-    let slots = scratch.current.is_some() as usize + scratch.previous.len();
-    for n in 0..slots {
-        let (state, original) = match (n, &mut scratch.current) {
-            (0, Some(current)) => (current, record.current.as_ref()),
-            _ => {
-                let i = n - record.current.is_some() as usize;
-                (&mut scratch.previous[i], record.previous.get(i))
-            }
-        };
-        match decrypt_with_state(state, msg, rng) {
+    let slots = record.current.iter().map(|s| (None, s));
+    let slots = slots.chain(
+        record
+            .previous
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Some(i), s)),
+    );
+    for (previous_index, original) in slots {
+        let mut state = original.clone();
+        match decrypt_with_state(&mut state, msg, rng) {
             Ok(plaintext) => {
                 let new_identity = check_trust(identities, address, &state.remote_identity)?;
+                let record = match previous_index {
+                    None => SessionRecord {
+                        version: record.version,
+                        current: Some(state),
+                        previous: Arc::clone(&record.previous),
+                    },
+                    Some(i) => {
+                        let mut record = record.clone();
+                        Arc::make_mut(&mut record.previous)[i] = state;
+                        record
+                    }
+                };
                 return Ok(Decrypted {
-                    record: scratch,
+                    record,
                     plaintext,
                     consumed_pre_key: None,
                     new_identity,
                 });
             }
+            Err(e @ SignalError::DuplicateMessage(_)) => return Err(e),
             Err(e) => {
-                if let Some(original) = original {
-                    *state = original.clone();
-                }
-                if matches!(e, SignalError::DuplicateMessage(_)) {
-                    return Err(e);
-                }
                 first_err.get_or_insert(e);
             }
         }
@@ -397,7 +430,10 @@ fn decrypt_prekey(
     let existing = if record.current.as_ref().is_some_and(is_this_session) {
         record.current.as_mut()
     } else {
-        record.previous.iter_mut().find(|s| is_this_session(s))
+        match record.previous.iter().position(is_this_session) {
+            Some(i) => Arc::make_mut(&mut record.previous).get_mut(i),
+            None => None,
+        }
     };
     if let Some(state) = existing {
         let mut updated = state.clone();
@@ -432,7 +468,7 @@ fn decrypt_prekey(
     if let Some(pk) = one_time {
         secret.extend_from_slice(&pk.key_pair.agree(&msg.base_key));
     }
-    let [root, _] = derive_secrets::<2>(&secret, &[0u8; 32], WHISPER_TEXT);
+    let [root, _]: [[u8; 32]; 2] = derive_secrets(&secret, Salt::Zero, WHISPER_TEXT);
     let mut state = SessionState {
         remote_registration_id: msg.registration_id,
         remote_identity: msg.identity_key,
@@ -480,15 +516,9 @@ fn decrypt_with_state(
     };
     let chain = &mut state.receiver_chains[idx];
     let seed = if msg.counter < chain.chain.next {
-        let pos = chain
-            .skipped
-            .iter()
-            .position(|(i, _)| *i == msg.counter)
-            .ok_or(SignalError::DuplicateMessage(msg.counter))?;
         chain
             .skipped
-            .remove(pos)
-            .map(|(_, s)| s)
+            .take(msg.counter)
             .ok_or(SignalError::DuplicateMessage(msg.counter))?
     } else {
         let key = chain.chain.key.ok_or(SignalError::ChainClosed)?;
@@ -497,7 +527,7 @@ fn decrypt_with_state(
         chain.chain.next = msg.counter + 1;
         seed.0
     };
-    let keys = message_keys(&seed);
+    let keys = message_keys(&seed, WHISPER_MESSAGE_KEYS);
     let remote = state.remote_identity.serialize();
     let local = state.local_identity.serialize();
     if !verify_truncated_hmac(
@@ -507,7 +537,7 @@ fn decrypt_with_state(
     ) {
         return Err(SignalError::BadMac);
     }
-    let plaintext = aes_cbc_decrypt(&keys.cipher, &keys.iv, &msg.ciphertext)?;
+    let plaintext = aes_cbc_decrypt(&keys.cipher, &keys.iv, msg.ciphertext())?;
     state.pending_pre_key = None;
     Ok(plaintext)
 }
@@ -529,10 +559,7 @@ fn advance(
     }
     for i in current..target {
         let (seed, next) = chain_step(&key);
-        chain.skipped.push_back((i, seed));
-        if chain.skipped.len() > MAX_SKIPPED_KEYS {
-            chain.skipped.pop_front();
-        }
+        chain.skipped.push(i, seed);
         key = next;
     }
     Ok(chain_step(&key))
@@ -576,10 +603,7 @@ fn step_ratchet(
             if let Some(key) = prev.chain.key {
                 if msg.previous_counter >= prev.chain.next {
                     let (seed, next) = advance(prev, key, msg.previous_counter)?;
-                    prev.skipped.push_back((msg.previous_counter, seed));
-                    if prev.skipped.len() > MAX_SKIPPED_KEYS {
-                        prev.skipped.pop_front();
-                    }
+                    prev.skipped.push(msg.previous_counter, seed);
                     prev.chain.key = Some(next);
                     prev.chain.next = msg.previous_counter + 1;
                 }
@@ -587,9 +611,9 @@ fn step_ratchet(
         }
         prev.chain.key = None;
     }
-    let [root, receiving] = derive_secrets::<2>(
+    let [root, receiving]: [[u8; 32]; 2] = derive_secrets(
         &state.our_ratchet.agree(&msg.ephemeral_key),
-        &state.root_key,
+        Salt::Key(&state.root_key),
         WHISPER_RATCHET,
     );
     state.receiver_chains.push(ReceiverChain {
@@ -598,16 +622,16 @@ fn step_ratchet(
             key: Some(receiving),
             next: 0,
         },
-        skipped: VecDeque::new(),
+        skipped: SkippedKeys::default(),
     });
     prune_receiver_chains(&mut state.receiver_chains);
     if let Some(sending) = state.sender_chain.take() {
         state.previous_counter = sending.next.saturating_sub(1);
     }
     state.our_ratchet = KeyPair::generate(rng);
-    let [root, sending] = derive_secrets::<2>(
+    let [root, sending]: [[u8; 32]; 2] = derive_secrets(
         &state.our_ratchet.agree(&msg.ephemeral_key),
-        &root,
+        Salt::Key(&root),
         WHISPER_RATCHET,
     );
     state.root_key = root;

@@ -274,3 +274,42 @@ fn late_message_after_many_ratchet_steps() {
         Err(SignalError::DuplicateMessage(_))
     ));
 }
+
+#[test]
+fn records_share_history_but_never_change_each_other() {
+    // Skipped keys and previous sessions are shared between the record a call takes and the
+    // one it returns; using one record must not change what the other can still do.
+    let (mut a, mut b) = pair(true);
+    let first = a.encrypt(b"first");
+    b.decrypt(&first).unwrap();
+    let reply = b.encrypt(b"reply");
+    a.decrypt(&reply).unwrap();
+    let skipped: Vec<_> = (0..3u8).map(|i| a.encrypt(&[i; 10])).collect();
+    let last = a.encrypt(b"last");
+    assert_eq!(b.decrypt(&last).unwrap(), b"last");
+    let with_three_skipped = b.record.clone();
+    assert_eq!(with_three_skipped.current().unwrap().skipped_key_count(), 3);
+
+    // Consuming a skipped key yields a record without it; the earlier record keeps it.
+    assert_eq!(b.decrypt(&skipped[1]).unwrap(), [1; 10]);
+    assert_eq!(b.record.current().unwrap().skipped_key_count(), 2);
+    assert_eq!(with_three_skipped.current().unwrap().skipped_key_count(), 3);
+    assert!(matches!(
+        b.decrypt(&skipped[1]),
+        Err(SignalError::DuplicateMessage(_))
+    ));
+    b.record = with_three_skipped.clone();
+    assert_eq!(b.decrypt(&skipped[1]).unwrap(), [1; 10]);
+
+    // Archiving shares the previous sessions; a new session on one record leaves the
+    // other's history as it was.
+    let archived = with_three_skipped.archive_current();
+    assert_eq!(archived.previous().count(), 1);
+    let again = archived.archive_current();
+    assert_eq!(again.previous().count(), 1, "no current session to archive");
+    assert_eq!(with_three_skipped.previous().count(), 0);
+    b.record = archived;
+    assert_eq!(b.decrypt(&skipped[2]).unwrap(), [2; 10]);
+    assert_eq!(b.record.previous().next().unwrap().skipped_key_count(), 2);
+    assert_eq!(with_three_skipped.current().unwrap().skipped_key_count(), 3);
+}
