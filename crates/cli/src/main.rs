@@ -5,12 +5,14 @@
 //! `error: …` on stderr and exits non-zero.
 //!
 //! - `wafleet node decode|encode`: the binary node codec ([`node`]).
+//! - `wafleet link`: links one session in the foreground ([`link`]).
 //! - `wafleet sim`: the WhatsApp simulator on loopback ([`sim`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod link;
 mod node;
 mod sim;
 
@@ -27,6 +29,8 @@ enum Command {
     /// Binary nodes: decode wire hex to JSON, encode JSON to wire hex.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Link a session (QR or pairing code) and log it in, in the foreground.
+    Link(link::LinkArgs),
     /// Run the WhatsApp simulator (server and phones) on loopback until Ctrl-C.
     Sim(sim::SimArgs),
 }
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(command) => node::run(command),
+        Command::Link(args) => link::run(args),
         Command::Sim(args) => sim::run(args),
     };
     match result {

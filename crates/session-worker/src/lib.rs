@@ -1,1 +1,22 @@
-//! Runs sessions on the wire protocol (issues 3 and 5; not built yet).
+//! Runs wafleet sessions: the tokio glue around the sans-IO protocol crate.
+//!
+//! - [`driver`]: one session over a WebSocket: Noise, the linking/login state machine,
+//!   timers on the wall clock, reconnects with backoff, persistence before acting, and
+//!   [`DriverEvent`]s for the caller.
+//! - [`store`]: where a session's identity and prekeys live ([`SessionStore`]), with the
+//!   local filesystem implementation ([`FsSessionStore`]).
+//! - [`qr`]: the linking QR as terminal half-blocks, PNG bytes or a `data:` URL.
+//! - [`backoff`]: jittered exponential reconnect delays.
+//!
+//! The fleet parts (leases, the bus, S3 blobs; issue 5) are not built yet.
+
+pub mod backoff;
+pub mod driver;
+pub mod event;
+pub mod qr;
+pub mod store;
+
+pub use backoff::Backoff;
+pub use driver::{DriverConfig, DriverError, DriverExit, ServerConfig, SessionDriver};
+pub use event::{DriverEvent, Secret};
+pub use store::{FsSessionStore, SessionName, SessionStore, StoreError, StoredSession};

@@ -1,0 +1,863 @@
+//! The tokio driver of one session: a WebSocket, the Noise connection and the linking/login
+//! state machine of `wafleet_protocol`, timers on the wall clock, reconnects, persistence.
+//!
+//! The loop of one connection reads WebSocket messages into
+//! [`ClientConnection::receive`], decodes each frame into a node for
+//! [`Session::handle_node`], calls [`Session::handle_timeout`] at
+//! [`Session::poll_timeout`], then handles the session's events (persisting before
+//! anything is sent) and sends what it transmits.
+//!
+//! Between connections the driver follows the protocol crate's
+//! [`DisconnectReason::should_reconnect`]: 515 reconnects at once with the paired identity;
+//! `replaced`, logged out, QR exhaustion and the account failures end the driver with a
+//! [`DriverEvent::Failed`]; everything else (network loss, EOF, a stalled handshake, 503,
+//! stream errors) reconnects after a jittered exponential [`Backoff`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Request};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{debug, info, warn};
+use wafleet_protocol::adv::AdvError;
+use wafleet_protocol::binary::{decode, encode};
+use wafleet_protocol::cert::RootKey;
+use wafleet_protocol::client::{DeviceIdentity, DisconnectReason, Event, Session, SessionConfig};
+use wafleet_protocol::noise::{ClientConfig, ClientConnection, ClientEvent};
+use wafleet_protocol::pairing_code::{PhoneNumber, PhoneNumberError};
+
+use crate::backoff::Backoff;
+use crate::event::{reason_code, reason_detail, DriverEvent, Secret};
+use crate::store::{SessionStore, StoreError, StoredSession};
+
+/// WhatsApp's WebSocket endpoint, the default server.
+pub const WHATSAPP_URL: &str = "wss://web.whatsapp.com/ws/chat";
+
+/// Consecutive 515 restarts answered at once; more go through the backoff.
+const MAX_IMMEDIATE_RESTARTS: u32 = 3;
+
+/// Linking sockets that may end without a scan (network loss while a QR is shown) before
+/// the driver gives up with `qr_exhausted`.
+const MAX_QR_SOCKETS: u32 = 3;
+
+/// The `Origin` header WhatsApp Web sends.
+pub const ORIGIN: &str = "https://web.whatsapp.com";
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Which server to connect to and which certificate root its Noise chain must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `wss://…` (or `ws://…` for a local simulator).
+    pub url: String,
+    /// The root key the server's certificate chain must chain up to.
+    pub root: RootKey,
+}
+
+impl Default for ServerConfig {
+    /// The real WhatsApp: [`WHATSAPP_URL`] with [`RootKey::WHATSAPP`].
+    fn default() -> ServerConfig {
+        ServerConfig {
+            url: WHATSAPP_URL.to_owned(),
+            root: RootKey::WHATSAPP,
+        }
+    }
+}
+
+/// Settings of one driven session.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// A name for logs (never a secret).
+    pub label: String,
+    /// The server; the real WhatsApp by default.
+    pub server: ServerConfig,
+    /// The state machine's timing and client profile.
+    pub session: SessionConfig,
+    /// Link by pairing code for this phone number (E.164 digits) instead of by QR only.
+    /// Checked by [`SessionDriver::start`].
+    pub phone: Option<String>,
+    /// Delays between reconnects after failures.
+    pub backoff: Backoff,
+    /// How long connecting (TCP, TLS, WebSocket, Noise, the first server node) may take
+    /// before the attempt is torn down and retried.
+    pub handshake_timeout: Duration,
+    /// Give up (`unreachable`) after this many consecutive failed connections; `None`
+    /// retries forever. A connection that showed a QR or logged in resets the count.
+    pub max_consecutive_failures: Option<u32>,
+}
+
+impl Default for DriverConfig {
+    fn default() -> DriverConfig {
+        DriverConfig {
+            label: "session".to_owned(),
+            server: ServerConfig::default(),
+            session: SessionConfig::default(),
+            phone: None,
+            backoff: Backoff::default(),
+            handshake_timeout: Duration::from_secs(20),
+            max_consecutive_failures: None,
+        }
+    }
+}
+
+/// Errors that stop a driver before it connects.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The configured phone number is not E.164 digits.
+    #[error("invalid phone number: {0}")]
+    InvalidPhone(#[from] PhoneNumberError),
+    /// The stored session could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The server URL is not a `ws://` or `wss://` URL.
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// How a driver ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverExit {
+    /// [`SessionDriver::stop`] was called (or the handle dropped).
+    Stopped,
+    /// It stopped for good; the same as the last [`DriverEvent::Failed`].
+    Failed {
+        /// The reason code.
+        reason: String,
+        /// A human-readable account.
+        detail: String,
+    },
+}
+
+/// A running session: its events, and a way to stop it.
+#[derive(Debug)]
+pub struct SessionDriver {
+    events: mpsc::UnboundedReceiver<DriverEvent>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<DriverExit>,
+}
+
+impl SessionDriver {
+    /// Checks the configuration (phone number, URL), loads the stored session (or makes a
+    /// fresh identity, saved at pairing) and starts the driver on the current tokio
+    /// runtime (it panics outside one, as `tokio::spawn` does). Nothing connects before
+    /// these checks pass.
+    pub fn start(
+        config: DriverConfig,
+        store: Arc<dyn SessionStore>,
+    ) -> Result<SessionDriver, DriverError> {
+        let phone = config
+            .phone
+            .as_deref()
+            .map(PhoneNumber::parse)
+            .transpose()?;
+        let request = ws_request(&config.server.url)?;
+        let connector = if config.server.url.starts_with("wss://") {
+            Connector::Rustls(Arc::new(tls_config()?))
+        } else {
+            Connector::Plain
+        };
+        let mut rng = StdRng::from_entropy();
+        let stored = match store.load()? {
+            Some(stored) => stored,
+            None => StoredSession::new(DeviceIdentity::generate(&mut rng)),
+        };
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = Runner {
+            config,
+            store,
+            stored,
+            phone,
+            request,
+            connector,
+            rng,
+            events: event_tx,
+            stop: stop_rx,
+            routing_info: None,
+            healthy: false,
+            qr_remaining: None,
+            after_send: Vec::new(),
+        };
+        let task = tokio::spawn(runner.run());
+        Ok(SessionDriver { events, stop, task })
+    }
+
+    /// The next event; `None` once the driver ended and every event was taken.
+    pub async fn next_event(&mut self) -> Option<DriverEvent> {
+        self.events.recv().await
+    }
+
+    /// Asks the driver to close its connection and stop.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops the driver (if still running) and waits for it to end.
+    pub async fn finish(self) -> DriverExit {
+        self.stop();
+        self.join().await
+    }
+
+    /// Waits for the driver to end by itself (a terminal failure) or by [`SessionDriver::stop`].
+    pub async fn join(self) -> DriverExit {
+        match self.task.await {
+            Ok(exit) => exit,
+            Err(e) => DriverExit::Failed {
+                reason: "internal_error".into(),
+                detail: format!("driver task ended abnormally: {e}"),
+            },
+        }
+    }
+}
+
+fn ws_request(url: &str) -> Result<Request<()>, DriverError> {
+    let invalid = |reason: String| DriverError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(invalid("must start with ws:// or wss://".into()));
+    }
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| invalid(e.to_string()))?;
+    request
+        .headers_mut()
+        .insert("Origin", HeaderValue::from_static(ORIGIN));
+    Ok(request)
+}
+
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Unix milliseconds on the wall clock.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The `reason` code of an ADV verification failure.
+fn auth_failure_code(e: &AdvError) -> &'static str {
+    match e {
+        AdvError::HmacMismatch => "hmac_mismatch",
+        AdvError::SignatureMismatch => "signature_mismatch",
+        _ => "invalid_device_identity",
+    }
+}
+
+/// How one connection ended.
+enum Outcome {
+    /// The caller asked to stop.
+    Stopped,
+    /// 515: reconnect now.
+    Restart,
+    /// The session ended with a reason from the protocol.
+    Closed(DisconnectReason),
+    /// The transport failed (network, EOF, Noise, a stalled handshake): reconnect later.
+    Lost {
+        reason: &'static str,
+        detail: String,
+    },
+    /// Something that retrying cannot fix (storage): stop.
+    Fatal {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+struct Runner {
+    config: DriverConfig,
+    store: Arc<dyn SessionStore>,
+    stored: StoredSession,
+    phone: Option<PhoneNumber>,
+    request: Request<()>,
+    connector: Connector,
+    rng: StdRng,
+    events: mpsc::UnboundedSender<DriverEvent>,
+    stop: watch::Receiver<bool>,
+    /// Edge routing info from the last connection, sent in the next pre-intro.
+    routing_info: Option<Vec<u8>>,
+    /// Whether the current connection got as far as a QR or a login.
+    healthy: bool,
+    /// How many QRs follow the one shown now on this connection (`None`: none shown, or
+    /// paired since).
+    qr_remaining: Option<u32>,
+    /// Events to report once the nodes queued with them are on the wire (a pairing code
+    /// after its `companion_hello`, the prekey upload).
+    after_send: Vec<DriverEvent>,
+}
+
+impl Runner {
+    fn emit(&self, event: DriverEvent) {
+        // A caller that dropped its receiver no longer wants events; the driver goes on
+        // until stopped.
+        let _ = self.events.send(event);
+    }
+
+    fn fail(&self, reason: &str, detail: String) -> DriverExit {
+        warn!(session = %self.config.label, reason, %detail, "session driver stopped");
+        self.emit(DriverEvent::Failed {
+            reason: reason.to_owned(),
+            detail: detail.clone(),
+        });
+        DriverExit::Failed {
+            reason: reason.to_owned(),
+            detail,
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        *self.stop.borrow() || self.stop.has_changed().is_err()
+    }
+
+    async fn run(mut self) -> DriverExit {
+        let mut failures: u32 = 0;
+        let mut restarts: u32 = 0;
+        let mut qr_sockets: u32 = 0;
+        loop {
+            if self.stop_requested() {
+                return DriverExit::Stopped;
+            }
+            self.healthy = false;
+            self.qr_remaining = None;
+            self.after_send.clear();
+            let outcome = match self.connection().await {
+                // The server closed the socket while the last QR was up: the refs ran out
+                // on its clock before ours.
+                Outcome::Lost { reason, detail } if self.qr_remaining == Some(0) => {
+                    debug!(session = %self.config.label, reason, %detail, "connection ended during the last QR");
+                    Outcome::Closed(DisconnectReason::QrExhausted)
+                }
+                // QR sockets that keep ending unscanned must not show QRs forever.
+                Outcome::Lost { reason, detail } if self.qr_remaining.is_some() => {
+                    qr_sockets += 1;
+                    if qr_sockets >= MAX_QR_SOCKETS {
+                        debug!(session = %self.config.label, reason, %detail, qr_sockets, "QR sockets used up");
+                        Outcome::Closed(DisconnectReason::QrExhausted)
+                    } else {
+                        Outcome::Lost { reason, detail }
+                    }
+                }
+                outcome => outcome,
+            };
+            if self.healthy {
+                failures = 0;
+            }
+            if !matches!(outcome, Outcome::Restart) {
+                restarts = 0;
+            }
+            let (reason, detail) = match outcome {
+                Outcome::Stopped => return DriverExit::Stopped,
+                Outcome::Restart if restarts < MAX_IMMEDIATE_RESTARTS => {
+                    info!(session = %self.config.label, "restart requested (515), reconnecting");
+                    self.emit(DriverEvent::Disconnected {
+                        reason: "restart_required".into(),
+                        will_reconnect: true,
+                    });
+                    restarts += 1;
+                    failures = 0;
+                    continue;
+                }
+                // A server that asks for nothing but restarts gets the backoff.
+                Outcome::Restart => (
+                    "restart_required",
+                    format!("{restarts} restarts in a row without a session"),
+                ),
+                Outcome::Fatal { reason, detail } => return self.fail(reason, detail),
+                Outcome::Closed(reason) if !reason.should_reconnect() => {
+                    let code = reason_code(&reason);
+                    self.emit(DriverEvent::Disconnected {
+                        reason: code.into(),
+                        will_reconnect: false,
+                    });
+                    return self.fail(code, reason_detail(&reason));
+                }
+                Outcome::Closed(reason) => (reason_code(&reason), reason_detail(&reason)),
+                Outcome::Lost { reason, detail } => (reason, detail),
+            };
+            failures = failures.saturating_add(1);
+            let give_up =
+                matches!(self.config.max_consecutive_failures, Some(max) if failures >= max);
+            self.emit(DriverEvent::Disconnected {
+                reason: reason.into(),
+                will_reconnect: !give_up,
+            });
+            if give_up {
+                return self.fail(
+                    "unreachable",
+                    format!("{failures} consecutive failed connections; last: {reason}: {detail}"),
+                );
+            }
+            let delay = self.config.backoff.delay(failures - 1, &mut self.rng);
+            info!(session = %self.config.label, reason, %detail, ?delay, "connection lost, reconnecting");
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut stop) => return DriverExit::Stopped,
+            }
+        }
+    }
+
+    /// Connects and runs one connection to its end.
+    async fn connection(&mut self) -> Outcome {
+        let mut stop = self.stop.clone();
+        let timeout = self.config.handshake_timeout;
+        let opened = tokio::select! {
+            r = tokio::time::timeout(timeout, self.open()) => r,
+            _ = stopped(&mut stop) => return Outcome::Stopped,
+        };
+        let (mut ws, mut conn, mut session, first) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(lost)) => return lost,
+            Err(_) => {
+                return Outcome::Lost {
+                    reason: "handshake_timeout",
+                    detail: format!("no server reply within {timeout:?}"),
+                }
+            }
+        };
+        let mut pairing_requested = false;
+        let outcome = 'run: {
+            self.handle_frames(&mut session, first);
+            loop {
+                if let Some(outcome) = self
+                    .pump(&mut ws, &mut conn, &mut session, &mut pairing_requested)
+                    .await
+                {
+                    break 'run outcome;
+                }
+                let sleep = session
+                    .poll_timeout()
+                    .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())));
+                tokio::select! {
+                    _ = stopped(&mut stop) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                        return Outcome::Stopped;
+                    }
+                    _ = sleep_for(sleep) => session.handle_timeout(unix_ms(), &mut self.rng),
+                    message = ws.next() => match message {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            if let Err(e) = conn.receive(&bytes) {
+                                break 'run Outcome::Lost { reason: "noise_error", detail: e.to_string() };
+                            }
+                            let frames = drain_frames(&mut conn);
+                            self.handle_frames(&mut session, frames);
+                        }
+                        Some(Ok(Message::Close(frame))) => break 'run Outcome::Lost {
+                            reason: "connection_closed",
+                            detail: format!("server closed the WebSocket: {frame:?}"),
+                        },
+                        Some(Ok(Message::Text(_))) => warn!(session = %self.config.label, "ignoring a text WebSocket message"),
+                        Some(Ok(_)) => {} // ping/pong (answered by tungstenite), raw frames
+                        Some(Err(e)) => break 'run Outcome::Lost { reason: "connection_lost", detail: e.to_string() },
+                        None => break 'run Outcome::Lost { reason: "connection_closed", detail: "end of stream".into() },
+                    },
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+        outcome
+    }
+
+    /// TCP/TLS/WebSocket connect, the Noise handshake with the session's payload, and the
+    /// first server frames (bounded by the caller's handshake timeout).
+    async fn open(&mut self) -> Result<(Ws, ClientConnection, Session, Vec<Vec<u8>>), Outcome> {
+        let lost = |reason: &'static str| {
+            move |e: &dyn std::fmt::Display| Outcome::Lost {
+                reason,
+                detail: e.to_string(),
+            }
+        };
+        let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            self.request.clone(),
+            None,
+            true,
+            Some(self.connector.clone()),
+        )
+        .await
+        .map_err(|e| lost("connect_failed")(&e))?;
+        debug!(session = %self.config.label, url = %self.config.server.url, "WebSocket open");
+        let now_s = unix_ms() / 1000;
+        let identity = self.stored.identity.clone();
+        let mut conn = ClientConnection::new(
+            ClientConfig {
+                root: self.config.server.root,
+                noise_key: identity.noise_key.clone(),
+                routing_info: self.routing_info.clone(),
+            },
+            now_s,
+            &mut self.rng,
+        )
+        .map_err(|e| lost("noise_error")(&e))?;
+        let session = Session::new(identity, self.config.session.clone(), &mut self.rng);
+        send_transmits(&mut ws, &mut conn)
+            .await
+            .map_err(|e| lost("connection_lost")(&e))?;
+        let mut hello = false;
+        let mut frames = Vec::new();
+        while frames.is_empty() {
+            let bytes = match ws.next().await {
+                Some(Ok(Message::Binary(bytes))) => bytes,
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(Outcome::Lost {
+                        reason: "connection_closed",
+                        detail: format!(
+                            "server closed the WebSocket during the handshake: {frame:?}"
+                        ),
+                    })
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(lost("connection_lost")(&e)),
+                None => {
+                    return Err(Outcome::Lost {
+                        reason: "connection_closed",
+                        detail: "end of stream during the handshake".into(),
+                    })
+                }
+            };
+            conn.receive(&bytes).map_err(|e| lost("noise_error")(&e))?;
+            if !hello {
+                if let Some(ClientEvent::ServerHello(_)) = conn.poll_event() {
+                    hello = true;
+                    let payload = session
+                        .client_payload()
+                        .map_err(|e| Outcome::Fatal {
+                            reason: "invalid_identity",
+                            detail: e.to_string(),
+                        })?
+                        .encode_to_vec();
+                    conn.finish_handshake(&payload)
+                        .map_err(|e| lost("noise_error")(&e))?;
+                    send_transmits(&mut ws, &mut conn)
+                        .await
+                        .map_err(|e| lost("connection_lost")(&e))?;
+                    debug!(session = %self.config.label, paired = self.stored.identity.is_paired(), "Noise handshake done");
+                }
+            }
+            frames = drain_frames(&mut conn);
+        }
+        Ok((ws, conn, session, frames))
+    }
+
+    /// Decodes frames and hands the nodes to the session. A frame that does not decode is
+    /// logged and skipped (the connection's cipher state is intact).
+    fn handle_frames(&mut self, session: &mut Session, frames: Vec<Vec<u8>>) {
+        for frame in frames {
+            match decode(&frame) {
+                Ok(node) => session.handle_node(node, unix_ms(), &mut self.rng),
+                Err(e) => {
+                    warn!(session = %self.config.label, error = %e, len = frame.len(), "skipping an undecodable server node")
+                }
+            }
+        }
+    }
+
+    /// Handles the session's events (persisting first), then sends what it transmits;
+    /// repeats until both are empty. Returns the connection's end, if reached.
+    async fn pump(
+        &mut self,
+        ws: &mut Ws,
+        conn: &mut ClientConnection,
+        session: &mut Session,
+        pairing_requested: &mut bool,
+    ) -> Option<Outcome> {
+        loop {
+            let mut progressed = false;
+            let mut end = None;
+            while let Some(event) = session.poll_event() {
+                progressed = true;
+                match self.on_event(event, session, pairing_requested).await {
+                    Ok(None) => {}
+                    Ok(Some(outcome)) => {
+                        end = Some(outcome);
+                        break;
+                    }
+                    // Not persisted: nothing queued after the event may be sent.
+                    Err(fatal) => return Some(fatal),
+                }
+            }
+            while let Some(node) = session.poll_transmit() {
+                progressed = true;
+                let bytes = match encode(&node) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        warn!(session = %self.config.label, error = %e, tag = %node.tag, "cannot encode an outgoing node");
+                        continue;
+                    }
+                };
+                let wire = match conn.send(&bytes) {
+                    Ok(wire) => wire,
+                    Err(e) => {
+                        return Some(Outcome::Lost {
+                            reason: "noise_error",
+                            detail: e.to_string(),
+                        })
+                    }
+                };
+                if let Err(e) = ws.feed(Message::Binary(wire.into())).await {
+                    return Some(Outcome::Lost {
+                        reason: "connection_lost",
+                        detail: e.to_string(),
+                    });
+                }
+            }
+            if let Err(e) = ws.flush().await {
+                return Some(Outcome::Lost {
+                    reason: "connection_lost",
+                    detail: e.to_string(),
+                });
+            }
+            for event in std::mem::take(&mut self.after_send) {
+                self.emit(event);
+            }
+            if end.is_some() {
+                return end;
+            }
+            if !progressed {
+                return None;
+            }
+        }
+    }
+
+    async fn save(&mut self) -> Result<(), Outcome> {
+        let store = Arc::clone(&self.store);
+        let snapshot = self.stored.clone();
+        let result = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Outcome::Fatal {
+                reason: "storage_error",
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(Outcome::Fatal {
+                reason: "storage_error",
+                detail: format!("save task failed: {e}"),
+            }),
+        }
+    }
+
+    /// One session event. `Ok(Some(_))` ends the connection; `Err` is a fatal failure.
+    async fn on_event(
+        &mut self,
+        event: Event,
+        session: &mut Session,
+        pairing_requested: &mut bool,
+    ) -> Result<Option<Outcome>, Outcome> {
+        match event {
+            Event::Qr {
+                text,
+                expires_at,
+                seq,
+                remaining,
+            } => {
+                self.healthy = true;
+                self.qr_remaining = Some(remaining);
+                debug!(session = %self.config.label, seq, remaining, "QR");
+                self.emit(DriverEvent::Qr {
+                    code: Secret::new(text.into_string()),
+                    expires_at,
+                    seq,
+                    remaining,
+                });
+                if let (Some(phone), false) = (&self.phone, *pairing_requested) {
+                    *pairing_requested = true;
+                    // The code's key derivation (PBKDF2, 131,072 rounds) is CPU work: keep it
+                    // off the runtime's other tasks where the runtime allows.
+                    let rng = &mut self.rng;
+                    let mut request = || session.request_pairing_code(phone, unix_ms(), rng);
+                    let result = match tokio::runtime::Handle::current().runtime_flavor() {
+                        tokio::runtime::RuntimeFlavor::MultiThread => {
+                            tokio::task::block_in_place(request)
+                        }
+                        _ => request(),
+                    };
+                    if let Err(e) = result {
+                        self.emit(DriverEvent::PairingCodeFailed {
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Event::PairingCode { code, expires_at } => {
+                debug!(session = %self.config.label, "pairing code");
+                // Shown once the request carrying it has been sent (see `pump`).
+                self.after_send.push(DriverEvent::PairingCode {
+                    code: Secret::new(code.into_string()),
+                    expires_at,
+                });
+            }
+            Event::PairingCodeFailed { reason } => {
+                warn!(session = %self.config.label, %reason, "pairing code failed");
+                self.emit(DriverEvent::PairingCodeFailed { reason });
+            }
+            Event::Paired {
+                jid, lid, identity, ..
+            } => {
+                self.qr_remaining = None;
+                self.stored.identity = *identity;
+                self.save().await?;
+                info!(session = %self.config.label, %jid, "paired and saved");
+                self.emit(DriverEvent::Paired {
+                    jid: jid.to_string(),
+                    lid: lid.map(|l| l.to_string()),
+                });
+            }
+            Event::AuthFailure(e) => {
+                warn!(session = %self.config.label, error = %e, "pair-success refused");
+                self.emit(DriverEvent::AuthFailure {
+                    reason: auth_failure_code(&e).into(),
+                    detail: e.to_string(),
+                });
+            }
+            Event::Restart => return Ok(Some(Outcome::Restart)),
+            Event::Ready { jid, lid } => {
+                self.healthy = true;
+                if self.stored.identity != *session.identity() {
+                    self.stored.identity = session.identity().clone();
+                    self.save().await?;
+                }
+                info!(session = %self.config.label, %jid, "ready");
+                self.emit(DriverEvent::Ready {
+                    jid: jid.to_string(),
+                    lid: lid.map(|l| l.to_string()),
+                });
+            }
+            Event::PreKeysGenerated { keys, identity } => {
+                let count = keys.len();
+                self.stored.identity = *identity;
+                self.stored.pre_keys.extend(keys);
+                self.save().await?;
+                match session.confirm_pre_keys_persisted() {
+                    Ok(()) => self.after_send.push(DriverEvent::PreKeysUploaded { count }),
+                    Err(e) => {
+                        warn!(session = %self.config.label, error = %e, "prekey confirmation refused")
+                    }
+                }
+                debug!(session = %self.config.label, count, "prekeys saved, uploading");
+            }
+            Event::RoutingInfo(info) => self.routing_info = Some(info),
+            Event::OfflineDelivered { count } => {
+                debug!(session = %self.config.label, count, "offline queue delivered")
+            }
+            Event::Disconnected(reason) => return Ok(Some(Outcome::Closed(reason))),
+        }
+        Ok(None)
+    }
+}
+
+fn drain_frames(conn: &mut ClientConnection) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    while let Some(event) = conn.poll_event() {
+        if let ClientEvent::Frame(frame) = event {
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+async fn send_transmits(
+    ws: &mut Ws,
+    conn: &mut ClientConnection,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    while let Some(bytes) = conn.poll_transmit() {
+        ws.feed(Message::Binary(bytes.into())).await?;
+    }
+    ws.flush().await
+}
+
+/// Resolves once a stop is requested or the driver's handle is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn sleep_for(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FsSessionStore;
+    use crate::store::SessionName;
+
+    #[test]
+    fn an_invalid_phone_is_refused_before_anything_happens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsSessionStore::new(
+            tmp.path(),
+            &SessionName::parse("s").unwrap(),
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        for bad in ["12ab", "0123456789", "123", "+1 555 CALL NOW"] {
+            let config = DriverConfig {
+                phone: Some(bad.into()),
+                // A server nobody listens on: a connection attempt would fail differently.
+                server: ServerConfig {
+                    url: "ws://127.0.0.1:9".into(),
+                    root: RootKey::WHATSAPP,
+                },
+                ..DriverConfig::default()
+            };
+            match SessionDriver::start(config, store.clone()) {
+                Err(DriverError::InvalidPhone(_)) => {}
+                other => panic!("{bad}: expected InvalidPhone, got {other:?}"),
+            }
+        }
+        // Nothing was written.
+        assert!(!tmp.path().join("s").exists());
+    }
+
+    #[test]
+    fn only_websocket_urls_are_accepted_and_origin_is_sent() {
+        for bad in ["http://x", "web.whatsapp.com", ""] {
+            assert!(
+                matches!(ws_request(bad), Err(DriverError::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+        let request = ws_request(WHATSAPP_URL).unwrap();
+        assert_eq!(request.headers()["Origin"], ORIGIN);
+        assert_eq!(request.uri().host(), Some("web.whatsapp.com"));
+    }
+
+    #[test]
+    fn the_default_server_is_whatsapp_with_its_root() {
+        let server = ServerConfig::default();
+        assert_eq!(server.url, "wss://web.whatsapp.com/ws/chat");
+        assert_eq!(server.root, RootKey::WHATSAPP);
+        assert!(tls_config().is_ok());
+    }
+}
