@@ -21,7 +21,7 @@ ACCESS_KEY=test
 SECRET_KEY=test
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
