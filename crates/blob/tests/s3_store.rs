@@ -47,7 +47,7 @@ async fn stale_etag_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_racing_writers_one_wins() {
     if let Some(store) = store("s3 sixteen_racing_writers_one_wins") {
-        common::racing_writers(Arc::new(store), 16, 10).await;
+        common::racing_writers(Arc::new(store), 16, 6).await;
     }
 }
 
