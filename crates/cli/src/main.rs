@@ -5,6 +5,7 @@
 //! `error: …` on stderr and exits non-zero.
 //!
 //! - `wafleet node decode|encode`: the binary node codec ([`node`]).
+//! - `wafleet demo`: the simulator, a QR link, a login, a pairing-code link ([`demo`]).
 //! - `wafleet link`: links one session in the foreground ([`link`]).
 //! - `wafleet sim`: the WhatsApp simulator on loopback ([`sim`]).
 
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod link;
 mod node;
 mod sim;
@@ -29,6 +31,8 @@ enum Command {
     /// Binary nodes: decode wire hex to JSON, encode JSON to wire hex.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Link simulated phones end to end on loopback and show the events.
+    Demo(demo::DemoArgs),
     /// Link a session (QR or pairing code) and log it in, in the foreground.
     Link(link::LinkArgs),
     /// Run the WhatsApp simulator (server and phones) on loopback until Ctrl-C.
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(command) => node::run(command),
+        Command::Demo(args) => demo::run(args),
         Command::Link(args) => link::run(args),
         Command::Sim(args) => sim::run(args),
     };

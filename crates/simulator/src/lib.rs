@@ -53,6 +53,10 @@ use connection::ServerIdentity;
 use state::{Policy, Shared};
 
 pub use phone::{PLATFORM, REPLY_TIMEOUT};
+
+/// How long [`Simulator::enter_pairing_code`] waits for the companion's request to reach
+/// the server before it answers [`SimError::NoPendingLink`].
+pub const PENDING_LINK_WAIT: Duration = Duration::from_secs(5);
 pub use server::WS_PATH;
 
 /// How to run the simulator.
@@ -375,12 +379,24 @@ impl Simulator {
 
     /// The phone's user types a pairing code (`XXXX-XXXX` or 8 characters) shown by the
     /// companion that asked for a code for this number.
+    ///
+    /// A companion shows its code as soon as it sends the request, so a fast caller can type
+    /// it before the server has the request: as a person would, the phone keeps trying for
+    /// [`PENDING_LINK_WAIT`] before it gives up with [`SimError::NoPendingLink`].
     pub async fn enter_pairing_code(
         &self,
         phone_digits: &str,
         code: &str,
     ) -> Result<Jid, SimError> {
-        phone::enter_pairing_code(&self.inner.shared, phone_digits, code).await
+        let deadline = tokio::time::Instant::now() + PENDING_LINK_WAIT;
+        loop {
+            match phone::enter_pairing_code(&self.inner.shared, phone_digits, code).await {
+                Err(SimError::NoPendingLink(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Unlinks a device: its live sockets get `<stream:error code=401><conflict

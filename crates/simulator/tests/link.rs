@@ -105,18 +105,10 @@ async fn pairing_code_link_then_login() {
             _ => None,
         })
         .await;
-    // The companion_hello result (the ref) must be in before the phone can use the code.
-    let mut attempts = 0;
-    let device = loop {
-        match sim.enter_pairing_code(PHONE, &code).await {
-            Err(SimError::NoPendingLink(_)) if attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => break other,
-        }
-    }
-    .expect("pairing code links the companion");
+    let device = sim
+        .enter_pairing_code(PHONE, &code)
+        .await
+        .expect("pairing code links the companion");
     let identity = companion
         .wait_for(|e| match e {
             Event::Paired { identity, .. } => Some((**identity).clone()),
@@ -160,16 +152,7 @@ async fn wrong_pairing_code_fails_on_the_key_bundle() {
             }
         })
         .collect();
-    let mut attempts = 0;
-    let result = loop {
-        match sim.enter_pairing_code(PHONE, &wrong).await {
-            Err(SimError::NoPendingLink(_)) if attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => break other,
-        }
-    };
+    let result = sim.enter_pairing_code(PHONE, &wrong).await;
     assert!(matches!(result, Err(SimError::KeyBundle)), "{result:?}");
     let counters = sim.counters();
     assert_eq!(counters.device_signatures_ok, 0);

@@ -83,18 +83,12 @@ async fn baileys_links_by_pairing_code_and_logs_in() {
     let code = block_in_place(|| baileys.wait_for("pairing_code", STEP));
     let code = code["code"].as_str().expect("pairing code").to_owned();
     assert_eq!(code.len(), 8);
-    // Baileys returns the code without waiting for the server's answer to companion_hello,
-    // so the simulator may not have registered the request yet.
-    let mut attempts = 0;
-    let device = loop {
-        match sim.enter_pairing_code(PHONE, &code).await {
-            Err(SimError::NoPendingLink(_)) if attempts < 250 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => break other.expect("the code links Baileys"),
-        }
-    };
+    // Baileys returns the code without waiting for the server's answer to companion_hello;
+    // the simulated phone waits for the request (PENDING_LINK_WAIT).
+    let device = sim
+        .enter_pairing_code(PHONE, &code)
+        .await
+        .expect("the code links Baileys");
     restarts_and_logs_in(&sim, &mut baileys, &device).await;
     drop(baileys);
     sim.shutdown().await;

@@ -128,19 +128,13 @@ pub async fn link(sim: &Simulator, driver: &mut SessionDriver) -> String {
     ready_jid.0
 }
 
-/// The phone's user types `code`. The driver shows the code as soon as it asks for it, so
-/// the phone may be quicker than the server learning of the request: retried while the
-/// simulator has no pending link for the number (as a person would retype it).
+/// The phone's user types `code` (the simulator waits for the driver's request to reach the
+/// server, as a person reading the code would).
 pub async fn enter_pairing_code(sim: &Simulator, code: &str) -> wafleet_protocol::jid::Jid {
     guard("the pairing code to be accepted", async {
-        loop {
-            match sim.enter_pairing_code(PHONE, code).await {
-                Err(wafleet_sim::SimError::NoPendingLink(_)) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                other => return other.expect("the phone accepts the code"),
-            }
-        }
+        sim.enter_pairing_code(PHONE, code)
+            .await
+            .expect("the phone accepts the code")
     })
     .await
 }
