@@ -335,7 +335,9 @@ impl Registry {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = $1 AND session = $2"),
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = $1 AND session = $2"
+                ),
                 &[&address.tenant.as_str(), &address.session.as_str()],
             )
             .await?;
@@ -709,7 +711,13 @@ impl Registry {
                  WHERE s.tenant = h.tenant AND s.session = h.session AND s.epoch = h.epoch
                    AND s.worker_id = $1
                  RETURNING s.tenant, s.session, s.epoch",
-                &[&worker.as_str(), &ttl.as_secs_f64(), &tenants, &sessions, &epochs],
+                &[
+                    &worker.as_str(),
+                    &ttl.as_secs_f64(),
+                    &tenants,
+                    &sessions,
+                    &epochs,
+                ],
             )
             .await?;
         let mut renewed = std::collections::HashSet::new();

@@ -28,8 +28,8 @@ use wafleet_bus_schema::nats::{content_type_of, decode_command_message};
 use wafleet_bus_schema::subject::{ALL_COMMANDS, ALL_FROM_WORKERS, COORDINATOR_QUEUE_GROUP};
 use wafleet_bus_schema::v1::{self, ErrorCode, ReasonCode, SessionStatus};
 use wafleet_bus_schema::{
-    decode_reply, decode_sys, encode, Command, CommandBody, ContentType, SessionAddress,
-    SysKind, SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
+    decode_reply, decode_sys, encode, Command, CommandBody, ContentType, SessionAddress, SysKind,
+    SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
 };
 
 use crate::leadership::Leadership;
@@ -179,13 +179,21 @@ impl Coordinator {
         if let Err(e) = self.grant_unleased().await {
             tracing::error!(error = %e, "granting sessions failed");
         }
-        if let Err(e) = self.registry.prune_replies(self.config.reply_retention).await {
+        if let Err(e) = self
+            .registry
+            .prune_replies(self.config.reply_retention)
+            .await
+        {
             tracing::error!(error = %e, "pruning command replies failed");
         }
     }
 
     async fn expire(&self) -> Result<(), RegistryError> {
-        for lease in self.registry.expire_leases(self.config.dead_after()).await? {
+        for lease in self
+            .registry
+            .expire_leases(self.config.dead_after())
+            .await?
+        {
             tracing::info!(session = %lease.address, worker = %lease.worker, epoch = lease.epoch,
                 "lease ended: worker dead or lease not renewed");
             self.revoke(&lease, ReasonCode::LeaseLost).await;
@@ -277,7 +285,8 @@ impl Coordinator {
                     .release_lease(&lease.address, &lease.worker, lease.epoch)
                     .await
                 {
-                    Ok(_) | Err(RegistryError::Fenced { .. } | RegistryError::UnknownSession(_)) => {
+                    Ok(_)
+                    | Err(RegistryError::Fenced { .. } | RegistryError::UnknownSession(_)) => {
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -309,7 +318,11 @@ impl Coordinator {
             .map_err(|e| e.to_string())
     }
 
-    async fn request<M: BusMessage>(&self, subject: String, message: &M) -> Result<Message, String> {
+    async fn request<M: BusMessage>(
+        &self,
+        subject: String,
+        message: &M,
+    ) -> Result<Message, String> {
         let payload = encode(message, ContentType::Protobuf).map_err(|e| e.to_string())?;
         let request = self
             .nats

@@ -159,7 +159,10 @@ impl TestWorker {
                         &message.payload,
                         content_type.as_deref(),
                     ) else {
-                        panic!("the coordinator sent a malformed message on {}", message.subject);
+                        panic!(
+                            "the coordinator sent a malformed message on {}",
+                            message.subject
+                        );
                     };
                     let reply: Option<Vec<u8>> = match sys {
                         SysMessage::LeaseGrant(grant) => {
@@ -289,11 +292,19 @@ impl Drop for TestWorker {
 
 async fn create_and_start(fleet: &Fleet, session: &str) -> v1::SessionInfo {
     let created = fleet
-        .command(session, CommandVerb::Create, &format!(r#"{{"commandId": "create-{session}"}}"#))
+        .command(
+            session,
+            CommandVerb::Create,
+            &format!(r#"{{"commandId": "create-{session}"}}"#),
+        )
         .await;
     assert_eq!(session_of(&created).status, SessionStatus::Stopped as i32);
     let started = fleet
-        .command(session, CommandVerb::Start, &format!(r#"{{"commandId": "start-{session}"}}"#))
+        .command(
+            session,
+            CommandVerb::Start,
+            &format!(r#"{{"commandId": "start-{session}"}}"#),
+        )
         .await;
     session_of(&started)
 }
@@ -301,12 +312,16 @@ async fn create_and_start(fleet: &Fleet, session: &str) -> v1::SessionInfo {
 async fn holder(fleet: &Fleet, session: &str) -> Option<(String, u64)> {
     let address = SessionAddress::new("acme", session).expect("address");
     let record = fleet.registry.session(&address).await.expect("session");
-    record.worker.map(|w| (w.as_str().to_string(), record.epoch))
+    record
+        .worker
+        .map(|w| (w.as_str().to_string(), record.epoch))
 }
 
 #[tokio::test]
 async fn a_started_session_is_leased_to_a_heartbeating_worker() {
-    let Some(fleet) = Fleet::start().await else { return };
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
     let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
     let started = create_and_start(&fleet, "support-1").await;
     assert_eq!(started.status, SessionStatus::Starting as i32);
@@ -324,7 +339,9 @@ async fn a_started_session_is_leased_to_a_heartbeating_worker() {
 
 #[tokio::test]
 async fn a_dead_workers_sessions_move_to_another_worker_with_a_higher_epoch() {
-    let Some(fleet) = Fleet::start().await else { return };
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
     let mut first = TestWorker::start(&fleet.nats, "worker-0", 10).await;
     let sessions = ["s1", "s2", "s3"];
     for s in sessions {
@@ -342,9 +359,7 @@ async fn a_dead_workers_sessions_move_to_another_worker_with_a_higher_epoch() {
     first.kill();
     for s in sessions {
         let (worker, epoch) = eventually(WAIT, "the session to move to worker-1", || async {
-            holder(&fleet, s)
-                .await
-                .filter(|(w, _)| w == "worker-1")
+            holder(&fleet, s).await.filter(|(w, _)| w == "worker-1")
         })
         .await;
         assert_eq!(worker, "worker-1");
@@ -357,7 +372,9 @@ async fn a_dead_workers_sessions_move_to_another_worker_with_a_higher_epoch() {
 
 #[tokio::test]
 async fn a_draining_workers_sessions_move() {
-    let Some(fleet) = Fleet::start().await else { return };
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
     let first = TestWorker::start(&fleet.nats, "worker-0", 10).await;
     let sessions = ["d1", "d2"];
     for s in sessions {
@@ -381,7 +398,10 @@ async fn a_draining_workers_sessions_move() {
         })
         .await;
         assert!(epoch > epochs[s]);
-        assert_eq!(holder(&fleet, s).await, Some(("worker-1".to_string(), epoch)));
+        assert_eq!(
+            holder(&fleet, s).await,
+            Some(("worker-1".to_string(), epoch))
+        );
         // The draining worker was told to let go.
         eventually(WAIT, "worker-0 to get the revoke", || async {
             first.epoch_of(s).is_none().then_some(())
@@ -393,7 +413,9 @@ async fn a_draining_workers_sessions_move() {
 
 #[tokio::test]
 async fn malformed_and_unknown_commands_get_typed_errors_and_change_nothing() {
-    let Some(fleet) = Fleet::start().await else { return };
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
     let subject = SessionAddress::new("acme", "support-1")
         .expect("address")
         .command_subject(CommandVerb::Create)
@@ -423,7 +445,14 @@ async fn malformed_and_unknown_commands_get_typed_errors_and_change_nothing() {
     // Nothing was created, and the malformed "c1" was not stored: it can still be used.
     let address = SessionAddress::new("acme", "support-1").expect("address");
     assert!(fleet.registry.session(&address).await.is_err());
-    assert_eq!(fleet.registry.stored_reply("acme", "c1").await.expect("read"), None);
+    assert_eq!(
+        fleet
+            .registry
+            .stored_reply("acme", "c1")
+            .await
+            .expect("read"),
+        None
+    );
     let reply = fleet
         .command("support-1", CommandVerb::Create, r#"{"commandId": "c1"}"#)
         .await;
@@ -433,12 +462,18 @@ async fn malformed_and_unknown_commands_get_typed_errors_and_change_nothing() {
 
 #[tokio::test]
 async fn the_same_command_id_twice_gets_the_stored_reply() {
-    let Some(fleet) = Fleet::start().await else { return };
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
     let create = r#"{"commandId": "id-1", "metadata": {"team": "support"}}"#;
-    let first = fleet.command("support-1", CommandVerb::Create, create).await;
+    let first = fleet
+        .command("support-1", CommandVerb::Create, create)
+        .await;
     assert!(!first.replayed);
     let info = session_of(&first);
-    let second = fleet.command("support-1", CommandVerb::Create, create).await;
+    let second = fleet
+        .command("support-1", CommandVerb::Create, create)
+        .await;
     assert!(second.replayed);
     assert_eq!(session_of(&second), info);
     // Same id, another payload, verb or session: refused, nothing happens.
@@ -451,14 +486,21 @@ async fn the_same_command_id_twice_gets_the_stored_reply() {
         .await;
     assert_eq!(error_code(&other), Some(ErrorCode::IdempotencyKeyReused));
     let other = fleet
-        .command("support-2", CommandVerb::Create, r#"{"commandId": "id-1", "metadata": {"team": "support"}}"#)
+        .command(
+            "support-2",
+            CommandVerb::Create,
+            r#"{"commandId": "id-1", "metadata": {"team": "support"}}"#,
+        )
         .await;
     assert_eq!(error_code(&other), Some(ErrorCode::IdempotencyKeyReused));
     let address = SessionAddress::new("acme", "support-2").expect("address");
     assert!(fleet.registry.session(&address).await.is_err());
     let address = SessionAddress::new("acme", "support-1").expect("address");
     let record = fleet.registry.session(&address).await.expect("session");
-    assert_eq!(record.metadata.get("team").map(String::as_str), Some("support"));
+    assert_eq!(
+        record.metadata.get("team").map(String::as_str),
+        Some("support")
+    );
     // A fresh id for the same create is a new command: ALREADY_EXISTS.
     let again = fleet
         .command("support-1", CommandVerb::Create, r#"{"commandId": "id-2"}"#)

@@ -32,7 +32,10 @@ async fn one_of_two_leads_and_the_other_takes_over_when_the_leader_dies() {
     // Still exactly one after several retry rounds.
     tokio::time::sleep(RETRY * 5).await;
     assert_eq!(
-        [a.role(), b.role()].iter().filter(|r| r.is_leader()).count(),
+        [a.role(), b.role()]
+            .iter()
+            .filter(|r| r.is_leader())
+            .count(),
         1
     );
     let a_led = a.role().is_leader();

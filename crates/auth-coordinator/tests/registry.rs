@@ -60,7 +60,10 @@ async fn epochs_only_grow() {
 
     let mut last = 0;
     for name in ["worker-0", "worker-1", "worker-0"] {
-        let lease = registry.grant_lease(&s, &worker(name), TTL).await.expect("grant");
+        let lease = registry
+            .grant_lease(&s, &worker(name), TTL)
+            .await
+            .expect("grant");
         assert!(lease.epoch > last, "{} after {last}", lease.epoch);
         last = lease.epoch;
     }
@@ -71,7 +74,10 @@ async fn epochs_only_grow() {
         .expect("release");
     assert_eq!(released.epoch, last);
     assert_eq!(registry.session(&s).await.expect("session").epoch, last);
-    let again = registry.grant_lease(&s, &worker("worker-1"), TTL).await.expect("grant");
+    let again = registry
+        .grant_lease(&s, &worker("worker-1"), TTL)
+        .await
+        .expect("grant");
     assert_eq!(again.epoch, last + 1);
     // Stop ends the lease but not the epoch.
     let (_, stopped) = registry
@@ -80,7 +86,10 @@ async fn epochs_only_grow() {
         .expect("stop");
     assert_eq!(stopped.epoch, last + 1);
     assert_eq!(stopped.worker, None);
-    let after = registry.grant_lease(&s, &worker("worker-0"), TTL).await.expect("grant");
+    let after = registry
+        .grant_lease(&s, &worker("worker-0"), TTL)
+        .await
+        .expect("grant");
     assert_eq!(after.epoch, last + 2);
     schema.drop_schema().await;
 }
@@ -91,16 +100,28 @@ async fn a_stale_epoch_cannot_commit_renew_or_release() {
     let schema = TestSchema::create(&url).await;
     let registry = schema.registry().await;
     let s = address("support-1");
-    registry.create_session(&s, &BTreeMap::new()).await.expect("create");
+    registry
+        .create_session(&s, &BTreeMap::new())
+        .await
+        .expect("create");
 
     // Not leased: nobody may commit.
     assert!(matches!(
         registry.commit_blob_version(&s, 0, 1).await,
         Err(RegistryError::Fenced { .. })
     ));
-    let old = registry.grant_lease(&s, &worker("worker-0"), TTL).await.expect("grant");
-    registry.commit_blob_version(&s, old.epoch, 1).await.expect("commit v1");
-    let new = registry.grant_lease(&s, &worker("worker-1"), TTL).await.expect("grant");
+    let old = registry
+        .grant_lease(&s, &worker("worker-0"), TTL)
+        .await
+        .expect("grant");
+    registry
+        .commit_blob_version(&s, old.epoch, 1)
+        .await
+        .expect("commit v1");
+    let new = registry
+        .grant_lease(&s, &worker("worker-1"), TTL)
+        .await
+        .expect("grant");
     assert!(new.epoch > old.epoch);
 
     match registry.commit_blob_version(&s, old.epoch, 2).await {
@@ -111,16 +132,22 @@ async fn a_stale_epoch_cannot_commit_renew_or_release() {
         other => panic!("stale commit: {other:?}"),
     }
     assert!(matches!(
-        registry.renew_lease(&s, &worker("worker-0"), old.epoch, TTL).await,
+        registry
+            .renew_lease(&s, &worker("worker-0"), old.epoch, TTL)
+            .await,
         Err(RegistryError::Fenced { .. })
     ));
     assert!(matches!(
-        registry.release_lease(&s, &worker("worker-0"), old.epoch).await,
+        registry
+            .release_lease(&s, &worker("worker-0"), old.epoch)
+            .await,
         Err(RegistryError::Fenced { .. })
     ));
     // The right epoch from the wrong worker is refused too.
     assert!(matches!(
-        registry.renew_lease(&s, &worker("worker-0"), new.epoch, TTL).await,
+        registry
+            .renew_lease(&s, &worker("worker-0"), new.epoch, TTL)
+            .await,
         Err(RegistryError::Fenced { .. })
     ));
     // The stale attempts changed nothing.
@@ -128,7 +155,10 @@ async fn a_stale_epoch_cannot_commit_renew_or_release() {
     assert_eq!((record.blob_version, record.blob_epoch), (1, old.epoch));
     assert_eq!(record.worker, Some(worker("worker-1")));
 
-    registry.commit_blob_version(&s, new.epoch, 2).await.expect("commit v2");
+    registry
+        .commit_blob_version(&s, new.epoch, 2)
+        .await
+        .expect("commit v2");
     assert!(matches!(
         registry.commit_blob_version(&s, new.epoch, 2).await,
         Err(RegistryError::StaleBlobVersion { committed: 2, .. })
@@ -161,7 +191,10 @@ async fn concurrent_grants_get_distinct_increasing_epochs_and_one_holder() {
     let schema = TestSchema::create(&url).await;
     let registry = schema.registry().await;
     let s = address("support-1");
-    registry.create_session(&s, &BTreeMap::new()).await.expect("create");
+    registry
+        .create_session(&s, &BTreeMap::new())
+        .await
+        .expect("create");
 
     const GRANTS: u64 = 32;
     let tasks: Vec<_> = (0..GRANTS)
@@ -185,10 +218,7 @@ async fn concurrent_grants_get_distinct_increasing_epochs_and_one_holder() {
 
     let record = registry.session(&s).await.expect("session");
     assert_eq!(record.epoch, GRANTS);
-    let last = leases
-        .iter()
-        .max_by_key(|l| l.epoch)
-        .expect("a lease");
+    let last = leases.iter().max_by_key(|l| l.epoch).expect("a lease");
     assert_eq!(record.worker.as_ref(), Some(&last.worker));
     // Exactly one holder can commit: the last one.
     let mut committed = 0;
@@ -223,13 +253,18 @@ async fn dead_workers_lose_their_leases_and_grants_go_to_the_least_loaded() {
     let mut holders = BTreeMap::new();
     for i in 0..6 {
         let s = address(&format!("s{i}"));
-        registry.create_session(&s, &BTreeMap::new()).await.expect("create");
+        registry
+            .create_session(&s, &BTreeMap::new())
+            .await
+            .expect("create");
         let lease = registry
             .grant_to_least_loaded(&s, None, TTL, dead_after)
             .await
             .expect("grant")
             .expect("a worker");
-        *holders.entry(lease.worker.as_str().to_string()).or_insert(0) += 1;
+        *holders
+            .entry(lease.worker.as_str().to_string())
+            .or_insert(0) += 1;
     }
     // Fewest sessions relative to capacity (ties by name): big 0/10, small 0/2, big 1/10,
     // big 2/10, big 3/10, big 4/10 (small at 1/2 is more loaded than 4/10).
@@ -246,7 +281,10 @@ async fn dead_workers_lose_their_leases_and_grants_go_to_the_least_loaded() {
         .expect("heartbeat");
     let ended = registry.expire_leases(dead_after).await.expect("expire");
     assert!(!ended.is_empty());
-    assert!(ended.iter().all(|l| l.worker.as_str() == "big"), "{ended:?}");
+    assert!(
+        ended.iter().all(|l| l.worker.as_str() == "big"),
+        "{ended:?}"
+    );
     let unleased = registry.unleased_running(100).await.expect("unleased");
     // Sessions that were never started are not "running": nothing to regrant yet.
     assert!(unleased.is_empty());
@@ -286,18 +324,42 @@ async fn command_replies_are_kept_once_per_tenant_and_id() {
         reply: b"second".to_vec(),
         ..first.clone()
     };
-    assert_eq!(registry.stored_reply("acme", "c1").await.expect("read"), None);
-    assert_eq!(registry.store_reply("acme", "c1", &first).await.expect("store"), first);
-    assert_eq!(registry.store_reply("acme", "c1", &second).await.expect("store"), first);
+    assert_eq!(
+        registry.stored_reply("acme", "c1").await.expect("read"),
+        None
+    );
+    assert_eq!(
+        registry
+            .store_reply("acme", "c1", &first)
+            .await
+            .expect("store"),
+        first
+    );
+    assert_eq!(
+        registry
+            .store_reply("acme", "c1", &second)
+            .await
+            .expect("store"),
+        first
+    );
     // Another tenant has its own ids.
     assert_eq!(
-        registry.store_reply("globex", "c1", &second).await.expect("store"),
+        registry
+            .store_reply("globex", "c1", &second)
+            .await
+            .expect("store"),
         second
     );
-    assert_eq!(registry.stored_reply("acme", "c1").await.expect("read"), Some(first));
+    assert_eq!(
+        registry.stored_reply("acme", "c1").await.expect("read"),
+        Some(first)
+    );
     // Pruning keeps anything younger than the retention.
     assert_eq!(
-        registry.prune_replies(Duration::from_secs(3600)).await.expect("prune"),
+        registry
+            .prune_replies(Duration::from_secs(3600))
+            .await
+            .expect("prune"),
         0
     );
     schema.drop_schema().await;

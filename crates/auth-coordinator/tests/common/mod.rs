@@ -17,7 +17,9 @@ pub fn pg_url() -> Option<String> {
     match std::env::var("WAFLEET_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!("SKIPPED: WAFLEET_PG_URL is not set (eval \"$(bash scripts/services.sh up)\")");
+            eprintln!(
+                "SKIPPED: WAFLEET_PG_URL is not set (eval \"$(bash scripts/services.sh up)\")"
+            );
             None
         }
     }
@@ -28,7 +30,9 @@ pub fn nats_server_bin() -> Option<String> {
     match std::env::var("WAFLEET_NATS_SERVER") {
         Ok(bin) if !bin.is_empty() => Some(bin),
         _ => {
-            eprintln!("SKIPPED: WAFLEET_NATS_SERVER is not set (eval \"$(bash scripts/services.sh up)\")");
+            eprintln!(
+                "SKIPPED: WAFLEET_NATS_SERVER is not set (eval \"$(bash scripts/services.sh up)\")"
+            );
             None
         }
     }
@@ -138,13 +142,17 @@ impl NatsServer {
             .expect("start nats-server");
         let url = format!("nats://127.0.0.1:{port}");
         eventually(Duration::from_secs(10), "nats-server up", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
         })
         .await;
         NatsServer { url, _child: child }
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url).await.expect("connect to nats")
+        async_nats::connect(&self.url)
+            .await
+            .expect("connect to nats")
     }
 }
