@@ -678,7 +678,7 @@ impl Registry {
                  VALUES ($1, $2, now(), $3, $4)
                  ON CONFLICT (worker_id) DO UPDATE SET capacity = EXCLUDED.capacity,
                      last_heartbeat = now(),
-                     draining = workers.draining OR EXCLUDED.draining,
+                     draining = EXCLUDED.draining,
                      version = EXCLUDED.version",
                 &[&worker.as_str(), &capacity, &draining, &version],
             )
@@ -731,6 +731,38 @@ impl Registry {
             .filter(|h| !renewed.contains(*h))
             .cloned()
             .collect())
+    }
+
+    /// Settles a session its worker gave up on for good (logged out, replaced, banned…):
+    /// it no longer should run, gets `status` and `reason`, and is not granted again
+    /// until the next start. Does nothing to a session that is leased again already.
+    pub async fn settle(
+        &self,
+        address: &SessionAddress,
+        status: SessionStatus,
+        reason: ReasonCode,
+    ) -> Result<SessionRecord, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE sessions SET desired_running = FALSE, status = $3, reason = $4,
+                         updated_at = now()
+                     WHERE tenant = $1 AND session = $2 AND worker_id IS NULL
+                     RETURNING {SESSION_COLUMNS}"
+                ),
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &(status as i32),
+                    &(reason as i32),
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => session_from_row(&row),
+            None => self.session(address).await,
+        }
     }
 
     /// Marks the worker as draining: it gets no new leases and its sessions are granted

@@ -372,17 +372,53 @@ impl Coordinator {
             }
             SysMessage::LeaseRelease(release) => {
                 let reply = match SessionAddress::new(&release.tenant, &release.session) {
-                    Ok(address) => lease_reply(
-                        self.registry
+                    Ok(address) => {
+                        let released = self
+                            .registry
                             .release_lease(&address, &worker, release.epoch)
-                            .await,
-                    ),
+                            .await;
+                        if released.is_ok() {
+                            self.settle_released(&address, release.reason).await;
+                        }
+                        lease_reply(released)
+                    }
                     Err(e) => lease_error(ErrorCode::MalformedCommand, e.to_string()),
                 };
                 self.answer(message, &reply).await;
             }
             SysMessage::LeaseGrant(_) | SysMessage::LeaseRevoke(_) | SysMessage::Command(_) => {
                 tracing::warn!(subject = %message.subject, "coordinator-bound subject carried a coordinator message");
+            }
+        }
+    }
+
+    /// After a worker released a lease: a session given up for good is settled (not
+    /// granted again); any other release (draining, restart, lost connection) leaves it to
+    /// be granted to a worker on the next tick.
+    async fn settle_released(&self, address: &SessionAddress, reason: i32) {
+        let reason = ReasonCode::try_from(reason).unwrap_or(ReasonCode::Unspecified);
+        let status = match reason {
+            ReasonCode::LoggedOut | ReasonCode::Requested => SessionStatus::Stopped,
+            ReasonCode::Replaced
+            | ReasonCode::QrExhausted
+            | ReasonCode::ClientOutdated
+            | ReasonCode::BlobRejected
+            | ReasonCode::TemporaryBan
+            | ReasonCode::PairingFailed
+            | ReasonCode::InternalFailure => SessionStatus::Failed,
+            ReasonCode::Unspecified
+            | ReasonCode::ConnectionLost
+            | ReasonCode::KeepaliveTimeout
+            | ReasonCode::RestartRequired
+            | ReasonCode::LeaseLost
+            | ReasonCode::WorkerDraining => return,
+        };
+        match self.registry.settle(address, status, reason).await {
+            Ok(_) => {
+                tracing::info!(session = %address, ?status, ?reason, "session settled after release")
+            }
+            Err(e) => {
+                tracing::error!(session = %address, error = %e, "settling a released session failed")
             }
         }
     }

@@ -508,3 +508,103 @@ async fn the_same_command_id_twice_gets_the_stored_reply() {
     assert_eq!(error_code(&again), Some(ErrorCode::AlreadyExists));
     fleet.stop().await;
 }
+
+impl TestWorker {
+    /// Sends a lease request (renew or release) and returns the coordinator's reply.
+    async fn lease_request<M: wafleet_bus_schema::BusMessage>(
+        &self,
+        kind: SysKind,
+        message: &M,
+    ) -> internal::LeaseReply {
+        let subject = SysSubject::new(self.id.clone(), kind).to_string();
+        let payload = encode(message, ContentType::Protobuf).expect("encode");
+        let reply = self
+            .client
+            .request(subject, payload.into())
+            .await
+            .expect("lease reply");
+        wafleet_bus_schema::decode(&reply.payload, ContentType::Protobuf).expect("LeaseReply")
+    }
+
+    /// Lets go of a lease locally and tells the coordinator why.
+    async fn release(
+        &self,
+        session: &str,
+        epoch: u64,
+        reason: v1::ReasonCode,
+    ) -> internal::LeaseReply {
+        self.leases
+            .lock()
+            .expect("leases")
+            .remove(&("acme".to_string(), session.to_string()));
+        let release = internal::LeaseRelease {
+            tenant: "acme".into(),
+            session: session.into(),
+            epoch,
+            worker_id: self.id.as_str().to_string(),
+            reason: reason as i32,
+        };
+        self.lease_request(SysKind::LeaseRelease, &release).await
+    }
+}
+
+fn granted_epoch(reply: &internal::LeaseReply) -> Option<u64> {
+    match &reply.outcome {
+        Some(internal::lease_reply::Outcome::Lease(grant)) => Some(grant.epoch),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn releases_settle_or_regrant_and_stale_renewals_are_refused() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "r1").await;
+    let first = eventually(WAIT, "the lease", || async { worker.epoch_of("r1") }).await;
+
+    // A routine release (lost connection): the session is granted again, higher epoch.
+    let reply = worker
+        .release("r1", first, v1::ReasonCode::ConnectionLost)
+        .await;
+    assert_eq!(granted_epoch(&reply), Some(first));
+    let second = eventually(WAIT, "a new grant", || async { worker.epoch_of("r1") }).await;
+    assert!(second > first);
+
+    // The old epoch can neither renew nor release.
+    let renew = internal::LeaseRenew {
+        tenant: "acme".into(),
+        session: "r1".into(),
+        epoch: first,
+        worker_id: "worker-0".into(),
+    };
+    let reply = worker.lease_request(SysKind::LeaseRenew, &renew).await;
+    match reply.outcome {
+        Some(internal::lease_reply::Outcome::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::StaleEpoch as i32)
+        }
+        other => panic!("stale renew: {other:?}"),
+    }
+    let renew = internal::LeaseRenew {
+        epoch: second,
+        ..renew
+    };
+    let reply = worker.lease_request(SysKind::LeaseRenew, &renew).await;
+    assert_eq!(granted_epoch(&reply), Some(second));
+
+    // Logged out on the phone: released for good, settled, not granted again.
+    let reply = worker
+        .release("r1", second, v1::ReasonCode::LoggedOut)
+        .await;
+    assert_eq!(granted_epoch(&reply), Some(second));
+    tokio::time::sleep(HEARTBEAT * 5).await;
+    assert_eq!(worker.epoch_of("r1"), None);
+    let address = SessionAddress::new("acme", "r1").expect("address");
+    let record = fleet.registry.session(&address).await.expect("session");
+    assert_eq!(record.status, SessionStatus::Stopped);
+    assert_eq!(record.reason, v1::ReasonCode::LoggedOut);
+    assert_eq!((record.worker, record.epoch), (None, second));
+    assert!(!record.desired_running);
+    fleet.stop().await;
+}
