@@ -608,3 +608,122 @@ async fn releases_settle_or_regrant_and_stale_renewals_are_refused() {
     assert!(!record.desired_running);
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn forwarded_commands_stop_and_delete() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+
+    // Not running: a pairing code needs the holder's socket.
+    fleet
+        .command("p1", CommandVerb::Create, r#"{"commandId": "f0"}"#)
+        .await;
+    let reply = fleet
+        .command(
+            "p1",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId": "f1", "phoneNumber": "15551234567"}"#,
+        )
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::InvalidState));
+
+    let started = fleet
+        .command("p1", CommandVerb::Start, r#"{"commandId": "f2"}"#)
+        .await;
+    assert_eq!(session_of(&started).status, SessionStatus::Starting as i32);
+    let epoch = eventually(WAIT, "the lease", || async { worker.epoch_of("p1") }).await;
+    // The worker answers only for the epoch it holds, so a code means it was forwarded
+    // to the holder at the current epoch.
+    let reply = fleet
+        .command(
+            "p1",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId": "f3", "phoneNumber": "15551234567"}"#,
+        )
+        .await;
+    assert_eq!(reply.command_id, "f3");
+    match &reply.outcome {
+        Some(v1::command_reply::Outcome::PairingCode(code)) => assert_eq!(code.code, "ABCD1234"),
+        other => panic!("expected a pairing code, got {other:?}"),
+    }
+
+    // Stop: lease ended and revoked, epoch kept, not granted again.
+    let stopped = session_of(
+        &fleet
+            .command("p1", CommandVerb::Stop, r#"{"commandId": "f4"}"#)
+            .await,
+    );
+    assert_eq!(stopped.status, SessionStatus::Stopped as i32);
+    assert_eq!((stopped.worker_id.as_str(), stopped.epoch), ("", epoch));
+    eventually(WAIT, "the revoke", || async {
+        worker.epoch_of("p1").is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(HEARTBEAT * 5).await;
+    assert_eq!(holder(&fleet, "p1").await, None);
+    // Stopping a stopped session succeeds.
+    let again = fleet
+        .command("p1", CommandVerb::Stop, r#"{"commandId": "f5"}"#)
+        .await;
+    assert_eq!(session_of(&again).status, SessionStatus::Stopped as i32);
+
+    // Start again: a higher epoch. Delete: gone, the holder told to let go.
+    fleet
+        .command("p1", CommandVerb::Start, r#"{"commandId": "f6"}"#)
+        .await;
+    let next = eventually(WAIT, "a new lease", || async { worker.epoch_of("p1") }).await;
+    assert!(next > epoch);
+    let deleted = session_of(
+        &fleet
+            .command("p1", CommandVerb::Delete, r#"{"commandId": "f7"}"#)
+            .await,
+    );
+    assert_eq!(deleted.status, SessionStatus::Stopped as i32);
+    eventually(WAIT, "the revoke", || async {
+        worker.epoch_of("p1").is_none().then_some(())
+    })
+    .await;
+    let address = SessionAddress::new("acme", "p1").expect("address");
+    assert!(fleet.registry.session(&address).await.is_err());
+    let reply = fleet
+        .command("p1", CommandVerb::Start, r#"{"commandId": "f8"}"#)
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::UnknownSession));
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeat_in_the_other_encoding_is_the_same_command() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let first = fleet
+        .command(
+            "e1",
+            CommandVerb::Create,
+            r#"{"commandId": "enc-1", "metadata": {"a": "1"}}"#,
+        )
+        .await;
+    assert!(!first.replayed);
+    // The same command as protobuf: compared as decoded messages, so a replay.
+    let create = v1::CreateSession {
+        command_id: "enc-1".into(),
+        metadata: [("a".to_string(), "1".to_string())].into_iter().collect(),
+    };
+    let payload = encode(&create, ContentType::Protobuf).expect("encode");
+    let subject = SessionAddress::new("acme", "e1")
+        .expect("address")
+        .command_subject(CommandVerb::Create)
+        .to_string();
+    let reply = fleet
+        .backend
+        .request(subject, payload.into())
+        .await
+        .expect("reply");
+    let reply = decode_reply(&reply.payload, None).expect("protobuf reply");
+    assert!(reply.replayed);
+    assert_eq!(session_of(&reply), session_of(&first));
+    fleet.stop().await;
+}
