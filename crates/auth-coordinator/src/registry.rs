@@ -765,6 +765,38 @@ impl Registry {
         }
     }
 
+    /// Records what the lease holder reported (from its events): the status, its reason,
+    /// and the JID once logged in. Applied only if `worker` holds the lease at `epoch`, so
+    /// late events of an earlier holder change nothing. Returns whether it applied.
+    pub async fn record_status(
+        &self,
+        address: &SessionAddress,
+        worker: &WorkerId,
+        epoch: u64,
+        status: SessionStatus,
+        reason: ReasonCode,
+        jid: Option<&str>,
+    ) -> Result<bool, RegistryError> {
+        let client = self.pool.get().await?;
+        let updated = client
+            .execute(
+                "UPDATE sessions SET status = $5, reason = $6, jid = COALESCE($7, jid),
+                     updated_at = now()
+                 WHERE tenant = $1 AND session = $2 AND worker_id = $3 AND epoch = $4",
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &worker.as_str(),
+                    &epoch_to_sql(epoch)?,
+                    &(status as i32),
+                    &(reason as i32),
+                    &jid,
+                ],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
     /// Marks the worker as draining: it gets no new leases and its sessions are granted
     /// elsewhere.
     pub async fn mark_draining(&self, worker: &WorkerId) -> Result<(), RegistryError> {

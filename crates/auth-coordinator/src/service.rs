@@ -24,8 +24,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use wafleet_bus_schema::codec::{decode, BusMessage};
 use wafleet_bus_schema::internal::v1 as internal;
-use wafleet_bus_schema::nats::{content_type_of, decode_command_message};
-use wafleet_bus_schema::subject::{ALL_COMMANDS, ALL_FROM_WORKERS, COORDINATOR_QUEUE_GROUP};
+use wafleet_bus_schema::nats::{content_type_of, decode_command_message, decode_event_message};
+use wafleet_bus_schema::subject::{
+    ALL_COMMANDS, ALL_EVENTS, ALL_FROM_WORKERS, COORDINATOR_QUEUE_GROUP,
+};
 use wafleet_bus_schema::v1::{self, ErrorCode, ReasonCode, SessionStatus};
 use wafleet_bus_schema::{
     decode_reply, decode_sys, encode, Command, CommandBody, ContentType, SessionAddress, SysKind,
@@ -143,12 +145,14 @@ impl Coordinator {
             .queue_subscribe(ALL_COMMANDS, COORDINATOR_QUEUE_GROUP.to_string())
             .await?;
         let mut workers = self.nats.subscribe(ALL_FROM_WORKERS).await?;
+        let mut events = self.nats.subscribe(ALL_EVENTS).await?;
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(message) = commands.next() => self.on_command(&message).await,
                 Some(message) = workers.next() => self.on_worker_message(&message).await,
+                Some(message) = events.next() => self.on_event(&message).await,
                 _ = tick.tick() => self.tick().await,
                 changed = role.changed() => {
                     if changed.is_err() || !role.borrow().is_leader() {
@@ -165,6 +169,7 @@ impl Coordinator {
         }
         unsubscribe(commands).await;
         unsubscribe(workers).await;
+        unsubscribe(events).await;
         Ok(())
     }
 
@@ -419,6 +424,56 @@ impl Coordinator {
             }
             Err(e) => {
                 tracing::error!(session = %address, error = %e, "settling a released session failed")
+            }
+        }
+    }
+
+    /// Handles a worker's session event: the lease holder's status goes into the registry
+    /// (events of other epochs are ignored).
+    pub async fn on_event(&self, message: &Message) {
+        use v1::session_event::Payload;
+        let event = match decode_event_message(message) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "malformed session event");
+                return;
+            }
+        };
+        // decode_event checked the names.
+        let (Ok(address), Ok(worker)) = (
+            SessionAddress::new(&event.tenant, &event.session),
+            WorkerId::new(event.worker_id.as_str()),
+        ) else {
+            return;
+        };
+        let (status, reason, jid) = match &event.payload {
+            Some(Payload::Status(changed)) => (
+                SessionStatus::try_from(changed.status).unwrap_or(SessionStatus::Unspecified),
+                ReasonCode::try_from(changed.reason).unwrap_or(ReasonCode::Unspecified),
+                None,
+            ),
+            Some(Payload::Qr(_)) => (SessionStatus::ScanQrCode, ReasonCode::Unspecified, None),
+            Some(Payload::Ready(ready)) => (
+                SessionStatus::Working,
+                ReasonCode::Unspecified,
+                Some(ready.jid.as_str()),
+            ),
+            Some(Payload::PairingCode(_) | Payload::Disconnected(_)) | None => return,
+        };
+        if status == SessionStatus::Unspecified {
+            return;
+        }
+        match self
+            .registry
+            .record_status(&address, &worker, event.epoch, status, reason, jid)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(session = %address, epoch = event.epoch, "event from a lease not current: ignored")
+            }
+            Err(e) => {
+                tracing::error!(session = %address, error = %e, "recording session status failed")
             }
         }
     }

@@ -727,3 +727,100 @@ async fn a_repeat_in_the_other_encoding_is_the_same_command() {
     assert_eq!(session_of(&reply), session_of(&first));
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn the_holders_events_update_the_registry_and_stale_ones_do_not() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "ev1").await;
+    create_and_start(&fleet, "ev2").await;
+    let ev2 = eventually(WAIT, "the lease", || async { worker.epoch_of("ev2") }).await;
+    let first = eventually(WAIT, "the lease", || async { worker.epoch_of("ev1") }).await;
+    // A routine release, so the session is granted again and `first` is an older epoch.
+    worker
+        .release("ev1", first, v1::ReasonCode::ConnectionLost)
+        .await;
+    let epoch = eventually(WAIT, "a new lease", || async { worker.epoch_of("ev1") }).await;
+    assert!(epoch > first);
+    let publish =
+        |session: &str, epoch: u64, sequence: u64, payload: v1::session_event::Payload| {
+            let event = v1::SessionEvent {
+                tenant: "acme".into(),
+                session: session.into(),
+                epoch,
+                sequence,
+                timestamp: Some(timestamp(std::time::SystemTime::now())),
+                worker_id: "worker-0".into(),
+                payload: Some(payload),
+            };
+            let publication =
+                wafleet_bus_schema::nats::event_publication(&event, ContentType::Protobuf)
+                    .expect("event");
+            let client = worker.client.clone();
+            async move {
+                client
+                    .publish_with_headers(
+                        publication.subject.to_string(),
+                        publication.headers,
+                        publication.payload.into(),
+                    )
+                    .await
+                    .expect("publish");
+                client.flush().await.expect("flush");
+            }
+        };
+    let address = SessionAddress::new("acme", "ev1").expect("address");
+    publish(
+        "ev1",
+        epoch,
+        1,
+        v1::session_event::Payload::Ready(v1::Ready {
+            jid: "15551234567:12@s.whatsapp.net".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let record = eventually(WAIT, "WORKING", || async {
+        let record = fleet.registry.session(&address).await.expect("session");
+        (record.status == SessionStatus::Working).then_some(record)
+    })
+    .await;
+    assert_eq!(record.jid, "15551234567:12@s.whatsapp.net");
+    // An event of an older epoch (a worker that lost the lease) changes nothing.
+    publish(
+        "ev1",
+        first,
+        1,
+        v1::session_event::Payload::Status(v1::SessionStatusChanged {
+            status: SessionStatus::Failed as i32,
+            reason: v1::ReasonCode::Replaced as i32,
+            message: String::new(),
+        }),
+    )
+    .await;
+    // Then a current event of another session from the same connection: once it has
+    // applied, the stale one was handled before it (NATS keeps one publisher's order).
+    publish(
+        "ev2",
+        ev2,
+        1,
+        v1::session_event::Payload::Status(v1::SessionStatusChanged {
+            status: SessionStatus::Starting as i32,
+            reason: v1::ReasonCode::RestartRequired as i32,
+            message: String::new(),
+        }),
+    )
+    .await;
+    let ev2_address = SessionAddress::new("acme", "ev2").expect("address");
+    eventually(WAIT, "the current event", || async {
+        let record = fleet.registry.session(&ev2_address).await.expect("session");
+        (record.reason == v1::ReasonCode::RestartRequired).then_some(())
+    })
+    .await;
+    let record = fleet.registry.session(&address).await.expect("session");
+    assert_eq!(record.status, SessionStatus::Working);
+    assert_eq!(record.reason, v1::ReasonCode::Unspecified);
+    fleet.stop().await;
+}
