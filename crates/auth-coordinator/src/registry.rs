@@ -1,0 +1,973 @@
+//! The session registry in PostgreSQL: sessions, workers, leases and stored command
+//! replies. Every operation is one SQL transaction (most are one statement), so several
+//! coordinators sharing the database never see a half-done change.
+//!
+//! Times (lease expiry, heartbeats) come from the database's clock (`now()`), so
+//! coordinators on hosts with different clocks agree.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{NoTls, Row};
+use wafleet_bus_schema::internal::v1 as internal;
+use wafleet_bus_schema::time::timestamp;
+use wafleet_bus_schema::v1::{self, ReasonCode, SessionStatus};
+use wafleet_bus_schema::{SessionAddress, WorkerId};
+
+use crate::migrations;
+
+/// Where the registry lives.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// A `postgres://` URL.
+    pub url: String,
+    /// The schema to use (`search_path`); `None` for the server's default (`public`).
+    /// Tests give each test its own schema.
+    pub schema: Option<String>,
+    /// Pool size.
+    pub max_connections: usize,
+}
+
+impl RegistryConfig {
+    /// The config for `url` in the default schema, with a pool of 8.
+    pub fn new(url: impl Into<String>) -> Self {
+        RegistryConfig {
+            url: url.into(),
+            schema: None,
+            max_connections: 8,
+        }
+    }
+
+    /// The tokio-postgres config: the URL plus the `search_path`.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, RegistryError> {
+        let mut config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| RegistryError::Config(e.to_string()))?;
+        if let Some(schema) = &self.schema {
+            let valid = !schema.is_empty()
+                && schema.len() <= 63
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(RegistryError::Config(format!(
+                    "schema {schema:?} must be 1 to 63 lowercase letters, digits or _"
+                )));
+            }
+            config.options(format!("-c search_path={schema}"));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("wafleet-coordinator");
+        }
+        Ok(config)
+    }
+}
+
+/// A registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The URL or schema is not usable.
+    #[error("registry config: {0}")]
+    Config(String),
+    /// No connection from the pool.
+    #[error("registry connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// PostgreSQL refused or failed a statement.
+    #[error("registry database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// No such session.
+    #[error("no session {0}")]
+    UnknownSession(SessionAddress),
+    /// create for a session that exists.
+    #[error("session {0} exists already")]
+    AlreadyExists(SessionAddress),
+    /// The caller's epoch is not the session's current lease epoch (or the caller is not
+    /// the holder): it lost the lease and must stop writing.
+    #[error("session {address}: epoch {epoch} is fenced off; the current epoch is {current}")]
+    Fenced {
+        /// The session.
+        address: SessionAddress,
+        /// The epoch the caller presented.
+        epoch: u64,
+        /// The session's current epoch.
+        current: u64,
+    },
+    /// A blob version not above the committed one.
+    #[error("session {address}: blob version {version} is not above the committed {committed}")]
+    StaleBlobVersion {
+        /// The session.
+        address: SessionAddress,
+        /// The version presented.
+        version: u64,
+        /// The version committed before.
+        committed: u64,
+    },
+    /// A row holds a value the registry never writes (a corrupted or foreign row).
+    #[error("registry row is invalid: {0}")]
+    InvalidRow(String),
+}
+
+/// A session row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    /// Tenant and session.
+    pub address: SessionAddress,
+    /// Status as the fleet sees it.
+    pub status: SessionStatus,
+    /// Why it has that status.
+    pub reason: ReasonCode,
+    /// True after start, false after stop/logout.
+    pub desired_running: bool,
+    /// The lease holder, if leased.
+    pub worker: Option<WorkerId>,
+    /// The current (latest granted) epoch; 0 if never leased.
+    pub epoch: u64,
+    /// When the lease runs out unless renewed.
+    pub lease_expires_at: Option<SystemTime>,
+    /// The last committed blob version.
+    pub blob_version: u64,
+    /// The epoch at which it was committed.
+    pub blob_epoch: u64,
+    /// The account's JID once linked.
+    pub jid: String,
+    /// Labels from create.
+    pub metadata: BTreeMap<String, String>,
+    /// When the session was created.
+    pub created_at: SystemTime,
+    /// When the row last changed.
+    pub updated_at: SystemTime,
+}
+
+impl SessionRecord {
+    /// The bus form.
+    pub fn to_info(&self) -> v1::SessionInfo {
+        v1::SessionInfo {
+            tenant: self.address.tenant.as_str().to_string(),
+            session: self.address.session.as_str().to_string(),
+            status: self.status as i32,
+            reason: self.reason as i32,
+            epoch: self.epoch,
+            worker_id: self
+                .worker
+                .as_ref()
+                .map(|w| w.as_str().to_string())
+                .unwrap_or_default(),
+            jid: self.jid.clone(),
+            metadata: self.metadata.clone(),
+            created_at: Some(timestamp(self.created_at)),
+            updated_at: Some(timestamp(self.updated_at)),
+        }
+    }
+
+    /// The lease, if the session is leased.
+    pub fn lease(&self) -> Option<Lease> {
+        Some(Lease {
+            address: self.address.clone(),
+            worker: self.worker.clone()?,
+            epoch: self.epoch,
+            expires_at: self.lease_expires_at?,
+        })
+    }
+}
+
+/// A granted lease: one session, one worker, one epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The session.
+    pub address: SessionAddress,
+    /// The holder.
+    pub worker: WorkerId,
+    /// The fencing epoch.
+    pub epoch: u64,
+    /// When it runs out unless renewed.
+    pub expires_at: SystemTime,
+}
+
+impl Lease {
+    /// The bus form.
+    pub fn to_grant(&self) -> internal::LeaseGrant {
+        internal::LeaseGrant {
+            tenant: self.address.tenant.as_str().to_string(),
+            session: self.address.session.as_str().to_string(),
+            epoch: self.epoch,
+            worker_id: self.worker.as_str().to_string(),
+            expires_at: Some(timestamp(self.expires_at)),
+        }
+    }
+}
+
+/// A stored command reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReply {
+    /// The verb of the first command with this id.
+    pub verb: String,
+    /// Its session.
+    pub session: String,
+    /// SHA-256 of its decoded payload.
+    pub payload_hash: Vec<u8>,
+    /// The CommandReply, protobuf-encoded.
+    pub reply: Vec<u8>,
+}
+
+const SESSION_COLUMNS: &str = "tenant, session, status, reason, desired_running, worker_id, \
+     epoch, lease_expires_at, blob_version, blob_epoch, jid, metadata, created_at, updated_at";
+
+fn epoch_to_sql(epoch: u64) -> Result<i64, RegistryError> {
+    i64::try_from(epoch).map_err(|_| RegistryError::InvalidRow(format!("epoch {epoch} too large")))
+}
+
+fn u64_of(row: &Row, column: &str) -> Result<u64, RegistryError> {
+    let value: i64 = row.try_get(column)?;
+    u64::try_from(value).map_err(|_| RegistryError::InvalidRow(format!("{column} = {value}")))
+}
+
+fn session_from_row(row: &Row) -> Result<SessionRecord, RegistryError> {
+    let tenant: String = row.try_get("tenant")?;
+    let session: String = row.try_get("session")?;
+    let address = SessionAddress::new(&tenant, &session)
+        .map_err(|e| RegistryError::InvalidRow(format!("session name: {e}")))?;
+    let status: i32 = row.try_get("status")?;
+    let status = SessionStatus::try_from(status)
+        .map_err(|_| RegistryError::InvalidRow(format!("status {status}")))?;
+    let reason: i32 = row.try_get("reason")?;
+    let reason = ReasonCode::try_from(reason)
+        .map_err(|_| RegistryError::InvalidRow(format!("reason {reason}")))?;
+    let worker: Option<String> = row.try_get("worker_id")?;
+    let worker = worker
+        .map(WorkerId::new)
+        .transpose()
+        .map_err(|e| RegistryError::InvalidRow(format!("worker name: {e}")))?;
+    let metadata: String = row.try_get("metadata")?;
+    let metadata = serde_json_metadata(&metadata)?;
+    Ok(SessionRecord {
+        address,
+        status,
+        reason,
+        desired_running: row.try_get("desired_running")?,
+        worker,
+        epoch: u64_of(row, "epoch")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        blob_version: u64_of(row, "blob_version")?,
+        blob_epoch: u64_of(row, "blob_epoch")?,
+        jid: row.try_get("jid")?,
+        metadata,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn serde_json_metadata(text: &str) -> Result<BTreeMap<String, String>, RegistryError> {
+    serde_json::from_str(text).map_err(|e| RegistryError::InvalidRow(format!("metadata: {e}")))
+}
+
+fn lease_from_row(address: &SessionAddress, row: &Row) -> Result<Lease, RegistryError> {
+    let worker: String = row.try_get("worker_id")?;
+    Ok(Lease {
+        address: address.clone(),
+        worker: WorkerId::new(worker)
+            .map_err(|e| RegistryError::InvalidRow(format!("worker name: {e}")))?,
+        epoch: u64_of(row, "epoch")?,
+        expires_at: row.try_get("lease_expires_at")?,
+    })
+}
+
+/// The registry: a connection pool on one database schema.
+#[derive(Clone)]
+pub struct Registry {
+    pool: Pool,
+}
+
+impl Registry {
+    /// Connects and applies the migrations.
+    pub async fn connect(config: &RegistryConfig) -> Result<Registry, RegistryError> {
+        let manager = Manager::from_config(
+            config.pg_config()?,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.max_connections.max(1))
+            .build()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        let registry = Registry { pool };
+        let mut client = registry.pool.get().await?;
+        migrations::apply(&mut client).await?;
+        Ok(registry)
+    }
+
+    /// Registers a session, STOPPED and not leased.
+    pub async fn create_session(
+        &self,
+        address: &SessionAddress,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<SessionRecord, RegistryError> {
+        let metadata = serde_json::to_string(metadata)
+            .map_err(|e| RegistryError::InvalidRow(format!("metadata: {e}")))?;
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO sessions (tenant, session, status, metadata)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (tenant, session) DO NOTHING
+                     RETURNING {SESSION_COLUMNS}"
+                ),
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &(SessionStatus::Stopped as i32),
+                    &metadata,
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => session_from_row(&row),
+            None => Err(RegistryError::AlreadyExists(address.clone())),
+        }
+    }
+
+    /// The session's row.
+    pub async fn session(&self, address: &SessionAddress) -> Result<SessionRecord, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = $1 AND session = $2"
+                ),
+                &[&address.tenant.as_str(), &address.session.as_str()],
+            )
+            .await?;
+        match row {
+            Some(row) => session_from_row(&row),
+            None => Err(RegistryError::UnknownSession(address.clone())),
+        }
+    }
+
+    /// Removes the session and returns it as it was. Its epoch dies with it; a holder's
+    /// later commits are fenced (the session is unknown).
+    pub async fn delete_session(
+        &self,
+        address: &SessionAddress,
+    ) -> Result<SessionRecord, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "DELETE FROM sessions WHERE tenant = $1 AND session = $2
+                     RETURNING {SESSION_COLUMNS}"
+                ),
+                &[&address.tenant.as_str(), &address.session.as_str()],
+            )
+            .await?;
+        match row {
+            Some(row) => session_from_row(&row),
+            None => Err(RegistryError::UnknownSession(address.clone())),
+        }
+    }
+
+    /// Sets what the backend wants (start: running, stop/logout: stopped). Stopping also
+    /// ends the lease (the holder is revoked by the caller) and sets STOPPED with `reason`;
+    /// starting a STOPPED or FAILED session sets STARTING. Returns the row before and after.
+    pub async fn set_desired(
+        &self,
+        address: &SessionAddress,
+        running: bool,
+        reason: ReasonCode,
+    ) -> Result<(SessionRecord, SessionRecord), RegistryError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let before = tx
+            .query_opt(
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions
+                     WHERE tenant = $1 AND session = $2 FOR UPDATE"
+                ),
+                &[&address.tenant.as_str(), &address.session.as_str()],
+            )
+            .await?
+            .ok_or_else(|| RegistryError::UnknownSession(address.clone()))?;
+        let before = session_from_row(&before)?;
+        let after = if running {
+            tx.query_one(
+                &format!(
+                    "UPDATE sessions SET desired_running = TRUE,
+                         status = CASE WHEN status IN ($3, $4) THEN $5 ELSE status END,
+                         reason = CASE WHEN status IN ($3, $4) THEN $6 ELSE reason END,
+                         updated_at = now()
+                     WHERE tenant = $1 AND session = $2
+                     RETURNING {SESSION_COLUMNS}"
+                ),
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &(SessionStatus::Stopped as i32),
+                    &(SessionStatus::Failed as i32),
+                    &(SessionStatus::Starting as i32),
+                    &(ReasonCode::Requested as i32),
+                ],
+            )
+            .await?
+        } else {
+            tx.query_one(
+                &format!(
+                    "UPDATE sessions SET desired_running = FALSE, status = $3, reason = $4,
+                         worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+                     WHERE tenant = $1 AND session = $2
+                     RETURNING {SESSION_COLUMNS}"
+                ),
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &(SessionStatus::Stopped as i32),
+                    &(reason as i32),
+                ],
+            )
+            .await?
+        };
+        let after = session_from_row(&after)?;
+        tx.commit().await?;
+        Ok((before, after))
+    }
+
+    /// Grants the session's lease to `worker` with a new epoch (the old epoch + 1, in the
+    /// same `UPDATE … RETURNING`, so concurrent grants get distinct, increasing epochs and
+    /// the last one is the only holder).
+    pub async fn grant_lease(
+        &self,
+        address: &SessionAddress,
+        worker: &WorkerId,
+        ttl: Duration,
+    ) -> Result<Lease, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE sessions SET epoch = epoch + 1, worker_id = $3,
+                     lease_expires_at = now() + make_interval(secs => $4),
+                     status = CASE WHEN status = $5 THEN $6 ELSE status END,
+                     updated_at = now()
+                 WHERE tenant = $1 AND session = $2
+                 RETURNING worker_id, epoch, lease_expires_at",
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &worker.as_str(),
+                    &ttl.as_secs_f64(),
+                    &(SessionStatus::Stopped as i32),
+                    &(SessionStatus::Starting as i32),
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => lease_from_row(address, &row),
+            None => Err(RegistryError::UnknownSession(address.clone())),
+        }
+    }
+
+    /// Grants the session to the live, non-draining worker with the fewest sessions
+    /// relative to its capacity (and room left), in one transaction. `None` when no worker
+    /// can take it. A worker is live if it heartbeated within `dead_after`.
+    pub async fn grant_to_least_loaded(
+        &self,
+        address: &SessionAddress,
+        exclude: Option<&WorkerId>,
+        ttl: Duration,
+        dead_after: Duration,
+    ) -> Result<Option<Lease>, RegistryError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Lock the session row first so two grants for it do not both pick.
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM sessions WHERE tenant = $1 AND session = $2 FOR UPDATE",
+                &[&address.tenant.as_str(), &address.session.as_str()],
+            )
+            .await?;
+        if exists.is_none() {
+            return Err(RegistryError::UnknownSession(address.clone()));
+        }
+        let exclude = exclude.map(|w| w.as_str().to_string());
+        let pick = tx
+            .query_opt(
+                "SELECT w.worker_id
+                 FROM workers w LEFT JOIN sessions s ON s.worker_id = w.worker_id
+                 WHERE NOT w.draining
+                   AND w.last_heartbeat > now() - make_interval(secs => $1)
+                   AND w.capacity > 0
+                   AND w.worker_id IS DISTINCT FROM $2
+                 GROUP BY w.worker_id, w.capacity
+                 HAVING count(s.session) < w.capacity
+                 ORDER BY count(s.session)::float8 / w.capacity, w.worker_id
+                 LIMIT 1",
+                &[&dead_after.as_secs_f64(), &exclude],
+            )
+            .await?;
+        let Some(pick) = pick else {
+            return Ok(None);
+        };
+        let worker: String = pick.try_get("worker_id")?;
+        let row = tx
+            .query_one(
+                "UPDATE sessions SET epoch = epoch + 1, worker_id = $3,
+                     lease_expires_at = now() + make_interval(secs => $4),
+                     status = CASE WHEN status = $5 THEN $6 ELSE status END,
+                     updated_at = now()
+                 WHERE tenant = $1 AND session = $2
+                 RETURNING worker_id, epoch, lease_expires_at",
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &worker,
+                    &ttl.as_secs_f64(),
+                    &(SessionStatus::Stopped as i32),
+                    &(SessionStatus::Starting as i32),
+                ],
+            )
+            .await?;
+        let lease = lease_from_row(address, &row)?;
+        tx.commit().await?;
+        Ok(Some(lease))
+    }
+
+    /// Extends the lease if `worker` holds it at `epoch`; otherwise [`RegistryError::Fenced`].
+    pub async fn renew_lease(
+        &self,
+        address: &SessionAddress,
+        worker: &WorkerId,
+        epoch: u64,
+        ttl: Duration,
+    ) -> Result<Lease, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $5),
+                     updated_at = now()
+                 WHERE tenant = $1 AND session = $2 AND worker_id = $3 AND epoch = $4
+                 RETURNING worker_id, epoch, lease_expires_at",
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &worker.as_str(),
+                    &epoch_to_sql(epoch)?,
+                    &ttl.as_secs_f64(),
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => lease_from_row(address, &row),
+            None => Err(self.fenced(address, epoch).await),
+        }
+    }
+
+    /// Ends the lease if `worker` holds it at `epoch` and returns it; the session keeps its
+    /// epoch and, if it should run, is granted again later with a higher one.
+    pub async fn release_lease(
+        &self,
+        address: &SessionAddress,
+        worker: &WorkerId,
+        epoch: u64,
+    ) -> Result<Lease, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE sessions s SET worker_id = NULL, lease_expires_at = NULL,
+                     updated_at = now()
+                 FROM (SELECT tenant, session, worker_id, lease_expires_at FROM sessions
+                       WHERE tenant = $1 AND session = $2 FOR UPDATE) old
+                 WHERE s.tenant = old.tenant AND s.session = old.session
+                   AND s.worker_id = $3 AND s.epoch = $4
+                 RETURNING old.worker_id, s.epoch, old.lease_expires_at",
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &worker.as_str(),
+                    &epoch_to_sql(epoch)?,
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => lease_from_row(address, &row),
+            None => Err(self.fenced(address, epoch).await),
+        }
+    }
+
+    /// Records that the holder of the lease at `epoch` wrote blob `version`. Succeeds only
+    /// if `epoch` is the session's current epoch and the session is leased (a linearizable
+    /// fencing step: a worker that lost its lease gets [`RegistryError::Fenced`]), and
+    /// `version` is above the committed one.
+    pub async fn commit_blob_version(
+        &self,
+        address: &SessionAddress,
+        epoch: u64,
+        version: u64,
+    ) -> Result<(), RegistryError> {
+        let version_sql = i64::try_from(version).map_err(|_| RegistryError::StaleBlobVersion {
+            address: address.clone(),
+            version,
+            committed: 0,
+        })?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT epoch, worker_id IS NOT NULL AS leased, blob_version FROM sessions
+                 WHERE tenant = $1 AND session = $2 FOR UPDATE",
+                &[&address.tenant.as_str(), &address.session.as_str()],
+            )
+            .await?
+            .ok_or_else(|| RegistryError::UnknownSession(address.clone()))?;
+        let current = u64_of(&row, "epoch")?;
+        let leased: bool = row.try_get("leased")?;
+        if current != epoch || !leased {
+            return Err(RegistryError::Fenced {
+                address: address.clone(),
+                epoch,
+                current,
+            });
+        }
+        let committed = u64_of(&row, "blob_version")?;
+        if version <= committed {
+            return Err(RegistryError::StaleBlobVersion {
+                address: address.clone(),
+                version,
+                committed,
+            });
+        }
+        tx.execute(
+            "UPDATE sessions SET blob_version = $3, blob_epoch = $4, updated_at = now()
+             WHERE tenant = $1 AND session = $2",
+            &[
+                &address.tenant.as_str(),
+                &address.session.as_str(),
+                &version_sql,
+                &epoch_to_sql(epoch)?,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fenced(&self, address: &SessionAddress, epoch: u64) -> RegistryError {
+        match self.session(address).await {
+            Ok(record) => RegistryError::Fenced {
+                address: address.clone(),
+                epoch,
+                current: record.epoch,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// Records a heartbeat (or a worker's first appearance).
+    pub async fn record_heartbeat(
+        &self,
+        worker: &WorkerId,
+        capacity: u32,
+        draining: bool,
+        version: &str,
+    ) -> Result<(), RegistryError> {
+        let capacity = i32::try_from(capacity).unwrap_or(i32::MAX);
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO workers (worker_id, capacity, last_heartbeat, draining, version)
+                 VALUES ($1, $2, now(), $3, $4)
+                 ON CONFLICT (worker_id) DO UPDATE SET capacity = EXCLUDED.capacity,
+                     last_heartbeat = now(),
+                     draining = EXCLUDED.draining,
+                     version = EXCLUDED.version",
+                &[&worker.as_str(), &capacity, &draining, &version],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the leases a heartbeat lists that `worker` still holds at those epochs, and
+    /// returns the listed ones it does not hold (fenced: it must drop them).
+    pub async fn renew_held(
+        &self,
+        worker: &WorkerId,
+        held: &[(String, String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<(String, String, u64)>, RegistryError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenants: Vec<&str> = held.iter().map(|(t, _, _)| t.as_str()).collect();
+        let sessions: Vec<&str> = held.iter().map(|(_, s, _)| s.as_str()).collect();
+        let epochs = held
+            .iter()
+            .map(|(_, _, e)| epoch_to_sql(*e))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $2)
+                 FROM unnest($3::text[], $4::text[], $5::int8[]) AS h(tenant, session, epoch)
+                 WHERE s.tenant = h.tenant AND s.session = h.session AND s.epoch = h.epoch
+                   AND s.worker_id = $1
+                 RETURNING s.tenant, s.session, s.epoch",
+                &[
+                    &worker.as_str(),
+                    &ttl.as_secs_f64(),
+                    &tenants,
+                    &sessions,
+                    &epochs,
+                ],
+            )
+            .await?;
+        let mut renewed = std::collections::HashSet::new();
+        for row in &rows {
+            let tenant: String = row.try_get("tenant")?;
+            let session: String = row.try_get("session")?;
+            renewed.insert((tenant, session, u64_of(row, "epoch")?));
+        }
+        Ok(held
+            .iter()
+            .filter(|h| !renewed.contains(*h))
+            .cloned()
+            .collect())
+    }
+
+    /// Settles a session its worker gave up on for good (logged out, replaced, banned…):
+    /// it no longer should run, gets `status` and `reason`, and is not granted again
+    /// until the next start. Does nothing to a session that is leased again already.
+    pub async fn settle(
+        &self,
+        address: &SessionAddress,
+        status: SessionStatus,
+        reason: ReasonCode,
+    ) -> Result<SessionRecord, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE sessions SET desired_running = FALSE, status = $3, reason = $4,
+                         updated_at = now()
+                     WHERE tenant = $1 AND session = $2 AND worker_id IS NULL
+                     RETURNING {SESSION_COLUMNS}"
+                ),
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &(status as i32),
+                    &(reason as i32),
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => session_from_row(&row),
+            None => self.session(address).await,
+        }
+    }
+
+    /// Records what the lease holder reported (from its events): the status, its reason,
+    /// and the JID once logged in. Applied only if `worker` holds the lease at `epoch`, so
+    /// late events of an earlier holder change nothing. Returns whether it applied.
+    pub async fn record_status(
+        &self,
+        address: &SessionAddress,
+        worker: &WorkerId,
+        epoch: u64,
+        status: SessionStatus,
+        reason: ReasonCode,
+        jid: Option<&str>,
+    ) -> Result<bool, RegistryError> {
+        let client = self.pool.get().await?;
+        let updated = client
+            .execute(
+                "UPDATE sessions SET status = $5, reason = $6, jid = COALESCE($7, jid),
+                     updated_at = now()
+                 WHERE tenant = $1 AND session = $2 AND worker_id = $3 AND epoch = $4",
+                &[
+                    &address.tenant.as_str(),
+                    &address.session.as_str(),
+                    &worker.as_str(),
+                    &epoch_to_sql(epoch)?,
+                    &(status as i32),
+                    &(reason as i32),
+                    &jid,
+                ],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Marks the worker as draining: it gets no new leases and its sessions are granted
+    /// elsewhere.
+    pub async fn mark_draining(&self, worker: &WorkerId) -> Result<(), RegistryError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO workers (worker_id, capacity, last_heartbeat, draining)
+                 VALUES ($1, 0, now(), TRUE)
+                 ON CONFLICT (worker_id) DO UPDATE SET draining = TRUE",
+                &[&worker.as_str()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the leases of workers silent for longer than `dead_after` and leases that ran
+    /// out, forgets the dead workers, and returns the ended leases. The sessions keep
+    /// their epochs; the next grant uses a higher one.
+    pub async fn expire_leases(&self, dead_after: Duration) -> Result<Vec<Lease>, RegistryError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let secs = dead_after.as_secs_f64();
+        let rows = tx
+            .query(
+                "WITH dead AS (
+                     SELECT worker_id FROM workers
+                     WHERE last_heartbeat <= now() - make_interval(secs => $1)
+                 ), ended AS (
+                     SELECT tenant, session, worker_id, epoch, lease_expires_at FROM sessions
+                     WHERE worker_id IN (SELECT worker_id FROM dead)
+                        OR lease_expires_at <= now()
+                     FOR UPDATE
+                 )
+                 UPDATE sessions s SET worker_id = NULL, lease_expires_at = NULL,
+                     updated_at = now()
+                 FROM ended
+                 WHERE s.tenant = ended.tenant AND s.session = ended.session
+                 RETURNING ended.tenant, ended.session, ended.worker_id, ended.epoch,
+                     ended.lease_expires_at",
+                &[&secs],
+            )
+            .await?;
+        tx.execute(
+            "DELETE FROM workers WHERE last_heartbeat <= now() - make_interval(secs => $1)",
+            &[&secs],
+        )
+        .await?;
+        tx.commit().await?;
+        let mut ended = Vec::with_capacity(rows.len());
+        for row in rows {
+            let tenant: String = row.try_get("tenant")?;
+            let session: String = row.try_get("session")?;
+            let address = SessionAddress::new(&tenant, &session)
+                .map_err(|e| RegistryError::InvalidRow(format!("session name: {e}")))?;
+            ended.push(lease_from_row(&address, &row)?);
+        }
+        Ok(ended)
+    }
+
+    /// Sessions that should run but have no lease.
+    pub async fn unleased_running(&self, limit: i64) -> Result<Vec<SessionAddress>, RegistryError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT tenant, session FROM sessions
+                 WHERE desired_running AND worker_id IS NULL
+                 ORDER BY updated_at LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        addresses(&rows)
+    }
+
+    /// Leases held by draining workers, to be granted elsewhere.
+    pub async fn leases_on_draining(&self, limit: i64) -> Result<Vec<Lease>, RegistryError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT s.tenant, s.session, s.worker_id, s.epoch, s.lease_expires_at
+                 FROM sessions s JOIN workers w ON w.worker_id = s.worker_id
+                 WHERE w.draining ORDER BY s.updated_at LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        let mut leases = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let [address] = addresses(std::slice::from_ref(row))?
+                .try_into()
+                .map_err(|_| RegistryError::InvalidRow("address".into()))?;
+            leases.push(lease_from_row(&address, row)?);
+        }
+        Ok(leases)
+    }
+
+    /// The stored reply under (tenant, command_id), if any.
+    pub async fn stored_reply(
+        &self,
+        tenant: &str,
+        command_id: &str,
+    ) -> Result<Option<StoredReply>, RegistryError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT verb, session, payload_hash, reply FROM command_replies
+                 WHERE tenant = $1 AND command_id = $2",
+                &[&tenant, &command_id],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(StoredReply {
+                verb: row.try_get("verb")?,
+                session: row.try_get("session")?,
+                payload_hash: row.try_get("payload_hash")?,
+                reply: row.try_get("reply")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a reply under (tenant, command_id) unless one is stored already; returns the
+    /// reply that is stored afterwards (the earlier one if there was one).
+    pub async fn store_reply(
+        &self,
+        tenant: &str,
+        command_id: &str,
+        reply: &StoredReply,
+    ) -> Result<StoredReply, RegistryError> {
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO command_replies (tenant, command_id, verb, session, payload_hash, reply)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (tenant, command_id) DO NOTHING",
+                &[
+                    &tenant,
+                    &command_id,
+                    &reply.verb,
+                    &reply.session,
+                    &reply.payload_hash,
+                    &reply.reply,
+                ],
+            )
+            .await?;
+        drop(client);
+        if inserted == 1 {
+            return Ok(reply.clone());
+        }
+        self.stored_reply(tenant, command_id)
+            .await?
+            .ok_or_else(|| RegistryError::InvalidRow("stored reply vanished".into()))
+    }
+
+    /// Forgets replies older than `keep` (at least 24 h by the contract).
+    pub async fn prune_replies(&self, keep: Duration) -> Result<u64, RegistryError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM command_replies WHERE created_at < now() - make_interval(secs => $1)",
+                &[&keep.as_secs_f64()],
+            )
+            .await?)
+    }
+}
+
+fn addresses(rows: &[Row]) -> Result<Vec<SessionAddress>, RegistryError> {
+    rows.iter()
+        .map(|row| {
+            let tenant: String = row.try_get("tenant")?;
+            let session: String = row.try_get("session")?;
+            SessionAddress::new(&tenant, &session)
+                .map_err(|e| RegistryError::InvalidRow(format!("session name: {e}")))
+        })
+        .collect()
+}

@@ -1,0 +1,836 @@
+//! The coordinator's NATS side. While it leads, a coordinator subscribes to every command
+//! (queue group `wafleet-coordinator`) and to every worker's internal subjects, and every
+//! heartbeat interval it:
+//!
+//! 1. ends the leases of workers that missed `missed_heartbeats` heartbeats, and leases
+//!    that ran out;
+//! 2. grants the sessions of draining workers to other workers (new epoch) and revokes
+//!    them on the draining worker;
+//! 3. grants every session that should run and has no lease to the live, non-draining
+//!    worker with the fewest sessions relative to its capacity.
+//!
+//! A grant is written to the registry first (epoch + 1) and then offered to the worker
+//! (`lease_grant` request). A worker that refuses or does not answer gets its grant
+//! released, and the session is offered again on the next tick with a higher epoch.
+//!
+//! Messages are handled one at a time, in arrival order, so a repeated command waits for
+//! the first one's outcome.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message, Subscriber};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use wafleet_bus_schema::codec::{decode, BusMessage};
+use wafleet_bus_schema::internal::v1 as internal;
+use wafleet_bus_schema::nats::{content_type_of, decode_command_message, decode_event_message};
+use wafleet_bus_schema::subject::{
+    ALL_COMMANDS, ALL_EVENTS, ALL_FROM_WORKERS, COORDINATOR_QUEUE_GROUP,
+};
+use wafleet_bus_schema::v1::{self, ErrorCode, ReasonCode, SessionStatus};
+use wafleet_bus_schema::{
+    decode_reply, decode_sys, encode, Command, CommandBody, ContentType, SessionAddress, SysKind,
+    SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
+};
+
+use crate::leadership::Leadership;
+use crate::registry::{Lease, Registry, RegistryError, StoredReply};
+
+/// How the coordinator paces the fleet.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// How often workers heartbeat, and how often the leader checks the fleet.
+    pub heartbeat_interval: Duration,
+    /// A worker that misses this many heartbeat intervals is dead.
+    pub missed_heartbeats: u32,
+    /// How long a lease lasts unless renewed (by `lease_renew` or a heartbeat listing it).
+    pub lease_ttl: Duration,
+    /// How long to wait for a worker's answer to a grant or a forwarded command.
+    pub worker_reply_timeout: Duration,
+    /// How long command replies are kept for idempotency (the contract says ≥ 24 h).
+    pub reply_retention: Duration,
+    /// How many sessions one tick grants or moves at most.
+    pub batch: i64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            heartbeat_interval: Duration::from_secs(5),
+            missed_heartbeats: 3,
+            lease_ttl: Duration::from_secs(30),
+            worker_reply_timeout: Duration::from_secs(5),
+            reply_retention: Duration::from_secs(25 * 3600),
+            batch: 256,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Silence after which a worker counts as dead.
+    pub fn dead_after(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats.max(1)
+    }
+}
+
+/// The coordinator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A NATS subscription could not be made.
+    #[error("nats subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// Leadership could not be handed back.
+    #[error(transparent)]
+    Leadership(#[from] crate::leadership::LeadershipError),
+}
+
+/// The coordinator: a registry, a NATS connection and the pacing.
+#[derive(Clone)]
+pub struct Coordinator {
+    registry: Registry,
+    nats: async_nats::Client,
+    config: CoordinatorConfig,
+}
+
+impl Coordinator {
+    /// A coordinator on `registry` and `nats`.
+    pub fn new(registry: Registry, nats: async_nats::Client, config: CoordinatorConfig) -> Self {
+        Coordinator {
+            registry,
+            nats,
+            config,
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Serves while `leadership` says this coordinator leads, waits while it follows, and
+    /// returns when `shutdown` turns true (then hands leadership back).
+    pub async fn run(
+        &self,
+        mut leadership: Leadership,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ServiceError> {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = leadership.until_leader() => {}
+                _ = shutdown.changed() => continue,
+            }
+            tracing::info!("leading: serving commands and workers");
+            let stop = self.lead(leadership.watch(), shutdown.clone()).await;
+            if let Err(e) = stop {
+                tracing::error!(error = %e, "serving failed; retrying");
+                tokio::time::sleep(self.config.heartbeat_interval).await;
+            }
+        }
+        leadership.stop().await?;
+        Ok(())
+    }
+
+    /// Serves until leadership is lost or `shutdown` turns true.
+    async fn lead(
+        &self,
+        mut role: watch::Receiver<crate::leadership::Role>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ServiceError> {
+        let mut commands = self
+            .nats
+            .queue_subscribe(ALL_COMMANDS, COORDINATOR_QUEUE_GROUP.to_string())
+            .await?;
+        let mut workers = self.nats.subscribe(ALL_FROM_WORKERS).await?;
+        let mut events = self.nats.subscribe(ALL_EVENTS).await?;
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(message) = commands.next() => self.on_command(&message).await,
+                Some(message) = workers.next() => self.on_worker_message(&message).await,
+                Some(message) = events.next() => self.on_event(&message).await,
+                _ = tick.tick() => self.tick().await,
+                changed = role.changed() => {
+                    if changed.is_err() || !role.borrow().is_leader() {
+                        tracing::warn!("no longer leading: stopped serving");
+                        break;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        unsubscribe(commands).await;
+        unsubscribe(workers).await;
+        unsubscribe(events).await;
+        Ok(())
+    }
+
+    /// One pass over the fleet: expire, drain, grant.
+    pub async fn tick(&self) {
+        if let Err(e) = self.expire().await {
+            tracing::error!(error = %e, "expiring leases failed");
+        }
+        if let Err(e) = self.move_from_draining().await {
+            tracing::error!(error = %e, "moving sessions off draining workers failed");
+        }
+        if let Err(e) = self.grant_unleased().await {
+            tracing::error!(error = %e, "granting sessions failed");
+        }
+        if let Err(e) = self
+            .registry
+            .prune_replies(self.config.reply_retention)
+            .await
+        {
+            tracing::error!(error = %e, "pruning command replies failed");
+        }
+    }
+
+    async fn expire(&self) -> Result<(), RegistryError> {
+        for lease in self
+            .registry
+            .expire_leases(self.config.dead_after())
+            .await?
+        {
+            tracing::info!(session = %lease.address, worker = %lease.worker, epoch = lease.epoch,
+                "lease ended: worker dead or lease not renewed");
+            self.revoke(&lease, ReasonCode::LeaseLost).await;
+        }
+        Ok(())
+    }
+
+    async fn move_from_draining(&self) -> Result<(), RegistryError> {
+        for old in self.registry.leases_on_draining(self.config.batch).await? {
+            let granted = self
+                .registry
+                .grant_to_least_loaded(
+                    &old.address,
+                    Some(&old.worker),
+                    self.config.lease_ttl,
+                    self.config.dead_after(),
+                )
+                .await?;
+            let Some(new) = granted else {
+                tracing::warn!(session = %old.address, "no worker to take a draining worker's session");
+                break;
+            };
+            tracing::info!(session = %old.address, from = %old.worker, to = %new.worker,
+                epoch = new.epoch, "moving session off a draining worker");
+            self.revoke(&old, ReasonCode::WorkerDraining).await;
+            self.offer(&new).await?;
+        }
+        Ok(())
+    }
+
+    async fn grant_unleased(&self) -> Result<(), RegistryError> {
+        for address in self.registry.unleased_running(self.config.batch).await? {
+            if !self.grant(&address).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Grants the session to the least loaded worker and offers it; false when no worker
+    /// can take it.
+    async fn grant(&self, address: &SessionAddress) -> Result<bool, RegistryError> {
+        let granted = self
+            .registry
+            .grant_to_least_loaded(
+                address,
+                None,
+                self.config.lease_ttl,
+                self.config.dead_after(),
+            )
+            .await?;
+        match granted {
+            Some(lease) => {
+                self.offer(&lease).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Sends a grant to its worker; releases it in the registry when the worker refuses or
+    /// does not answer, so the next tick grants it again.
+    async fn offer(&self, lease: &Lease) -> Result<(), RegistryError> {
+        let subject = SysSubject::new(lease.worker.clone(), SysKind::LeaseGrant);
+        let answer = self.request(subject.to_string(), &lease.to_grant()).await;
+        let refusal = match answer {
+            Ok(message) => match decode::<internal::LeaseReply>(
+                &message.payload,
+                ContentType::from_header(content_type_of(message.headers.as_ref()))
+                    .unwrap_or(ContentType::Protobuf),
+            ) {
+                Ok(internal::LeaseReply {
+                    outcome: Some(internal::lease_reply::Outcome::Lease(accepted)),
+                }) if accepted.epoch == lease.epoch => None,
+                Ok(reply) => Some(format!("refused: {:?}", reply.outcome)),
+                Err(e) => Some(format!("unreadable reply: {e}")),
+            },
+            Err(e) => Some(e),
+        };
+        match refusal {
+            None => {
+                tracing::info!(session = %lease.address, worker = %lease.worker, epoch = lease.epoch, "lease granted");
+                Ok(())
+            }
+            Some(why) => {
+                tracing::warn!(session = %lease.address, worker = %lease.worker, epoch = lease.epoch, %why, "lease grant not accepted");
+                match self
+                    .registry
+                    .release_lease(&lease.address, &lease.worker, lease.epoch)
+                    .await
+                {
+                    Ok(_)
+                    | Err(RegistryError::Fenced { .. } | RegistryError::UnknownSession(_)) => {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Tells a worker to drop a lease (fire and forget: the registry has moved on, and the
+    /// fencing epoch stops a worker that does not hear it).
+    async fn revoke(&self, lease: &Lease, reason: ReasonCode) {
+        let revoke = internal::LeaseRevoke {
+            tenant: lease.address.tenant.as_str().to_string(),
+            session: lease.address.session.as_str().to_string(),
+            epoch: lease.epoch,
+            reason: reason as i32,
+        };
+        let subject = SysSubject::new(lease.worker.clone(), SysKind::LeaseRevoke);
+        if let Err(e) = self.publish(subject.to_string(), &revoke).await {
+            tracing::warn!(session = %lease.address, error = %e, "lease revoke not sent");
+        }
+    }
+
+    async fn publish<M: BusMessage>(&self, subject: String, message: &M) -> Result<(), String> {
+        let payload = encode(message, ContentType::Protobuf).map_err(|e| e.to_string())?;
+        self.nats
+            .publish_with_headers(subject, protobuf_headers(), payload.into())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn request<M: BusMessage>(
+        &self,
+        subject: String,
+        message: &M,
+    ) -> Result<Message, String> {
+        let payload = encode(message, ContentType::Protobuf).map_err(|e| e.to_string())?;
+        let request = self
+            .nats
+            .request_with_headers(subject, protobuf_headers(), payload.into());
+        match tokio::time::timeout(self.config.worker_reply_timeout, request).await {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".to_string()),
+        }
+    }
+
+    /// Handles a message from a worker.
+    pub async fn on_worker_message(&self, message: &Message) {
+        let content_type = content_type_of(message.headers.as_ref());
+        let decoded = decode_sys(message.subject.as_str(), &message.payload, content_type);
+        let (subject, sys) = match decoded {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "malformed worker message");
+                let reply = lease_error(e.error_code(), e.to_string());
+                self.answer(message, &reply).await;
+                return;
+            }
+        };
+        let worker = subject.worker;
+        match sys {
+            SysMessage::Heartbeat(heartbeat) => self.on_heartbeat(&worker, &heartbeat).await,
+            SysMessage::Shutdown(_) => {
+                tracing::info!(%worker, "worker announced shutdown: draining");
+                if let Err(e) = self.registry.mark_draining(&worker).await {
+                    tracing::error!(%worker, error = %e, "marking worker draining failed");
+                }
+                if let Err(e) = self.move_from_draining().await {
+                    tracing::error!(error = %e, "moving sessions off draining workers failed");
+                }
+            }
+            SysMessage::LeaseRenew(renew) => {
+                let reply = match SessionAddress::new(&renew.tenant, &renew.session) {
+                    Ok(address) => lease_reply(
+                        self.registry
+                            .renew_lease(&address, &worker, renew.epoch, self.config.lease_ttl)
+                            .await,
+                    ),
+                    Err(e) => lease_error(ErrorCode::MalformedCommand, e.to_string()),
+                };
+                self.answer(message, &reply).await;
+            }
+            SysMessage::LeaseRelease(release) => {
+                let reply = match SessionAddress::new(&release.tenant, &release.session) {
+                    Ok(address) => {
+                        let released = self
+                            .registry
+                            .release_lease(&address, &worker, release.epoch)
+                            .await;
+                        if released.is_ok() {
+                            self.settle_released(&address, release.reason).await;
+                        }
+                        lease_reply(released)
+                    }
+                    Err(e) => lease_error(ErrorCode::MalformedCommand, e.to_string()),
+                };
+                self.answer(message, &reply).await;
+            }
+            SysMessage::LeaseGrant(_) | SysMessage::LeaseRevoke(_) | SysMessage::Command(_) => {
+                tracing::warn!(subject = %message.subject, "coordinator-bound subject carried a coordinator message");
+            }
+        }
+    }
+
+    /// After a worker released a lease: a session given up for good is settled (not
+    /// granted again); any other release (draining, restart, lost connection) leaves it to
+    /// be granted to a worker on the next tick.
+    async fn settle_released(&self, address: &SessionAddress, reason: i32) {
+        let reason = ReasonCode::try_from(reason).unwrap_or(ReasonCode::Unspecified);
+        let status = match reason {
+            ReasonCode::LoggedOut | ReasonCode::Requested => SessionStatus::Stopped,
+            ReasonCode::Replaced
+            | ReasonCode::QrExhausted
+            | ReasonCode::ClientOutdated
+            | ReasonCode::BlobRejected
+            | ReasonCode::TemporaryBan
+            | ReasonCode::PairingFailed
+            | ReasonCode::InternalFailure => SessionStatus::Failed,
+            ReasonCode::Unspecified
+            | ReasonCode::ConnectionLost
+            | ReasonCode::KeepaliveTimeout
+            | ReasonCode::RestartRequired
+            | ReasonCode::LeaseLost
+            | ReasonCode::WorkerDraining => return,
+        };
+        match self.registry.settle(address, status, reason).await {
+            Ok(_) => {
+                tracing::info!(session = %address, ?status, ?reason, "session settled after release")
+            }
+            Err(e) => {
+                tracing::error!(session = %address, error = %e, "settling a released session failed")
+            }
+        }
+    }
+
+    /// Handles a worker's session event: the lease holder's status goes into the registry
+    /// (events of other epochs are ignored).
+    pub async fn on_event(&self, message: &Message) {
+        use v1::session_event::Payload;
+        let event = match decode_event_message(message) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "malformed session event");
+                return;
+            }
+        };
+        // decode_event checked the names.
+        let (Ok(address), Ok(worker)) = (
+            SessionAddress::new(&event.tenant, &event.session),
+            WorkerId::new(event.worker_id.as_str()),
+        ) else {
+            return;
+        };
+        let (status, reason, jid) = match &event.payload {
+            Some(Payload::Status(changed)) => (
+                SessionStatus::try_from(changed.status).unwrap_or(SessionStatus::Unspecified),
+                ReasonCode::try_from(changed.reason).unwrap_or(ReasonCode::Unspecified),
+                None,
+            ),
+            Some(Payload::Qr(_)) => (SessionStatus::ScanQrCode, ReasonCode::Unspecified, None),
+            Some(Payload::Ready(ready)) => (
+                SessionStatus::Working,
+                ReasonCode::Unspecified,
+                Some(ready.jid.as_str()),
+            ),
+            Some(Payload::PairingCode(_) | Payload::Disconnected(_)) | None => return,
+        };
+        if status == SessionStatus::Unspecified {
+            return;
+        }
+        match self
+            .registry
+            .record_status(&address, &worker, event.epoch, status, reason, jid)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(session = %address, epoch = event.epoch, "event from a lease not current: ignored")
+            }
+            Err(e) => {
+                tracing::error!(session = %address, error = %e, "recording session status failed")
+            }
+        }
+    }
+
+    async fn on_heartbeat(&self, worker: &WorkerId, heartbeat: &internal::WorkerHeartbeat) {
+        if let Err(e) = self
+            .registry
+            .record_heartbeat(
+                worker,
+                heartbeat.capacity,
+                heartbeat.draining,
+                &heartbeat.version,
+            )
+            .await
+        {
+            tracing::error!(%worker, error = %e, "recording heartbeat failed");
+            return;
+        }
+        let held: Vec<(String, String, u64)> = heartbeat
+            .leases
+            .iter()
+            .map(|l| (l.tenant.clone(), l.session.clone(), l.epoch))
+            .collect();
+        match self
+            .registry
+            .renew_held(worker, &held, self.config.lease_ttl)
+            .await
+        {
+            Ok(stale) => {
+                for (tenant, session, epoch) in stale {
+                    let Ok(address) = SessionAddress::new(&tenant, &session) else {
+                        continue;
+                    };
+                    tracing::info!(%worker, session = %address, epoch, "worker runs a fenced lease: revoking");
+                    let lease = Lease {
+                        address,
+                        worker: worker.clone(),
+                        epoch,
+                        expires_at: std::time::SystemTime::now(),
+                    };
+                    self.revoke(&lease, ReasonCode::LeaseLost).await;
+                }
+            }
+            Err(e) => tracing::error!(%worker, error = %e, "renewing held leases failed"),
+        }
+    }
+
+    async fn answer<M: BusMessage>(&self, request: &Message, reply: &M) {
+        let Some(inbox) = request.reply.clone() else {
+            return;
+        };
+        let content_type = ContentType::from_header(content_type_of(request.headers.as_ref()))
+            .unwrap_or(ContentType::Protobuf);
+        let payload = match encode(reply, content_type) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(error = %e, "reply does not encode");
+                return;
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, content_type.header_value());
+        if let Err(e) = self
+            .nats
+            .publish_with_headers(inbox, headers, payload.into())
+            .await
+        {
+            tracing::warn!(error = %e, "reply not sent");
+        }
+    }
+
+    /// Handles a backend's command and answers it.
+    pub async fn on_command(&self, message: &Message) {
+        let reply = match decode_command_message(message) {
+            Ok(command) => self.execute_once(&command).await,
+            Err(e) => {
+                tracing::info!(subject = %message.subject, error = %e, "malformed command");
+                v1::CommandReply::with_error(String::new(), e.error_code(), e.to_string())
+            }
+        };
+        self.answer(message, &reply).await;
+    }
+
+    /// Runs a command once per (tenant, command id): a repeat gets the stored reply.
+    pub async fn execute_once(&self, command: &Command) -> v1::CommandReply {
+        let tenant = command.address.tenant.as_str();
+        let command_id = command.command_id();
+        let verb = command.body.verb().as_str().to_string();
+        let session = command.address.session.as_str().to_string();
+        let payload_hash = match command_hash(command) {
+            Ok(hash) => hash,
+            Err(e) => return internal_error(command_id, e),
+        };
+        match self.registry.stored_reply(tenant, command_id).await {
+            Ok(Some(stored)) => return replay(command_id, &verb, &session, &payload_hash, &stored),
+            Ok(None) => {}
+            Err(e) => return internal_error(command_id, e),
+        }
+        let reply = self.execute(command).await;
+        if reply.error().is_some_and(|e| is_transient(e.code)) {
+            return reply;
+        }
+        let encoded = match encode(&reply, ContentType::Protobuf) {
+            Ok(encoded) => encoded,
+            Err(e) => return internal_error(command_id, e),
+        };
+        let stored = StoredReply {
+            verb: verb.clone(),
+            session: session.clone(),
+            payload_hash: payload_hash.clone(),
+            reply: encoded.clone(),
+        };
+        match self.registry.store_reply(tenant, command_id, &stored).await {
+            Ok(kept) if kept.reply == encoded => reply,
+            Ok(kept) => replay(command_id, &verb, &session, &payload_hash, &kept),
+            Err(e) => {
+                tracing::error!(error = %e, "storing command reply failed");
+                reply
+            }
+        }
+    }
+
+    async fn execute(&self, command: &Command) -> v1::CommandReply {
+        let id = command.command_id();
+        let address = &command.address;
+        let result = match &command.body {
+            CommandBody::Create(create) => self
+                .registry
+                .create_session(address, &create.metadata)
+                .await
+                .map(|record| v1::CommandReply::with_session(id, record.to_info())),
+            CommandBody::Start(_) => self.start(address, id).await,
+            CommandBody::Stop(_) => self.stop(address, ReasonCode::Requested, id).await,
+            CommandBody::Logout(logout) => {
+                let forwarded = internal::forwarded_command::Command::Logout(logout.clone());
+                match self.forward(address, id, forwarded).await {
+                    Ok(reply) if reply.error().is_some() => Ok(reply),
+                    Ok(_) => self.stop(address, ReasonCode::LoggedOut, id).await,
+                    Err(e) => Err(e),
+                }
+            }
+            CommandBody::Delete(_) => self.delete(address, id).await,
+            CommandBody::RequestPairingCode(request) => {
+                let forwarded =
+                    internal::forwarded_command::Command::RequestPairingCode(request.clone());
+                self.forward(address, id, forwarded).await
+            }
+        };
+        result.unwrap_or_else(|e| registry_error_reply(id, address, e))
+    }
+
+    async fn start(
+        &self,
+        address: &SessionAddress,
+        id: &str,
+    ) -> Result<v1::CommandReply, RegistryError> {
+        let (_, after) = self
+            .registry
+            .set_desired(address, true, ReasonCode::Requested)
+            .await?;
+        if after.worker.is_none() && !self.grant(address).await? {
+            tracing::info!(session = %address, "started; no worker free yet, granted later");
+        }
+        let now = self.registry.session(address).await?;
+        Ok(v1::CommandReply::with_session(id, now.to_info()))
+    }
+
+    async fn stop(
+        &self,
+        address: &SessionAddress,
+        reason: ReasonCode,
+        id: &str,
+    ) -> Result<v1::CommandReply, RegistryError> {
+        let (before, after) = self.registry.set_desired(address, false, reason).await?;
+        if let Some(lease) = before.lease() {
+            self.revoke(&lease, ReasonCode::Requested).await;
+        }
+        Ok(v1::CommandReply::with_session(id, after.to_info()))
+    }
+
+    async fn delete(
+        &self,
+        address: &SessionAddress,
+        id: &str,
+    ) -> Result<v1::CommandReply, RegistryError> {
+        let removed = self.registry.delete_session(address).await?;
+        if let Some(lease) = removed.lease() {
+            self.revoke(&lease, ReasonCode::Requested).await;
+        }
+        let mut info = removed.to_info();
+        info.status = SessionStatus::Stopped as i32;
+        info.worker_id.clear();
+        Ok(v1::CommandReply::with_session(id, info))
+    }
+
+    /// Forwards a command to the session's lease holder and returns its reply.
+    async fn forward(
+        &self,
+        address: &SessionAddress,
+        id: &str,
+        command: internal::forwarded_command::Command,
+    ) -> Result<v1::CommandReply, RegistryError> {
+        let record = self.registry.session(address).await?;
+        let Some(lease) = record.lease() else {
+            return Ok(v1::CommandReply::with_error(
+                id,
+                ErrorCode::InvalidState,
+                format!("session {address} is not running; start it first"),
+            ));
+        };
+        let forwarded = internal::ForwardedCommand {
+            tenant: address.tenant.as_str().to_string(),
+            session: address.session.as_str().to_string(),
+            epoch: lease.epoch,
+            command: Some(command),
+        };
+        let subject = SysSubject::new(lease.worker.clone(), SysKind::Command);
+        let reply = match self.request(subject.to_string(), &forwarded).await {
+            Ok(message) => {
+                match decode_reply(&message.payload, content_type_of(message.headers.as_ref())) {
+                    Ok(mut reply) => {
+                        reply.command_id = id.to_string();
+                        reply.replayed = false;
+                        reply
+                    }
+                    Err(e) => v1::CommandReply::with_error(
+                        id,
+                        ErrorCode::Internal,
+                        format!("worker {} answered unreadably: {e}", lease.worker),
+                    ),
+                }
+            }
+            Err(e) => v1::CommandReply::with_error(
+                id,
+                ErrorCode::Unavailable,
+                format!("worker {} did not answer: {e}", lease.worker),
+            ),
+        };
+        Ok(reply)
+    }
+}
+
+async fn unsubscribe(mut subscriber: Subscriber) {
+    if let Err(e) = subscriber.unsubscribe().await {
+        tracing::warn!(error = %e, "unsubscribe failed");
+    }
+}
+
+fn protobuf_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, ContentType::Protobuf.header_value());
+    headers
+}
+
+/// SHA-256 over the verb, the session and the decoded payload's protobuf encoding (maps
+/// are ordered, so equal messages hash equally whatever their wire encoding was).
+fn command_hash(command: &Command) -> Result<Vec<u8>, wafleet_bus_schema::EncodeError> {
+    let body = command.body.encode(ContentType::Protobuf)?;
+    let mut hash = Sha256::new();
+    hash.update(command.body.verb().as_str().as_bytes());
+    hash.update([0]);
+    hash.update(command.address.session.as_str().as_bytes());
+    hash.update([0]);
+    hash.update(&body);
+    Ok(hash.finalize().to_vec())
+}
+
+fn replay(
+    command_id: &str,
+    verb: &str,
+    session: &str,
+    payload_hash: &[u8],
+    stored: &StoredReply,
+) -> v1::CommandReply {
+    if stored.verb != verb || stored.session != session || stored.payload_hash != payload_hash {
+        return v1::CommandReply::with_error(
+            command_id,
+            ErrorCode::IdempotencyKeyReused,
+            format!(
+                "command id {command_id} was used for {} on session {}",
+                stored.verb, stored.session
+            ),
+        );
+    }
+    match decode::<v1::CommandReply>(&stored.reply, ContentType::Protobuf) {
+        Ok(mut reply) => {
+            reply.replayed = true;
+            reply
+        }
+        Err(e) => internal_error(command_id, e),
+    }
+}
+
+fn is_transient(code: i32) -> bool {
+    [
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+        ErrorCode::RateLimited,
+    ]
+    .iter()
+    .any(|c| *c as i32 == code)
+}
+
+fn internal_error(command_id: &str, error: impl std::fmt::Display) -> v1::CommandReply {
+    tracing::error!(%error, "command failed inside the coordinator");
+    v1::CommandReply::with_error(command_id, ErrorCode::Internal, error.to_string())
+}
+
+fn registry_error_reply(
+    command_id: &str,
+    address: &SessionAddress,
+    error: RegistryError,
+) -> v1::CommandReply {
+    match error {
+        RegistryError::UnknownSession(_) => v1::CommandReply::with_error(
+            command_id,
+            ErrorCode::UnknownSession,
+            format!(
+                "no session {} in tenant {}",
+                address.session, address.tenant
+            ),
+        ),
+        RegistryError::AlreadyExists(_) => v1::CommandReply::with_error(
+            command_id,
+            ErrorCode::AlreadyExists,
+            format!(
+                "session {} exists in tenant {}",
+                address.session, address.tenant
+            ),
+        ),
+        other => internal_error(command_id, other),
+    }
+}
+
+fn lease_error(code: ErrorCode, message: String) -> internal::LeaseReply {
+    internal::LeaseReply {
+        outcome: Some(internal::lease_reply::Outcome::Error(v1::CommandError {
+            code: code as i32,
+            message,
+        })),
+    }
+}
+
+fn lease_reply(result: Result<Lease, RegistryError>) -> internal::LeaseReply {
+    match result {
+        Ok(lease) => internal::LeaseReply {
+            outcome: Some(internal::lease_reply::Outcome::Lease(lease.to_grant())),
+        },
+        Err(RegistryError::Fenced { current, .. }) => {
+            lease_error(ErrorCode::StaleEpoch, format!("epoch {current} is current"))
+        }
+        Err(e @ RegistryError::UnknownSession(_)) => {
+            lease_error(ErrorCode::UnknownSession, e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "lease operation failed");
+            lease_error(ErrorCode::Internal, e.to_string())
+        }
+    }
+}

@@ -1,0 +1,826 @@
+//! The coordinator on real NATS (a private nats-server per test) and PostgreSQL (a schema
+//! per test), with test workers that are plain async-nats clients speaking the bus-schema
+//! messages.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use common::{eventually, nats_server_bin, pg_url, NatsServer, TestSchema};
+use futures_util::StreamExt;
+use wafleet_auth_coordinator::{Coordinator, CoordinatorConfig, Leadership, Registry};
+use wafleet_bus_schema::codec::{decode_reply, encode, ContentType};
+use wafleet_bus_schema::internal::v1 as internal;
+use wafleet_bus_schema::time::timestamp;
+use wafleet_bus_schema::v1::{self, ErrorCode, SessionStatus};
+use wafleet_bus_schema::{
+    decode_sys, subject, CommandVerb, SessionAddress, SysKind, SysMessage, SysSubject, WorkerId,
+    CONTENT_TYPE_HEADER, CONTENT_TYPE_JSON,
+};
+
+const HEARTBEAT: Duration = Duration::from_millis(200);
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Fleet {
+    schema: TestSchema,
+    nats: NatsServer,
+    registry: Registry,
+    backend: async_nats::Client,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    coordinator: tokio::task::JoinHandle<()>,
+}
+
+impl Fleet {
+    async fn start() -> Option<Fleet> {
+        let url = pg_url()?;
+        let bin = nats_server_bin()?;
+        let schema = TestSchema::create(&url).await;
+        let nats = NatsServer::start(&bin).await;
+        let registry = schema.registry().await;
+        let config = CoordinatorConfig {
+            heartbeat_interval: HEARTBEAT,
+            missed_heartbeats: 3,
+            lease_ttl: Duration::from_secs(10),
+            worker_reply_timeout: Duration::from_secs(2),
+            ..CoordinatorConfig::default()
+        };
+        let coordinator = Coordinator::new(registry.clone(), nats.client().await, config);
+        let leadership =
+            Leadership::start(schema.config().pg_config().expect("pg config"), HEARTBEAT);
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let coordinator = tokio::spawn(async move {
+            coordinator
+                .run(leadership, shutdown_rx)
+                .await
+                .expect("coordinator run");
+        });
+        let backend = nats.client().await;
+        Some(Fleet {
+            schema,
+            nats,
+            registry,
+            backend,
+            shutdown,
+            coordinator,
+        })
+    }
+
+    /// Sends a command as JSON and returns the reply; retries while no coordinator
+    /// listens yet (before it leads).
+    async fn command(&self, session: &str, verb: CommandVerb, json: &str) -> v1::CommandReply {
+        let address = SessionAddress::new("acme", session).expect("address");
+        self.raw_command(&address.command_subject(verb).to_string(), json.as_bytes())
+            .await
+    }
+
+    async fn raw_command(&self, subject: &str, payload: &[u8]) -> v1::CommandReply {
+        let subject = subject.to_string();
+        let payload = payload.to_vec();
+        eventually(WAIT, "a command reply", || {
+            let subject = subject.clone();
+            let payload = payload.clone();
+            async move {
+                let mut headers = HeaderMap::new();
+                headers.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE_JSON);
+                let reply = self
+                    .backend
+                    .request_with_headers(subject, headers, payload.into())
+                    .await
+                    .ok()?;
+                let content_type = reply
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+                    .map(|v| v.as_str().to_string());
+                assert_eq!(content_type.as_deref(), Some(CONTENT_TYPE_JSON));
+                Some(decode_reply(&reply.payload, content_type.as_deref()).expect("reply decodes"))
+            }
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.coordinator.await;
+        drop(self.nats);
+        self.schema.drop_schema().await;
+    }
+}
+
+fn session_of(reply: &v1::CommandReply) -> v1::SessionInfo {
+    match &reply.outcome {
+        Some(v1::command_reply::Outcome::Session(s)) => s.clone(),
+        other => panic!("expected a session, got {other:?}"),
+    }
+}
+
+fn error_code(reply: &v1::CommandReply) -> Option<ErrorCode> {
+    reply
+        .error()
+        .map(|e| ErrorCode::try_from(e.code).expect("known code"))
+}
+
+/// A worker: answers grants (accepting), revokes and forwarded commands, and heartbeats
+/// its leases. A plain NATS client speaking the bus-schema messages.
+struct TestWorker {
+    id: WorkerId,
+    client: async_nats::Client,
+    leases: Arc<Mutex<BTreeMap<(String, String), u64>>>,
+    draining: Arc<Mutex<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestWorker {
+    async fn start(nats: &NatsServer, name: &str, capacity: u32) -> TestWorker {
+        let id = WorkerId::new(name).expect("worker id");
+        let client = nats.client().await;
+        let leases: Arc<Mutex<BTreeMap<(String, String), u64>>> = Arc::default();
+        let draining: Arc<Mutex<bool>> = Arc::default();
+        let mut inbox = client
+            .subscribe(subject::to_worker(&id))
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("flush");
+        let listener = {
+            let client = client.clone();
+            let leases = leases.clone();
+            tokio::spawn(async move {
+                while let Some(message) = inbox.next().await {
+                    let content_type = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+                        .map(|v| v.as_str().to_string());
+                    let Ok((_, sys)) = decode_sys(
+                        message.subject.as_str(),
+                        &message.payload,
+                        content_type.as_deref(),
+                    ) else {
+                        panic!(
+                            "the coordinator sent a malformed message on {}",
+                            message.subject
+                        );
+                    };
+                    let reply: Option<Vec<u8>> = match sys {
+                        SysMessage::LeaseGrant(grant) => {
+                            leases
+                                .lock()
+                                .expect("leases")
+                                .insert((grant.tenant.clone(), grant.session.clone()), grant.epoch);
+                            let reply = internal::LeaseReply {
+                                outcome: Some(internal::lease_reply::Outcome::Lease(grant)),
+                            };
+                            Some(encode(&reply, ContentType::Protobuf).expect("encode"))
+                        }
+                        SysMessage::LeaseRevoke(revoke) => {
+                            let mut leases = leases.lock().expect("leases");
+                            let key = (revoke.tenant.clone(), revoke.session.clone());
+                            if leases.get(&key) == Some(&revoke.epoch) {
+                                leases.remove(&key);
+                            }
+                            None
+                        }
+                        SysMessage::Command(forwarded) => {
+                            let held = leases
+                                .lock()
+                                .expect("leases")
+                                .get(&(forwarded.tenant.clone(), forwarded.session.clone()))
+                                .copied();
+                            let reply = if held != Some(forwarded.epoch) {
+                                v1::CommandReply::with_error("", ErrorCode::NotLeased, "not held")
+                            } else {
+                                v1::CommandReply::with_pairing_code(
+                                    "",
+                                    v1::PairingCodeIssued {
+                                        code: "ABCD1234".into(),
+                                        expires_at: None,
+                                    },
+                                )
+                            };
+                            Some(encode(&reply, ContentType::Protobuf).expect("encode"))
+                        }
+                        other => panic!("unexpected message to a worker: {other:?}"),
+                    };
+                    if let (Some(inbox), Some(reply)) = (message.reply, reply) {
+                        client.publish(inbox, reply.into()).await.expect("reply");
+                    }
+                }
+            })
+        };
+        let heartbeat = {
+            let client = client.clone();
+            let leases = leases.clone();
+            let draining = draining.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let subject = SysSubject::new(id.clone(), SysKind::Heartbeat).to_string();
+                loop {
+                    let held = leases
+                        .lock()
+                        .expect("leases")
+                        .iter()
+                        .map(|((tenant, session), epoch)| internal::HeldLease {
+                            tenant: tenant.clone(),
+                            session: session.clone(),
+                            epoch: *epoch,
+                        })
+                        .collect();
+                    let heartbeat = internal::WorkerHeartbeat {
+                        worker_id: id.as_str().to_string(),
+                        capacity,
+                        leases: held,
+                        draining: *draining.lock().expect("draining"),
+                        sent_at: Some(timestamp(std::time::SystemTime::now())),
+                        version: "test".into(),
+                    };
+                    let payload = encode(&heartbeat, ContentType::Protobuf).expect("encode");
+                    let _ = client.publish(subject.clone(), payload.into()).await;
+                    tokio::time::sleep(HEARTBEAT).await;
+                }
+            })
+        };
+        TestWorker {
+            id,
+            client,
+            leases,
+            draining,
+            tasks: vec![listener, heartbeat],
+        }
+    }
+
+    fn epoch_of(&self, session: &str) -> Option<u64> {
+        self.leases
+            .lock()
+            .expect("leases")
+            .get(&("acme".to_string(), session.to_string()))
+            .copied()
+    }
+
+    /// Dies: stops heartbeating and answering.
+    fn kill(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Announces its shutdown (and heartbeats as draining from now on).
+    async fn announce_shutdown(&self) {
+        *self.draining.lock().expect("draining") = true;
+        let shutdown = internal::WorkerShutdown {
+            worker_id: self.id.as_str().to_string(),
+            leases: Vec::new(),
+            deadline: None,
+        };
+        let subject = SysSubject::new(self.id.clone(), SysKind::Shutdown).to_string();
+        let payload = encode(&shutdown, ContentType::Protobuf).expect("encode");
+        self.client
+            .publish(subject, payload.into())
+            .await
+            .expect("publish");
+        self.client.flush().await.expect("flush");
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn create_and_start(fleet: &Fleet, session: &str) -> v1::SessionInfo {
+    let created = fleet
+        .command(
+            session,
+            CommandVerb::Create,
+            &format!(r#"{{"commandId": "create-{session}"}}"#),
+        )
+        .await;
+    assert_eq!(session_of(&created).status, SessionStatus::Stopped as i32);
+    let started = fleet
+        .command(
+            session,
+            CommandVerb::Start,
+            &format!(r#"{{"commandId": "start-{session}"}}"#),
+        )
+        .await;
+    session_of(&started)
+}
+
+async fn holder(fleet: &Fleet, session: &str) -> Option<(String, u64)> {
+    let address = SessionAddress::new("acme", session).expect("address");
+    let record = fleet.registry.session(&address).await.expect("session");
+    record
+        .worker
+        .map(|w| (w.as_str().to_string(), record.epoch))
+}
+
+#[tokio::test]
+async fn a_started_session_is_leased_to_a_heartbeating_worker() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    let started = create_and_start(&fleet, "support-1").await;
+    assert_eq!(started.status, SessionStatus::Starting as i32);
+    let epoch = eventually(WAIT, "the worker to hold the lease", || async {
+        worker.epoch_of("support-1")
+    })
+    .await;
+    assert!(epoch >= 1);
+    assert_eq!(
+        holder(&fleet, "support-1").await,
+        Some(("worker-0".to_string(), epoch))
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_workers_sessions_move_to_another_worker_with_a_higher_epoch() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let mut first = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    let sessions = ["s1", "s2", "s3"];
+    for s in sessions {
+        create_and_start(&fleet, s).await;
+    }
+    let mut epochs = BTreeMap::new();
+    for s in sessions {
+        let epoch = eventually(WAIT, "worker-0 to hold every session", || async {
+            first.epoch_of(s)
+        })
+        .await;
+        epochs.insert(s, epoch);
+    }
+    let second = TestWorker::start(&fleet.nats, "worker-1", 10).await;
+    first.kill();
+    for s in sessions {
+        let (worker, epoch) = eventually(WAIT, "the session to move to worker-1", || async {
+            holder(&fleet, s).await.filter(|(w, _)| w == "worker-1")
+        })
+        .await;
+        assert_eq!(worker, "worker-1");
+        assert!(epoch > epochs[s], "{s}: {epoch} after {}", epochs[s]);
+        let held = eventually(WAIT, "worker-1 to accept", || async { second.epoch_of(s) }).await;
+        assert_eq!(held, epoch);
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_draining_workers_sessions_move() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let first = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    let sessions = ["d1", "d2"];
+    for s in sessions {
+        create_and_start(&fleet, s).await;
+    }
+    let mut epochs = BTreeMap::new();
+    for s in sessions {
+        let epoch = eventually(WAIT, "worker-0 to hold every session", || async {
+            first.epoch_of(s)
+        })
+        .await;
+        epochs.insert(s, epoch);
+    }
+    let second = TestWorker::start(&fleet.nats, "worker-1", 10).await;
+    // worker-1 must be known before worker-0 drains, or nothing can take the sessions yet
+    // (they then move on a later tick, which the test also accepts).
+    first.announce_shutdown().await;
+    for s in sessions {
+        let epoch = eventually(WAIT, "the session to move to worker-1", || async {
+            second.epoch_of(s)
+        })
+        .await;
+        assert!(epoch > epochs[s]);
+        assert_eq!(
+            holder(&fleet, s).await,
+            Some(("worker-1".to_string(), epoch))
+        );
+        // The draining worker was told to let go.
+        eventually(WAIT, "worker-0 to get the revoke", || async {
+            first.epoch_of(s).is_none().then_some(())
+        })
+        .await;
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_commands_get_typed_errors_and_change_nothing() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let subject = SessionAddress::new("acme", "support-1")
+        .expect("address")
+        .command_subject(CommandVerb::Create)
+        .to_string();
+    let reply = fleet.raw_command(&subject, b"{not json").await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::MalformedCommand));
+    let reply = fleet
+        .raw_command(&subject, br#"{"commandId": "c1", "bogus": 1}"#)
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::MalformedCommand));
+    let reply = fleet
+        .command("support-1", CommandVerb::Start, r#"{"commandId": "c2"}"#)
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::UnknownSession));
+    let reply = fleet
+        .command(
+            "support-1",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId": "c3", "phoneNumber": "+15551234567"}"#,
+        )
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::InvalidPhone));
+    let reply = fleet
+        .raw_command("wafleet.v1.acme.cmd.session.support-1.explode", b"{}")
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::InvalidSubject));
+    // Nothing was created, and the malformed "c1" was not stored: it can still be used.
+    let address = SessionAddress::new("acme", "support-1").expect("address");
+    assert!(fleet.registry.session(&address).await.is_err());
+    assert_eq!(
+        fleet
+            .registry
+            .stored_reply("acme", "c1")
+            .await
+            .expect("read"),
+        None
+    );
+    let reply = fleet
+        .command("support-1", CommandVerb::Create, r#"{"commandId": "c1"}"#)
+        .await;
+    assert_eq!(session_of(&reply).status, SessionStatus::Stopped as i32);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_command_id_twice_gets_the_stored_reply() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let create = r#"{"commandId": "id-1", "metadata": {"team": "support"}}"#;
+    let first = fleet
+        .command("support-1", CommandVerb::Create, create)
+        .await;
+    assert!(!first.replayed);
+    let info = session_of(&first);
+    let second = fleet
+        .command("support-1", CommandVerb::Create, create)
+        .await;
+    assert!(second.replayed);
+    assert_eq!(session_of(&second), info);
+    // Same id, another payload, verb or session: refused, nothing happens.
+    let other = fleet
+        .command(
+            "support-1",
+            CommandVerb::Create,
+            r#"{"commandId": "id-1", "metadata": {"team": "sales"}}"#,
+        )
+        .await;
+    assert_eq!(error_code(&other), Some(ErrorCode::IdempotencyKeyReused));
+    let other = fleet
+        .command(
+            "support-2",
+            CommandVerb::Create,
+            r#"{"commandId": "id-1", "metadata": {"team": "support"}}"#,
+        )
+        .await;
+    assert_eq!(error_code(&other), Some(ErrorCode::IdempotencyKeyReused));
+    let address = SessionAddress::new("acme", "support-2").expect("address");
+    assert!(fleet.registry.session(&address).await.is_err());
+    let address = SessionAddress::new("acme", "support-1").expect("address");
+    let record = fleet.registry.session(&address).await.expect("session");
+    assert_eq!(
+        record.metadata.get("team").map(String::as_str),
+        Some("support")
+    );
+    // A fresh id for the same create is a new command: ALREADY_EXISTS.
+    let again = fleet
+        .command("support-1", CommandVerb::Create, r#"{"commandId": "id-2"}"#)
+        .await;
+    assert_eq!(error_code(&again), Some(ErrorCode::AlreadyExists));
+    fleet.stop().await;
+}
+
+impl TestWorker {
+    /// Sends a lease request (renew or release) and returns the coordinator's reply.
+    async fn lease_request<M: wafleet_bus_schema::BusMessage>(
+        &self,
+        kind: SysKind,
+        message: &M,
+    ) -> internal::LeaseReply {
+        let subject = SysSubject::new(self.id.clone(), kind).to_string();
+        let payload = encode(message, ContentType::Protobuf).expect("encode");
+        let reply = self
+            .client
+            .request(subject, payload.into())
+            .await
+            .expect("lease reply");
+        wafleet_bus_schema::decode(&reply.payload, ContentType::Protobuf).expect("LeaseReply")
+    }
+
+    /// Lets go of a lease locally and tells the coordinator why.
+    async fn release(
+        &self,
+        session: &str,
+        epoch: u64,
+        reason: v1::ReasonCode,
+    ) -> internal::LeaseReply {
+        self.leases
+            .lock()
+            .expect("leases")
+            .remove(&("acme".to_string(), session.to_string()));
+        let release = internal::LeaseRelease {
+            tenant: "acme".into(),
+            session: session.into(),
+            epoch,
+            worker_id: self.id.as_str().to_string(),
+            reason: reason as i32,
+        };
+        self.lease_request(SysKind::LeaseRelease, &release).await
+    }
+}
+
+fn granted_epoch(reply: &internal::LeaseReply) -> Option<u64> {
+    match &reply.outcome {
+        Some(internal::lease_reply::Outcome::Lease(grant)) => Some(grant.epoch),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn releases_settle_or_regrant_and_stale_renewals_are_refused() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "r1").await;
+    let first = eventually(WAIT, "the lease", || async { worker.epoch_of("r1") }).await;
+
+    // A routine release (lost connection): the session is granted again, higher epoch.
+    let reply = worker
+        .release("r1", first, v1::ReasonCode::ConnectionLost)
+        .await;
+    assert_eq!(granted_epoch(&reply), Some(first));
+    let second = eventually(WAIT, "a new grant", || async { worker.epoch_of("r1") }).await;
+    assert!(second > first);
+
+    // The old epoch can neither renew nor release.
+    let renew = internal::LeaseRenew {
+        tenant: "acme".into(),
+        session: "r1".into(),
+        epoch: first,
+        worker_id: "worker-0".into(),
+    };
+    let reply = worker.lease_request(SysKind::LeaseRenew, &renew).await;
+    match reply.outcome {
+        Some(internal::lease_reply::Outcome::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::StaleEpoch as i32)
+        }
+        other => panic!("stale renew: {other:?}"),
+    }
+    let renew = internal::LeaseRenew {
+        epoch: second,
+        ..renew
+    };
+    let reply = worker.lease_request(SysKind::LeaseRenew, &renew).await;
+    assert_eq!(granted_epoch(&reply), Some(second));
+
+    // Logged out on the phone: released for good, settled, not granted again.
+    let reply = worker
+        .release("r1", second, v1::ReasonCode::LoggedOut)
+        .await;
+    assert_eq!(granted_epoch(&reply), Some(second));
+    tokio::time::sleep(HEARTBEAT * 5).await;
+    assert_eq!(worker.epoch_of("r1"), None);
+    let address = SessionAddress::new("acme", "r1").expect("address");
+    let record = fleet.registry.session(&address).await.expect("session");
+    assert_eq!(record.status, SessionStatus::Stopped);
+    assert_eq!(record.reason, v1::ReasonCode::LoggedOut);
+    assert_eq!((record.worker, record.epoch), (None, second));
+    assert!(!record.desired_running);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_commands_stop_and_delete() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+
+    // Not running: a pairing code needs the holder's socket.
+    fleet
+        .command("p1", CommandVerb::Create, r#"{"commandId": "f0"}"#)
+        .await;
+    let reply = fleet
+        .command(
+            "p1",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId": "f1", "phoneNumber": "15551234567"}"#,
+        )
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::InvalidState));
+
+    let started = fleet
+        .command("p1", CommandVerb::Start, r#"{"commandId": "f2"}"#)
+        .await;
+    assert_eq!(session_of(&started).status, SessionStatus::Starting as i32);
+    let epoch = eventually(WAIT, "the lease", || async { worker.epoch_of("p1") }).await;
+    // The worker answers only for the epoch it holds, so a code means it was forwarded
+    // to the holder at the current epoch.
+    let reply = fleet
+        .command(
+            "p1",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId": "f3", "phoneNumber": "15551234567"}"#,
+        )
+        .await;
+    assert_eq!(reply.command_id, "f3");
+    match &reply.outcome {
+        Some(v1::command_reply::Outcome::PairingCode(code)) => assert_eq!(code.code, "ABCD1234"),
+        other => panic!("expected a pairing code, got {other:?}"),
+    }
+
+    // Stop: lease ended and revoked, epoch kept, not granted again.
+    let stopped = session_of(
+        &fleet
+            .command("p1", CommandVerb::Stop, r#"{"commandId": "f4"}"#)
+            .await,
+    );
+    assert_eq!(stopped.status, SessionStatus::Stopped as i32);
+    assert_eq!((stopped.worker_id.as_str(), stopped.epoch), ("", epoch));
+    eventually(WAIT, "the revoke", || async {
+        worker.epoch_of("p1").is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(HEARTBEAT * 5).await;
+    assert_eq!(holder(&fleet, "p1").await, None);
+    // Stopping a stopped session succeeds.
+    let again = fleet
+        .command("p1", CommandVerb::Stop, r#"{"commandId": "f5"}"#)
+        .await;
+    assert_eq!(session_of(&again).status, SessionStatus::Stopped as i32);
+
+    // Start again: a higher epoch. Delete: gone, the holder told to let go.
+    fleet
+        .command("p1", CommandVerb::Start, r#"{"commandId": "f6"}"#)
+        .await;
+    let next = eventually(WAIT, "a new lease", || async { worker.epoch_of("p1") }).await;
+    assert!(next > epoch);
+    let deleted = session_of(
+        &fleet
+            .command("p1", CommandVerb::Delete, r#"{"commandId": "f7"}"#)
+            .await,
+    );
+    assert_eq!(deleted.status, SessionStatus::Stopped as i32);
+    eventually(WAIT, "the revoke", || async {
+        worker.epoch_of("p1").is_none().then_some(())
+    })
+    .await;
+    let address = SessionAddress::new("acme", "p1").expect("address");
+    assert!(fleet.registry.session(&address).await.is_err());
+    let reply = fleet
+        .command("p1", CommandVerb::Start, r#"{"commandId": "f8"}"#)
+        .await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::UnknownSession));
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeat_in_the_other_encoding_is_the_same_command() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let first = fleet
+        .command(
+            "e1",
+            CommandVerb::Create,
+            r#"{"commandId": "enc-1", "metadata": {"a": "1"}}"#,
+        )
+        .await;
+    assert!(!first.replayed);
+    // The same command as protobuf: compared as decoded messages, so a replay.
+    let create = v1::CreateSession {
+        command_id: "enc-1".into(),
+        metadata: [("a".to_string(), "1".to_string())].into_iter().collect(),
+    };
+    let payload = encode(&create, ContentType::Protobuf).expect("encode");
+    let subject = SessionAddress::new("acme", "e1")
+        .expect("address")
+        .command_subject(CommandVerb::Create)
+        .to_string();
+    let reply = fleet
+        .backend
+        .request(subject, payload.into())
+        .await
+        .expect("reply");
+    let reply = decode_reply(&reply.payload, None).expect("protobuf reply");
+    assert!(reply.replayed);
+    assert_eq!(session_of(&reply), session_of(&first));
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn the_holders_events_update_the_registry_and_stale_ones_do_not() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "ev1").await;
+    create_and_start(&fleet, "ev2").await;
+    let ev2 = eventually(WAIT, "the lease", || async { worker.epoch_of("ev2") }).await;
+    let first = eventually(WAIT, "the lease", || async { worker.epoch_of("ev1") }).await;
+    // A routine release, so the session is granted again and `first` is an older epoch.
+    worker
+        .release("ev1", first, v1::ReasonCode::ConnectionLost)
+        .await;
+    let epoch = eventually(WAIT, "a new lease", || async { worker.epoch_of("ev1") }).await;
+    assert!(epoch > first);
+    let publish =
+        |session: &str, epoch: u64, sequence: u64, payload: v1::session_event::Payload| {
+            let event = v1::SessionEvent {
+                tenant: "acme".into(),
+                session: session.into(),
+                epoch,
+                sequence,
+                timestamp: Some(timestamp(std::time::SystemTime::now())),
+                worker_id: "worker-0".into(),
+                payload: Some(payload),
+            };
+            let publication =
+                wafleet_bus_schema::nats::event_publication(&event, ContentType::Protobuf)
+                    .expect("event");
+            let client = worker.client.clone();
+            async move {
+                client
+                    .publish_with_headers(
+                        publication.subject.to_string(),
+                        publication.headers,
+                        publication.payload.into(),
+                    )
+                    .await
+                    .expect("publish");
+                client.flush().await.expect("flush");
+            }
+        };
+    let address = SessionAddress::new("acme", "ev1").expect("address");
+    publish(
+        "ev1",
+        epoch,
+        1,
+        v1::session_event::Payload::Ready(v1::Ready {
+            jid: "15551234567:12@s.whatsapp.net".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let record = eventually(WAIT, "WORKING", || async {
+        let record = fleet.registry.session(&address).await.expect("session");
+        (record.status == SessionStatus::Working).then_some(record)
+    })
+    .await;
+    assert_eq!(record.jid, "15551234567:12@s.whatsapp.net");
+    // An event of an older epoch (a worker that lost the lease) changes nothing.
+    publish(
+        "ev1",
+        first,
+        1,
+        v1::session_event::Payload::Status(v1::SessionStatusChanged {
+            status: SessionStatus::Failed as i32,
+            reason: v1::ReasonCode::Replaced as i32,
+            message: String::new(),
+        }),
+    )
+    .await;
+    // Then a current event of another session from the same connection: once it has
+    // applied, the stale one was handled before it (NATS keeps one publisher's order).
+    publish(
+        "ev2",
+        ev2,
+        1,
+        v1::session_event::Payload::Status(v1::SessionStatusChanged {
+            status: SessionStatus::Starting as i32,
+            reason: v1::ReasonCode::RestartRequired as i32,
+            message: String::new(),
+        }),
+    )
+    .await;
+    let ev2_address = SessionAddress::new("acme", "ev2").expect("address");
+    eventually(WAIT, "the current event", || async {
+        let record = fleet.registry.session(&ev2_address).await.expect("session");
+        (record.reason == v1::ReasonCode::RestartRequired).then_some(())
+    })
+    .await;
+    let record = fleet.registry.session(&address).await.expect("session");
+    assert_eq!(record.status, SessionStatus::Working);
+    assert_eq!(record.reason, v1::ReasonCode::Unspecified);
+    fleet.stop().await;
+}
