@@ -45,6 +45,7 @@
 //! # let _ = version; Ok(()) }
 //! ```
 
+pub mod atomic;
 pub mod envelope;
 pub mod keyring;
 pub mod session_id;

@@ -6,9 +6,9 @@
 //! directory. Files are created with mode 0600 and directories with 0700. A file that does
 //! not parse is a [`StoreError::Corrupt`] and is left as it is.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -186,29 +186,11 @@ impl FsSessionStore {
     /// Writes `bytes` to `name` in the session directory atomically, mode 0600.
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         self.ensure_dir()?;
-        let target = self.dir.join(name);
-        let tmp = self.dir.join(format!(
-            ".{name}.tmp-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            file.write_all(bytes).map_err(io_err("write", &tmp))?;
-            file.sync_all().map_err(io_err("sync", &tmp))?;
-            drop(file);
-            fs::rename(&tmp, &target).map_err(io_err("rename", &target))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
-        self.sync_dir()
+        wafleet_blob::atomic::write_file(&self.dir, name, bytes).map_err(|e| StoreError::Io {
+            op: e.operation,
+            path: e.path,
+            source: e.source,
+        })
     }
 }
 

@@ -4,15 +4,15 @@
 //!   Every seal uses a fresh random nonce, so two saves never produce the same contents.
 //! - Saves take an exclusive `flock` on `<root>/<session id>.lock` (a separate open file
 //!   description per save, so it excludes other threads and other processes alike), check
-//!   the condition against the file as it is, write `<root>/.<session id>.tmp`, fsync it,
-//!   rename it over the blob, and fsync the directory.
+//!   the condition against the file as it is, then replace the blob with
+//!   [`crate::atomic::write_file`] (temporary file, fsync, rename, directory fsync).
 //! - Loads read without the lock: a rename is atomic, so a reader sees the old or the new
 //!   file, never a mix.
 //!
 //! The lock is advisory and local: the root must not be shared over NFS.
 
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -47,15 +47,11 @@ impl FsBlobStore {
 
     /// The file holding a session's blob.
     pub fn blob_path(&self, session: &SessionId) -> PathBuf {
-        self.root.join(format!("{session}.blob"))
+        self.root.join(blob_name(session))
     }
 
     fn lock_path(&self, session: &SessionId) -> PathBuf {
         self.root.join(format!("{session}.lock"))
-    }
-
-    fn temp_path(&self, session: &SessionId) -> PathBuf {
-        self.root.join(format!(".{session}.tmp"))
     }
 
     fn load_blocking(&self, session: &SessionId) -> Result<Option<StoredBlob>, StoreError> {
@@ -99,22 +95,21 @@ impl FsBlobStore {
             });
         }
 
-        let temp = self.temp_path(session);
-        let mut file = File::create(&temp).map_err(|source| io("create", &temp, source))?;
-        file.write_all(bytes)
-            .map_err(|source| io("write", &temp, source))?;
-        file.sync_all()
-            .map_err(|source| io("fsync", &temp, source))?;
-        drop(file);
-        let path = self.blob_path(session);
-        std::fs::rename(&temp, &path).map_err(|source| io("rename", &path, source))?;
-        File::open(&self.root)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| io("fsync directory", &self.root, source))?;
+        crate::atomic::write_file(&self.root, &blob_name(session), bytes).map_err(|e| {
+            StoreError::Io {
+                operation: e.operation,
+                path: e.path,
+                source: e.source,
+            }
+        })?;
         // The lock is released when `lock` is dropped, after the rename is durable.
         drop(lock);
         Ok(content_version(bytes))
     }
+}
+
+fn blob_name(session: &SessionId) -> String {
+    format!("{session}.blob")
 }
 
 fn io(operation: &'static str, path: &Path, source: std::io::Error) -> StoreError {
