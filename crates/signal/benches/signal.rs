@@ -12,64 +12,19 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::hint::black_box;
-use wafleet_signal::keys::{IdentityKeyPair, PreKeyRecord, SignedPreKeyRecord};
 use wafleet_signal::*;
 
-fn established(
-    rng: &mut StdRng,
-) -> (
-    InMemoryIdentityStore,
-    SessionRecord,
-    InMemoryIdentityStore,
-    InMemoryPreKeyStore,
-    SessionRecord,
-) {
-    let alice = InMemoryIdentityStore::new(IdentityKeyPair::generate(rng), 1);
-    let bob = InMemoryIdentityStore::new(IdentityKeyPair::generate(rng), 2);
-    let mut prekeys = InMemoryPreKeyStore::default();
-    let spk = SignedPreKeyRecord::generate(1, &bob.identity, rng);
-    let pk = PreKeyRecord::generate(1, rng);
-    let bundle = PreKeyBundle {
-        registration_id: 2,
-        identity_key: *bob.identity.public(),
-        signed_pre_key_id: 1,
-        signed_pre_key: spk.key_pair.public,
-        signed_pre_key_signature: spk.signature.clone(),
-        pre_key: Some((1, pk.key_pair.public)),
-    };
-    prekeys.signed_pre_keys.insert(1, spk);
-    prekeys.pre_keys.insert(1, pk);
-    let (a_addr, b_addr) = (ProtocolAddress::new("a", 0), ProtocolAddress::new("b", 0));
-    let a = process_prekey_bundle(&SessionRecord::new(), &b_addr, &alice, &bundle, rng)
-        .unwrap()
-        .record;
-    let (a, m) = encrypt(&a, &b_addr, &alice, &[1; 64]).unwrap();
-    let b = decrypt(&SessionRecord::new(), &a_addr, &bob, &prekeys, &m, rng)
-        .unwrap()
-        .record;
-    let (b, r) = encrypt(&b, &a_addr, &bob, &[2; 64]).unwrap();
-    let a = decrypt(&a, &b_addr, &alice, &prekeys, &r, rng)
-        .unwrap()
-        .record;
-    (alice, a, bob, prekeys, b)
-}
+#[path = "support/workload.rs"]
+mod workload;
 
 fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
-    let (alice, mut a, bob, prekeys, mut b) = established(&mut rng);
-    let (a_addr, b_addr) = (ProtocolAddress::new("a", 0), ProtocolAddress::new("b", 0));
+    let mut session = workload::Established::new(&mut rng);
     let pt = [3u8; 64];
     let mut g = c.benchmark_group("signal");
     g.throughput(Throughput::Elements(1));
     g.bench_function("1to1_encrypt_decrypt_pair_64B", |bch| {
-        bch.iter(|| {
-            let (na, m) = encrypt(&a, &b_addr, &alice, black_box(&pt)).unwrap();
-            let wire = CiphertextMessage::from_wire(m.enc_type(), m.serialize()).unwrap();
-            let d = decrypt(&b, &a_addr, &bob, &prekeys, &wire, &mut rng).unwrap();
-            a = na;
-            b = d.record;
-            black_box(d.plaintext)
-        })
+        bch.iter(|| black_box(session.pair(black_box(&pt), &mut rng)))
     });
 
     let (mut sender, skdm) = create_sender_key_distribution(&SenderKeyRecord::new(), &mut rng);

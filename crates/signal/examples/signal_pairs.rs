@@ -1,4 +1,5 @@
-//! Runs the 1:1 benchmark workload (`benches/signal.rs`) a given number of times without
+//! Runs the 1:1 benchmark workload (`benches/support/workload.rs`, shared with
+//! `benches/signal.rs`) a given number of times without
 //! criterion, for instruction counts: the per-pair cost is the difference between two runs
 //! divided by the difference in pairs, e.g.
 //!
@@ -14,8 +15,9 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::hint::black_box;
-use wafleet_signal::keys::{IdentityKeyPair, PreKeyRecord, SignedPreKeyRecord};
-use wafleet_signal::*;
+
+#[path = "../benches/support/workload.rs"]
+mod workload;
 
 fn main() {
     let pairs: u64 = std::env::args()
@@ -23,41 +25,9 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
     let mut rng = StdRng::seed_from_u64(1);
-    let alice = InMemoryIdentityStore::new(IdentityKeyPair::generate(&mut rng), 1);
-    let bob = InMemoryIdentityStore::new(IdentityKeyPair::generate(&mut rng), 2);
-    let mut prekeys = InMemoryPreKeyStore::default();
-    let spk = SignedPreKeyRecord::generate(1, &bob.identity, &mut rng);
-    let pk = PreKeyRecord::generate(1, &mut rng);
-    let bundle = PreKeyBundle {
-        registration_id: 2,
-        identity_key: *bob.identity.public(),
-        signed_pre_key_id: 1,
-        signed_pre_key: spk.key_pair.public,
-        signed_pre_key_signature: spk.signature.clone(),
-        pre_key: Some((1, pk.key_pair.public)),
-    };
-    prekeys.signed_pre_keys.insert(1, spk);
-    prekeys.pre_keys.insert(1, pk);
-    let (a_addr, b_addr) = (ProtocolAddress::new("a", 0), ProtocolAddress::new("b", 0));
-    let a = process_prekey_bundle(&SessionRecord::new(), &b_addr, &alice, &bundle, &mut rng)
-        .expect("bundle")
-        .record;
-    let (a, m) = encrypt(&a, &b_addr, &alice, &[1; 64]).expect("pkmsg");
-    let b = decrypt(&SessionRecord::new(), &a_addr, &bob, &prekeys, &m, &mut rng)
-        .expect("pkmsg decrypts")
-        .record;
-    let (b, r) = encrypt(&b, &a_addr, &bob, &[2; 64]).expect("reply");
-    let mut a = decrypt(&a, &b_addr, &alice, &prekeys, &r, &mut rng)
-        .expect("reply decrypts")
-        .record;
-    let mut b = b;
+    let mut session = workload::Established::new(&mut rng);
     let pt = [3u8; 64];
     for _ in 0..pairs {
-        let (na, m) = encrypt(&a, &b_addr, &alice, black_box(&pt)).expect("encrypt");
-        let wire = CiphertextMessage::from_wire(m.enc_type(), m.serialize()).expect("parse");
-        let d = decrypt(&b, &a_addr, &bob, &prekeys, &wire, &mut rng).expect("decrypt");
-        a = na;
-        b = d.record;
-        black_box(d.plaintext);
+        black_box(session.pair(black_box(&pt), &mut rng));
     }
 }
