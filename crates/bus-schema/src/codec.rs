@@ -315,6 +315,8 @@ pub enum SysMessage {
     LeaseRelease(internal::v1::LeaseRelease),
     /// From a worker.
     Shutdown(internal::v1::WorkerShutdown),
+    /// From a worker: commit a blob version under a lease epoch.
+    BlobCommit(internal::v1::BlobCommit),
     /// To a worker.
     LeaseGrant(internal::v1::LeaseGrant),
     /// To a worker.
@@ -349,6 +351,19 @@ pub fn decode_sys(
         SysKind::Shutdown => {
             let m: internal::v1::WorkerShutdown = decode(payload, ct)?;
             (Some(m.worker_id.clone()), SysMessage::Shutdown(m))
+        }
+        SysKind::BlobCommit => {
+            let m: internal::v1::BlobCommit = decode(payload, ct)?;
+            // Epoch 0 is never a lease and version 0 is never above a committed one.
+            for (field, value) in [("epoch", m.epoch), ("version", m.version)] {
+                if value == 0 {
+                    return Err(DecodeError::MissingField {
+                        message: "BlobCommit",
+                        field,
+                    });
+                }
+            }
+            (Some(m.worker_id.clone()), SysMessage::BlobCommit(m))
         }
         SysKind::LeaseGrant => {
             let m: internal::v1::LeaseGrant = decode(payload, ct)?;

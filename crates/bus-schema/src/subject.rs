@@ -3,7 +3,9 @@
 //! ```text
 //! wafleet.v1.<tenant>.cmd.session.<session>.<verb>     commands (request/reply)
 //! wafleet.v1.<tenant>.evt.session.<session>.<kind>     events (JetStream stream WAFLEET_EVENTS)
-//! wafleet.v1._sys.worker.<worker>.<kind>               worker -> coordinator
+//! wafleet.v1._sys.worker.<worker>.<kind>               worker -> coordinator (heartbeat,
+//!                                                      lease_renew, lease_release,
+//!                                                      shutdown, blob_commit)
 //! wafleet.v1._sys.coord.<worker>.<kind>                coordinator -> worker
 //! ```
 //!
@@ -283,6 +285,9 @@ pub enum SysKind {
     LeaseRelease,
     /// `WorkerShutdown`, published by the worker.
     Shutdown,
+    /// `BlobCommit`, a request from the worker (the fencing step of a blob write); reply
+    /// `LeaseReply`.
+    BlobCommit,
     /// `LeaseGrant`, a request from the coordinator; reply `LeaseReply`.
     LeaseGrant,
     /// `LeaseRevoke`, a request from the coordinator; reply `LeaseReply`.
@@ -293,11 +298,12 @@ pub enum SysKind {
 
 impl SysKind {
     /// Every kind.
-    pub const ALL: [SysKind; 7] = [
+    pub const ALL: [SysKind; 8] = [
         SysKind::Heartbeat,
         SysKind::LeaseRenew,
         SysKind::LeaseRelease,
         SysKind::Shutdown,
+        SysKind::BlobCommit,
         SysKind::LeaseGrant,
         SysKind::LeaseRevoke,
         SysKind::Command,
@@ -310,6 +316,7 @@ impl SysKind {
             SysKind::LeaseRenew => "lease_renew",
             SysKind::LeaseRelease => "lease_release",
             SysKind::Shutdown => "shutdown",
+            SysKind::BlobCommit => "blob_commit",
             SysKind::LeaseGrant => "lease_grant",
             SysKind::LeaseRevoke => "lease_revoke",
             SysKind::Command => "command",
@@ -322,7 +329,8 @@ impl SysKind {
             SysKind::Heartbeat
             | SysKind::LeaseRenew
             | SysKind::LeaseRelease
-            | SysKind::Shutdown => SysDirection::FromWorker,
+            | SysKind::Shutdown
+            | SysKind::BlobCommit => SysDirection::FromWorker,
             SysKind::LeaseGrant | SysKind::LeaseRevoke | SysKind::Command => SysDirection::ToWorker,
         }
     }
@@ -589,6 +597,21 @@ mod tests {
             "wafleet.v1._sys.coord.worker-0.lease_grant"
         );
         assert_eq!(SysSubject::parse(&grant.to_string()), Ok(grant));
+    }
+
+    #[test]
+    fn blob_commit_is_a_worker_subject() {
+        let w = WorkerId::new("worker-0").unwrap();
+        let commit = SysSubject::new(w, SysKind::BlobCommit);
+        assert_eq!(
+            commit.to_string(),
+            "wafleet.v1._sys.worker.worker-0.blob_commit"
+        );
+        assert_eq!(SysSubject::parse(&commit.to_string()), Ok(commit));
+        assert_eq!(
+            SysSubject::parse("wafleet.v1._sys.coord.worker-0.blob_commit"),
+            Err(SubjectError::UnknownSysKind("blob_commit".into()))
+        );
     }
 
     #[test]

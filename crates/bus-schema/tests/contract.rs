@@ -196,6 +196,13 @@ fn every_internal_message_round_trips() {
         worker_id: "worker-0".into(),
         reason: v1::ReasonCode::WorkerDraining as i32,
     });
+    round_trip(&internal::BlobCommit {
+        tenant: "acme".into(),
+        session: "support-1".into(),
+        epoch: 7,
+        worker_id: "worker-0".into(),
+        version: (7 << 32) | 3,
+    });
     round_trip(&internal::LeaseRevoke {
         tenant: "acme".into(),
         session: "support-1".into(),
@@ -425,7 +432,7 @@ fn the_examples_in_bus_md_are_valid() {
                 );
             }
             "WorkerHeartbeat" | "LeaseGrant" | "LeaseRenew" | "LeaseRelease" | "LeaseRevoke"
-            | "WorkerShutdown" | "ForwardedCommand" => {
+            | "WorkerShutdown" | "ForwardedCommand" | "BlobCommit" => {
                 let subject = subject
                     .as_deref()
                     .expect("internal examples name a subject");
@@ -449,6 +456,9 @@ fn the_examples_in_bus_md_are_valid() {
                     }
                     "WorkerShutdown" => {
                         check_example::<internal::WorkerShutdown>(json);
+                    }
+                    "BlobCommit" => {
+                        check_example::<internal::BlobCommit>(json);
                     }
                     _ => {
                         check_example::<internal::ForwardedCommand>(json);
@@ -478,6 +488,7 @@ fn the_examples_in_bus_md_are_valid() {
         "LeaseReply",
         "WorkerShutdown",
         "ForwardedCommand",
+        "BlobCommit",
     ] {
         assert!(seen.contains(ty), "BUS.md has no example of {ty}");
     }
@@ -811,6 +822,77 @@ fn internal_messages_decode_by_subject() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn blob_commits_decode_by_subject_and_need_an_epoch_and_a_version() {
+    let commit = internal::BlobCommit {
+        tenant: "acme".into(),
+        session: "support-1".into(),
+        epoch: 7,
+        worker_id: "worker-0".into(),
+        version: (7 << 32) | 1,
+    };
+    let subject = SysSubject::new(WorkerId::new("worker-0").unwrap(), SysKind::BlobCommit);
+    let (parsed, message) = decode_sys(
+        &subject.to_string(),
+        &encode(&commit, ContentType::Json).unwrap(),
+        Some("application/json"),
+    )
+    .unwrap();
+    assert_eq!(parsed, subject);
+    assert_eq!(message, SysMessage::BlobCommit(commit.clone()));
+
+    // On another worker's subject.
+    let e = decode_sys(
+        "wafleet.v1._sys.worker.worker-1.blob_commit",
+        &encode(&commit, ContentType::Protobuf).unwrap(),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::SubjectMismatch {
+                field: "worker_id",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    for (field, bad) in [
+        (
+            "epoch",
+            internal::BlobCommit {
+                epoch: 0,
+                ..commit.clone()
+            },
+        ),
+        (
+            "version",
+            internal::BlobCommit {
+                version: 0,
+                ..commit.clone()
+            },
+        ),
+    ] {
+        let e = decode_sys(
+            &subject.to_string(),
+            &encode(&bad, ContentType::Protobuf).unwrap(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::MissingField {
+                message: "BlobCommit",
+                field
+            }
+        );
+        assert_eq!(e.error_code(), v1::ErrorCode::MalformedCommand);
+    }
+    let e = decode_sys(&subject.to_string(), b"\xff\xff", None).unwrap_err();
+    assert!(matches!(e, DecodeError::Protobuf { .. }), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------
