@@ -8,7 +8,7 @@
 //! | 4 | 1 | format version, `1` |
 //! | 5 | 8 | key id of the master key ([`KeyId`]) |
 //! | 13 | 8 | epoch: the lease epoch of the worker that wrote it |
-//! | 21 | 1 | session id length `n` (1..=128) |
+//! | 21 | 1 | session id length `n` (1..=129) |
 //! | 22 | n | session id (ASCII, see [`SessionId`]) |
 //! | 22+n | 12 | nonce (random per seal) |
 //! | 34+n | rest | AES-256-GCM ciphertext followed by its 16-byte tag |

@@ -2,8 +2,10 @@
 
 use std::fmt;
 
-/// Longest accepted session id, in bytes (it is also a file name and an S3 key part).
-pub const MAX_SESSION_ID_LEN: usize = 128;
+/// Longest accepted session id, in bytes (it is also a file name and an S3 key part): a
+/// bus tenant and session name of 64 bytes each, joined by `.`
+/// ([`SessionId::for_tenant_session`]).
+pub const MAX_SESSION_ID_LEN: usize = 129;
 
 /// A session's id as the blob layer uses it: the envelope binds it (HKDF info and AAD)
 /// and the stores name the object after it.
@@ -59,6 +61,14 @@ impl SessionId {
         }
     }
 
+    /// The blob id of a fleet session: `<tenant>.<session>`. Bus names are 1 to 64
+    /// letters, digits, `_` and `-` and cannot contain `.`, so distinct (tenant, session)
+    /// pairs get distinct ids. The worker seals and stores the blob under this id, and the
+    /// coordinator purges it under the same id when the session is deleted.
+    pub fn for_tenant_session(tenant: &str, session: &str) -> Result<Self, InvalidSessionId> {
+        Self::new(format!("{tenant}.{session}"))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -103,6 +113,21 @@ mod tests {
                 Ok(id.to_string())
             );
         }
+    }
+
+    #[test]
+    fn fleet_sessions_are_tenant_dot_session() {
+        assert_eq!(
+            SessionId::for_tenant_session("acme", "support-1").map(|s| s.to_string()),
+            Ok("acme.support-1".to_string())
+        );
+        // The longest bus names fit.
+        let long = "a".repeat(64);
+        assert!(SessionId::for_tenant_session(&long, &long).is_ok());
+        assert_eq!(
+            SessionId::for_tenant_session("", "s"),
+            Err(InvalidSessionId::LeadingDot)
+        );
     }
 
     #[test]

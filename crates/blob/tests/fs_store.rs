@@ -44,6 +44,30 @@ async fn sixteen_racing_writers_one_wins() {
 }
 
 #[tokio::test]
+async fn delete_is_idempotent_and_leaves_no_file() {
+    let (store, root) = store("delete");
+    common::delete_is_idempotent(&store).await;
+    let session = common::fresh_session("delete-files");
+    store
+        .save(&session, b"x".to_vec(), &SaveCondition::CreateOnly)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(store.blob_path(&session).exists());
+    store
+        .delete(&session)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Neither the blob nor its lock file is left.
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
 async fn vault_checks() {
     let (store, root) = store("vault");
     common::vault_checks(store).await;

@@ -57,3 +57,10 @@ async fn vault_checks_and_tampered_object() {
         common::vault_checks(store).await;
     }
 }
+
+#[tokio::test]
+async fn delete_is_idempotent() {
+    if let Some(store) = store("s3 delete_is_idempotent") {
+        common::delete_is_idempotent(&store).await;
+    }
+}

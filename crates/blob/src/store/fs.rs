@@ -8,6 +8,9 @@
 //!   [`crate::atomic::write_file`] (temporary file, fsync, rename, directory fsync).
 //! - Loads read without the lock: a rename is atomic, so a reader sees the old or the new
 //!   file, never a mix.
+//! - Deletes take the same lock, remove the blob and then the lock file, and fsync the
+//!   directory. A missing blob is fine (deletes are idempotent). Removing the lock file is
+//!   safe only because a purged session has no lease holder left to save it.
 //!
 //! The lock is advisory and local: the root must not be shared over NFS.
 
@@ -106,6 +109,45 @@ impl FsBlobStore {
         drop(lock);
         Ok(content_version(bytes))
     }
+
+    fn delete_blocking(&self, session: &SessionId) -> Result<(), StoreError> {
+        let lock_path = self.lock_path(session);
+        let lock = match OpenOptions::new()
+            .create(false)
+            .write(true)
+            .open(&lock_path)
+        {
+            Ok(lock) => Some(lock),
+            // Never saved through this store (or purged already): no lock to take.
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(source) => return Err(io("open lock file", &lock_path, source)),
+        };
+        if let Some(lock) = &lock {
+            flock(lock, FlockOperation::LockExclusive)
+                .map_err(|e| io("lock", &lock_path, e.into()))?;
+        }
+        let blob_path = self.blob_path(session);
+        let mut removed = remove_if_present(&blob_path)?;
+        if lock.is_some() {
+            removed |= remove_if_present(&lock_path)?;
+        }
+        if removed {
+            std::fs::File::open(&self.root)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|source| io("fsync directory", &self.root, source))?;
+        }
+        drop(lock);
+        Ok(())
+    }
+}
+
+/// Removes a file; `Ok(false)` if it was not there.
+fn remove_if_present(path: &Path) -> Result<bool, StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(io("remove", path, source)),
+    }
 }
 
 fn blob_name(session: &SessionId) -> String {
@@ -146,6 +188,14 @@ impl BlobStore for FsBlobStore {
         let session = session.clone();
         let condition = condition.clone();
         tokio::task::spawn_blocking(move || store.save_blocking(&session, &bytes, &condition))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<(), StoreError> {
+        let store = self.clone();
+        let session = session.clone();
+        tokio::task::spawn_blocking(move || store.delete_blocking(&session))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }

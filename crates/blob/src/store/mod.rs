@@ -133,4 +133,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         bytes: Vec<u8>,
         condition: &SaveCondition,
     ) -> Result<Version, StoreError>;
+
+    /// Removes the session's object (the purge when a session is deleted). Idempotent:
+    /// deleting a missing object is `Ok`. Unconditional, so only for a session nobody
+    /// holds a lease on any more.
+    async fn delete(&self, session: &SessionId) -> Result<(), StoreError>;
 }

@@ -4,6 +4,9 @@
 //! - Create-only saves send `If-None-Match: *`; updates send `If-Match: <etag>`. HTTP 412,
 //!   409, and 404 on an `If-Match` save are [`StoreError::ConditionFailed`]: servers
 //!   differ (AWS answers 404 for `If-Match` on a missing key, SeaweedFS 412).
+//! - Deletes are `DeleteObject`, unconditional; S3 answers 204 for a missing key too (a
+//!   404 counts as done as well), so deleting twice is fine, and they use the SDK's
+//!   retries (a repeated delete is harmless).
 //! - Saves are sent once, never retried: a retry of a save that did land would come back
 //!   412 and look like a lost race. Loads use the SDK's standard retries.
 //! - The client is aws-sdk-s3 with a custom endpoint and path-style addressing, over
@@ -271,6 +274,27 @@ impl BlobStore for S3BlobStore {
                     });
                 }
                 Err(s3_error("PutObject", &key, status, &err))
+            }
+        }
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<(), StoreError> {
+        let key = self.object_key(session);
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let status = err.raw_response().map(|r| r.status().as_u16());
+                if status == Some(404) {
+                    return Ok(());
+                }
+                Err(s3_error("DeleteObject", &key, status, &err))
             }
         }
     }

@@ -229,3 +229,47 @@ pub async fn vault_checks<S: BlobStore>(store: S) {
         "{result:?}"
     );
 }
+
+/// Deleting removes the object, deleting again (or a session never saved) is `Ok`, and
+/// after a delete the session can be created afresh (create-only).
+pub async fn delete_is_idempotent<S: BlobStore>(store: &S) {
+    let session = fresh_session("delete");
+    store
+        .delete(&session)
+        .await
+        .unwrap_or_else(|e| panic!("delete of a missing object: {e}"));
+    store
+        .save(&session, b"doomed".to_vec(), &SaveCondition::CreateOnly)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let other = fresh_session("delete-other");
+    store
+        .save(&other, b"kept".to_vec(), &SaveCondition::CreateOnly)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .delete(&session)
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    assert!(matches!(store.load(&session).await, Ok(None)));
+    // Only that session's object went.
+    let kept = store
+        .load(&other)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("the other session's object vanished"));
+    assert_eq!(kept.bytes, b"kept");
+    store
+        .delete(&session)
+        .await
+        .unwrap_or_else(|e| panic!("second delete: {e}"));
+    store
+        .save(&session, b"reborn".to_vec(), &SaveCondition::CreateOnly)
+        .await
+        .unwrap_or_else(|e| panic!("create after delete: {e}"));
+    store
+        .delete(&session)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store.delete(&other).await.unwrap_or_else(|e| panic!("{e}"));
+}
