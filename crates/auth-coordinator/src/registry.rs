@@ -94,6 +94,16 @@ pub enum RegistryError {
         /// The session's current epoch.
         current: u64,
     },
+    /// The epoch is current, but the session is not leased, or not to the caller.
+    #[error("session {address}: not leased at epoch {epoch}{}", .holder.as_ref().map(|h| format!(" by this worker (the holder is {h})")).unwrap_or_default())]
+    NotLeased {
+        /// The session.
+        address: SessionAddress,
+        /// The epoch the caller presented (the current one).
+        epoch: u64,
+        /// The holder, if the session is leased to another worker.
+        holder: Option<WorkerId>,
+    },
     /// A blob version not above the committed one.
     #[error("session {address}: blob version {version} is not above the committed {committed}")]
     StaleBlobVersion {
@@ -604,38 +614,93 @@ impl Registry {
         epoch: u64,
         version: u64,
     ) -> Result<(), RegistryError> {
-        let version_sql = i64::try_from(version).map_err(|_| RegistryError::StaleBlobVersion {
-            address: address.clone(),
-            version,
-            committed: 0,
-        })?;
+        match self.commit_blob(address, None, epoch, version).await {
+            Ok(_) => Ok(()),
+            // Without a worker to compare, an unleased session at its current epoch is
+            // fenced like a stale epoch.
+            Err(RegistryError::NotLeased { address, epoch, .. }) => Err(RegistryError::Fenced {
+                address,
+                epoch,
+                current: epoch,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Registry::commit_blob_version`] for `worker`, as the `blob_commit` request makes
+    /// it: also refused with [`RegistryError::NotLeased`] when the epoch is current but the
+    /// session is not leased, or not to `worker`. Returns the lease the commit was made
+    /// under.
+    pub async fn commit_blob_version_for(
+        &self,
+        address: &SessionAddress,
+        worker: &WorkerId,
+        epoch: u64,
+        version: u64,
+    ) -> Result<Lease, RegistryError> {
+        self.commit_blob(address, Some(worker), epoch, version)
+            .await
+    }
+
+    /// One transaction with the row locked: the epoch first (stale → `Fenced`), then the
+    /// holder (`NotLeased`), then the version (`StaleBlobVersion`).
+    async fn commit_blob(
+        &self,
+        address: &SessionAddress,
+        worker: Option<&WorkerId>,
+        epoch: u64,
+        version: u64,
+    ) -> Result<Lease, RegistryError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
-                "SELECT epoch, worker_id IS NOT NULL AS leased, blob_version FROM sessions
+                "SELECT worker_id, epoch, lease_expires_at, blob_version FROM sessions
                  WHERE tenant = $1 AND session = $2 FOR UPDATE",
                 &[&address.tenant.as_str(), &address.session.as_str()],
             )
             .await?
             .ok_or_else(|| RegistryError::UnknownSession(address.clone()))?;
         let current = u64_of(&row, "epoch")?;
-        let leased: bool = row.try_get("leased")?;
-        if current != epoch || !leased {
+        if current != epoch {
             return Err(RegistryError::Fenced {
                 address: address.clone(),
                 epoch,
                 current,
             });
         }
-        let committed = u64_of(&row, "blob_version")?;
-        if version <= committed {
-            return Err(RegistryError::StaleBlobVersion {
+        let holder: Option<String> = row.try_get("worker_id")?;
+        let expires_at: Option<SystemTime> = row.try_get("lease_expires_at")?;
+        let holder = holder
+            .map(WorkerId::new)
+            .transpose()
+            .map_err(|e| RegistryError::InvalidRow(format!("worker name: {e}")))?;
+        let lease = match (&holder, expires_at) {
+            (Some(holder), Some(expires_at)) if worker.is_none_or(|w| w == holder) => Lease {
                 address: address.clone(),
-                version,
-                committed,
-            });
-        }
+                worker: holder.clone(),
+                epoch,
+                expires_at,
+            },
+            _ => {
+                return Err(RegistryError::NotLeased {
+                    address: address.clone(),
+                    epoch,
+                    holder,
+                })
+            }
+        };
+        let committed = u64_of(&row, "blob_version")?;
+        let version_sql = match i64::try_from(version) {
+            Ok(v) if version > committed => v,
+            _ => {
+                return Err(RegistryError::StaleBlobVersion {
+                    address: address.clone(),
+                    version,
+                    committed,
+                })
+            }
+        };
         tx.execute(
             "UPDATE sessions SET blob_version = $3, blob_epoch = $4, updated_at = now()
              WHERE tenant = $1 AND session = $2",
@@ -648,7 +713,7 @@ impl Registry {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(lease)
     }
 
     async fn fenced(&self, address: &SessionAddress, epoch: u64) -> RegistryError {

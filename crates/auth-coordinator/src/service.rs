@@ -16,6 +16,7 @@
 //! Messages are handled one at a time, in arrival order, so a repeated command waits for
 //! the first one's outcome.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subscriber};
@@ -33,6 +34,8 @@ use wafleet_bus_schema::{
     decode_reply, decode_sys, encode, Command, CommandBody, ContentType, SessionAddress, SysKind,
     SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
 };
+
+use wafleet_blob::BlobStore;
 
 use crate::leadership::Leadership;
 use crate::registry::{Lease, Registry, RegistryError, StoredReply};
@@ -85,22 +88,33 @@ pub enum ServiceError {
     Leadership(#[from] crate::leadership::LeadershipError),
 }
 
-/// The coordinator: a registry, a NATS connection and the pacing.
+/// The coordinator: a registry, a NATS connection, the pacing, and optionally the blob
+/// store it purges deleted sessions' blobs from.
 #[derive(Clone)]
 pub struct Coordinator {
     registry: Registry,
     nats: async_nats::Client,
     config: CoordinatorConfig,
+    blobs: Option<Arc<dyn BlobStore>>,
 }
 
 impl Coordinator {
-    /// A coordinator on `registry` and `nats`.
+    /// A coordinator on `registry` and `nats`, without a blob store (delete then removes
+    /// only the registry row).
     pub fn new(registry: Registry, nats: async_nats::Client, config: CoordinatorConfig) -> Self {
         Coordinator {
             registry,
             nats,
             config,
+            blobs: None,
         }
+    }
+
+    /// The same coordinator, purging deleted sessions' blobs from `store` (the store the
+    /// workers write to).
+    pub fn with_blob_store(mut self, store: Arc<dyn BlobStore>) -> Self {
+        self.blobs = Some(store);
+        self
     }
 
     /// The registry.
@@ -391,6 +405,34 @@ impl Coordinator {
                 };
                 self.answer(message, &reply).await;
             }
+            SysMessage::BlobCommit(commit) => {
+                let reply = match SessionAddress::new(&commit.tenant, &commit.session) {
+                    Ok(address) => {
+                        let committed = self
+                            .registry
+                            .commit_blob_version_for(
+                                &address,
+                                &worker,
+                                commit.epoch,
+                                commit.version,
+                            )
+                            .await;
+                        match &committed {
+                            Ok(_) => {
+                                tracing::debug!(session = %address, %worker, epoch = commit.epoch,
+                                    version = commit.version, "blob version committed")
+                            }
+                            Err(e) => {
+                                tracing::info!(session = %address, %worker, epoch = commit.epoch,
+                                    version = commit.version, error = %e, "blob commit refused")
+                            }
+                        }
+                        lease_reply(committed)
+                    }
+                    Err(e) => lease_error(ErrorCode::MalformedCommand, e.to_string()),
+                };
+                self.answer(message, &reply).await;
+            }
             SysMessage::LeaseGrant(_) | SysMessage::LeaseRevoke(_) | SysMessage::Command(_) => {
                 tracing::warn!(subject = %message.subject, "coordinator-bound subject carried a coordinator message");
             }
@@ -654,19 +696,90 @@ impl Coordinator {
         Ok(v1::CommandReply::with_session(id, after.to_info()))
     }
 
+    /// Delete: the row goes first (so the epoch dies and the holder's blob commits are
+    /// refused), then the holder is revoked and given the reply timeout to let go, then the
+    /// blob is purged. A failed purge is an `INTERNAL` reply, which is not stored, so the
+    /// backend's retry with the same id runs again: the row is gone by then, and the purge
+    /// is tried again before the retry gets `UNKNOWN_SESSION`.
     async fn delete(
         &self,
         address: &SessionAddress,
         id: &str,
     ) -> Result<v1::CommandReply, RegistryError> {
-        let removed = self.registry.delete_session(address).await?;
+        let removed = match self.registry.delete_session(address).await {
+            Ok(removed) => removed,
+            Err(RegistryError::UnknownSession(gone)) => {
+                // Perhaps an earlier delete removed the row and failed to purge.
+                if let Err(reply) = self.purge_blob(address, id).await {
+                    return Ok(reply);
+                }
+                return Err(RegistryError::UnknownSession(gone));
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(lease) = removed.lease() {
-            self.revoke(&lease, ReasonCode::Requested).await;
+            self.revoke_and_wait(&lease, ReasonCode::Requested).await;
+        }
+        if let Err(reply) = self.purge_blob(address, id).await {
+            return Ok(reply);
         }
         let mut info = removed.to_info();
         info.status = SessionStatus::Stopped as i32;
         info.worker_id.clear();
         Ok(v1::CommandReply::with_session(id, info))
+    }
+
+    /// Removes the session's blob from the blob store, if one is configured. `Err` is the
+    /// `INTERNAL` reply to send.
+    async fn purge_blob(&self, address: &SessionAddress, id: &str) -> Result<(), v1::CommandReply> {
+        let Some(store) = &self.blobs else {
+            tracing::info!(session = %address, "no blob store configured: the session's blob (if any) is not purged");
+            return Ok(());
+        };
+        let failed = |why: String| {
+            tracing::error!(session = %address, error = %why, "purging the session's blob failed");
+            v1::CommandReply::with_error(
+                id,
+                ErrorCode::Internal,
+                format!(
+                    "session {} of tenant {} is removed from the registry, but its blob was not purged: {why}; send delete again to purge it",
+                    address.session, address.tenant
+                ),
+            )
+        };
+        let blob_id = wafleet_blob::SessionId::for_tenant_session(
+            address.tenant.as_str(),
+            address.session.as_str(),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        store
+            .delete(&blob_id)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tracing::info!(session = %address, "session blob purged");
+        Ok(())
+    }
+
+    /// Tells a worker to drop a lease and waits (up to the reply timeout) for its answer,
+    /// so its last blob write is done before the blob is purged. No answer is logged, not
+    /// an error: the session's row is gone, so the worker's commits are refused anyway.
+    async fn revoke_and_wait(&self, lease: &Lease, reason: ReasonCode) {
+        let revoke = internal::LeaseRevoke {
+            tenant: lease.address.tenant.as_str().to_string(),
+            session: lease.address.session.as_str().to_string(),
+            epoch: lease.epoch,
+            reason: reason as i32,
+        };
+        let subject = SysSubject::new(lease.worker.clone(), SysKind::LeaseRevoke);
+        match self.request(subject.to_string(), &revoke).await {
+            Ok(_) => {
+                tracing::debug!(session = %lease.address, worker = %lease.worker, "revoke answered")
+            }
+            Err(e) => {
+                tracing::warn!(session = %lease.address, worker = %lease.worker, error = %e,
+                    "revoke not answered; purging anyway")
+            }
+        }
     }
 
     /// Forwards a command to the session's lease holder and returns its reply.
@@ -828,6 +941,15 @@ fn lease_reply(result: Result<Lease, RegistryError>) -> internal::LeaseReply {
         Err(e @ RegistryError::UnknownSession(_)) => {
             lease_error(ErrorCode::UnknownSession, e.to_string())
         }
+        Err(e @ RegistryError::NotLeased { .. }) => {
+            lease_error(ErrorCode::NotLeased, e.to_string())
+        }
+        Err(RegistryError::StaleBlobVersion {
+            version, committed, ..
+        }) => lease_error(
+            ErrorCode::Conflict,
+            format!("blob version {version} is not above the committed {committed}"),
+        ),
         Err(e) => {
             tracing::error!(error = %e, "lease operation failed");
             lease_error(ErrorCode::Internal, e.to_string())

@@ -22,6 +22,7 @@ async fn serves_commands_and_releases_leadership_on_sigterm() {
     };
     let schema = TestSchema::create(&url).await;
     let nats = NatsServer::start(&bin).await;
+    let blobs = tempfile::tempdir().expect("tempdir");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wafleet-coordinator"))
         .args([
             "--nats-url",
@@ -32,6 +33,8 @@ async fn serves_commands_and_releases_leadership_on_sigterm() {
             &schema.name,
         ])
         .args(["--heartbeat-interval", "0.2", "--lease-ttl", "5"])
+        .args(["--missed-heartbeats", "3", "--worker-reply-timeout", "1"])
+        .arg(format!("--blob-dir={}", blobs.path().display()))
         .kill_on_drop(true)
         .spawn()
         .expect("start wafleet-coordinator");
@@ -86,4 +89,19 @@ async fn serves_commands_and_releases_leadership_on_sigterm() {
         .expect("leadership handed over");
     other.stop().await.expect("stop");
     schema.drop_schema().await;
+}
+
+#[test]
+fn a_bad_flag_exits_2_and_help_exits_0() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wafleet-coordinator"))
+        .args(["--pg-url", "postgres://x", "--missed-heartbeats", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wafleet-coordinator"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--worker-reply-timeout"));
 }

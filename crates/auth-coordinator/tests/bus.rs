@@ -12,6 +12,7 @@ use async_nats::HeaderMap;
 use common::{eventually, nats_server_bin, pg_url, NatsServer, TestSchema};
 use futures_util::StreamExt;
 use wafleet_auth_coordinator::{Coordinator, CoordinatorConfig, Leadership, Registry};
+use wafleet_blob::{BlobStore, FsBlobStore, SaveCondition, StoreError};
 use wafleet_bus_schema::codec::{decode_reply, encode, ContentType};
 use wafleet_bus_schema::internal::v1 as internal;
 use wafleet_bus_schema::time::timestamp;
@@ -35,6 +36,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start() -> Option<Fleet> {
+        Fleet::start_with(None).await
+    }
+
+    /// A fleet whose coordinator purges deleted sessions' blobs from `blobs`.
+    async fn start_with(blobs: Option<Arc<dyn BlobStore>>) -> Option<Fleet> {
         let url = pg_url()?;
         let bin = nats_server_bin()?;
         let schema = TestSchema::create(&url).await;
@@ -47,7 +53,10 @@ impl Fleet {
             worker_reply_timeout: Duration::from_secs(2),
             ..CoordinatorConfig::default()
         };
-        let coordinator = Coordinator::new(registry.clone(), nats.client().await, config);
+        let mut coordinator = Coordinator::new(registry.clone(), nats.client().await, config);
+        if let Some(blobs) = blobs {
+            coordinator = coordinator.with_blob_store(blobs);
+        }
         let leadership =
             Leadership::start(schema.config().pg_config().expect("pg config"), HEARTBEAT);
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -181,7 +190,25 @@ impl TestWorker {
                             if leases.get(&key) == Some(&revoke.epoch) {
                                 leases.remove(&key);
                             }
-                            None
+                            // Answers with the ended grant (the coordinator waits for it
+                            // on delete, before purging the blob).
+                            let reply = internal::LeaseReply {
+                                outcome: Some(internal::lease_reply::Outcome::Lease(
+                                    internal::LeaseGrant {
+                                        tenant: revoke.tenant,
+                                        session: revoke.session,
+                                        epoch: revoke.epoch,
+                                        worker_id: message
+                                            .subject
+                                            .split('.')
+                                            .nth(4)
+                                            .unwrap_or_default()
+                                            .to_string(),
+                                        expires_at: None,
+                                    },
+                                )),
+                            };
+                            Some(encode(&reply, ContentType::Protobuf).expect("encode"))
                         }
                         SysMessage::Command(forwarded) => {
                             let held = leases
@@ -822,5 +849,276 @@ async fn the_holders_events_update_the_registry_and_stale_ones_do_not() {
     let record = fleet.registry.session(&address).await.expect("session");
     assert_eq!(record.status, SessionStatus::Working);
     assert_eq!(record.reason, v1::ReasonCode::Unspecified);
+    fleet.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Blob commits and the purge on delete.
+
+fn lease_error_of(reply: &internal::LeaseReply) -> Option<(ErrorCode, String)> {
+    match &reply.outcome {
+        Some(internal::lease_reply::Outcome::Error(e)) => Some((
+            ErrorCode::try_from(e.code).expect("known code"),
+            e.message.clone(),
+        )),
+        _ => None,
+    }
+}
+
+impl TestWorker {
+    /// Commits a blob version of an acme session at `epoch`.
+    async fn commit(&self, session: &str, epoch: u64, version: u64) -> internal::LeaseReply {
+        let commit = internal::BlobCommit {
+            tenant: "acme".into(),
+            session: session.into(),
+            epoch,
+            worker_id: self.id.as_str().to_string(),
+            version,
+        };
+        self.lease_request(SysKind::BlobCommit, &commit).await
+    }
+}
+
+/// The version a worker writes as save `n` of `epoch`.
+fn version(epoch: u64, n: u64) -> u64 {
+    (epoch << 32) | n
+}
+
+#[tokio::test]
+async fn blob_commits_are_fenced_by_the_lease_epoch_and_the_holder() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let mut first = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "b1").await;
+    let e1 = eventually(WAIT, "the lease", || async { first.epoch_of("b1") }).await;
+    let second = TestWorker::start(&fleet.nats, "worker-1", 10).await;
+
+    // The holder at the current epoch commits, and gets its lease back.
+    let reply = first.commit("b1", e1, version(e1, 1)).await;
+    match &reply.outcome {
+        Some(internal::lease_reply::Outcome::Lease(lease)) => {
+            assert_eq!((lease.epoch, lease.worker_id.as_str()), (e1, "worker-0"));
+            assert_eq!(
+                (lease.tenant.as_str(), lease.session.as_str()),
+                ("acme", "b1")
+            );
+        }
+        other => panic!("commit at the current epoch: {other:?}"),
+    }
+    // The same version again, or a lower one: CONFLICT, naming the committed version.
+    for v in [version(e1, 1), 1] {
+        let (code, message) = lease_error_of(&first.commit("b1", e1, v).await).expect("refused");
+        assert_eq!(code, ErrorCode::Conflict, "{message}");
+        assert!(message.contains(&version(e1, 1).to_string()), "{message}");
+    }
+    assert_eq!(
+        granted_epoch(&first.commit("b1", e1, version(e1, 2)).await),
+        Some(e1)
+    );
+    // Another worker at the current epoch: not its lease.
+    let (code, message) =
+        lease_error_of(&second.commit("b1", e1, version(e1, 3)).await).expect("refused");
+    assert_eq!(code, ErrorCode::NotLeased, "{message}");
+    let (code, _) = lease_error_of(&first.commit("nope", 1, 1).await).expect("unknown session");
+    assert_eq!(code, ErrorCode::UnknownSession);
+
+    // Failover: worker-0 dies, worker-1 gets a higher epoch; worker-0's old epoch is
+    // refused with STALE_EPOCH naming the current epoch, even with a higher version.
+    first.kill();
+    let (_, e2) = eventually(WAIT, "the session to move to worker-1", || async {
+        holder(&fleet, "b1").await.filter(|(w, _)| w == "worker-1")
+    })
+    .await;
+    assert!(e2 > e1);
+    let (code, message) =
+        lease_error_of(&first.commit("b1", e1, version(e1, 3)).await).expect("fenced");
+    assert_eq!(code, ErrorCode::StaleEpoch);
+    assert_eq!(message, format!("epoch {e2} is current"));
+    let (code, _) = lease_error_of(&first.commit("b1", e1, version(e2, 9)).await).expect("fenced");
+    assert_eq!(code, ErrorCode::StaleEpoch);
+    // The new holder's first save of its epoch is above every version of the old one.
+    assert_eq!(
+        granted_epoch(&second.commit("b1", e2, version(e2, 1)).await),
+        Some(e2)
+    );
+    let address = SessionAddress::new("acme", "b1").expect("address");
+    let record = fleet.registry.session(&address).await.expect("session");
+    assert_eq!(
+        (record.blob_version, record.blob_epoch),
+        (version(e2, 1), e2)
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_blob_commits_get_typed_error_replies() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "m1").await;
+    let epoch = eventually(WAIT, "the lease", || async { worker.epoch_of("m1") }).await;
+    let subject = SysSubject::new(worker.id.clone(), SysKind::BlobCommit).to_string();
+    let json = |body: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE_JSON);
+        (headers, body.as_bytes().to_vec())
+    };
+    let cases = [
+        (HeaderMap::new(), b"\xff\xff".to_vec()),
+        json("{not json"),
+        json(
+            r#"{"tenant": "acme", "session": "m1", "epoch": "1", "workerId": "worker-0", "version": "1", "extra": 1}"#,
+        ),
+        // Another worker's id on worker-0's subject.
+        json(&format!(
+            r#"{{"tenant": "acme", "session": "m1", "epoch": "{epoch}", "workerId": "worker-1", "version": "5"}}"#
+        )),
+        // No version.
+        json(&format!(
+            r#"{{"tenant": "acme", "session": "m1", "epoch": "{epoch}", "workerId": "worker-0"}}"#
+        )),
+        // A bad session name.
+        json(&format!(
+            r#"{{"tenant": "acme", "session": "m.1", "epoch": "{epoch}", "workerId": "worker-0", "version": "5"}}"#
+        )),
+    ];
+    for (headers, payload) in cases {
+        let is_json = headers.get(CONTENT_TYPE_HEADER).is_some();
+        let reply = worker
+            .client
+            .request_with_headers(subject.clone(), headers, payload.clone().into())
+            .await
+            .expect("a reply");
+        let content_type = if is_json {
+            ContentType::Json
+        } else {
+            ContentType::Protobuf
+        };
+        let reply: internal::LeaseReply =
+            wafleet_bus_schema::decode(&reply.payload, content_type).expect("LeaseReply");
+        let (code, message) = lease_error_of(&reply)
+            .unwrap_or_else(|| panic!("{:?} was accepted", String::from_utf8_lossy(&payload)));
+        assert_eq!(code, ErrorCode::MalformedCommand, "{message}");
+    }
+    // Nothing was committed.
+    let address = SessionAddress::new("acme", "m1").expect("address");
+    let record = fleet.registry.session(&address).await.expect("session");
+    assert_eq!(record.blob_version, 0);
+    fleet.stop().await;
+}
+
+/// A filesystem store whose deletes fail while `failing` is set.
+#[derive(Debug)]
+struct FlakyStore {
+    inner: FsBlobStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FlakyStore {
+    async fn load(
+        &self,
+        session: &wafleet_blob::SessionId,
+    ) -> Result<Option<wafleet_blob::StoredBlob>, StoreError> {
+        self.inner.load(session).await
+    }
+
+    async fn save(
+        &self,
+        session: &wafleet_blob::SessionId,
+        bytes: Vec<u8>,
+        condition: &SaveCondition,
+    ) -> Result<wafleet_blob::Version, StoreError> {
+        self.inner.save(session, bytes, condition).await
+    }
+
+    async fn delete(&self, session: &wafleet_blob::SessionId) -> Result<(), StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Task("injected failure".into()));
+        }
+        self.inner.delete(session).await
+    }
+}
+
+fn blob_id(session: &str) -> wafleet_blob::SessionId {
+    wafleet_blob::SessionId::for_tenant_session("acme", session).expect("blob id")
+}
+
+#[tokio::test]
+async fn delete_purges_the_blob_and_a_retry_purges_after_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FsBlobStore::new(dir.path()).expect("store");
+    let store = Arc::new(FlakyStore {
+        inner: fs.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let Some(fleet) = Fleet::start_with(Some(store.clone())).await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "del1").await;
+    eventually(WAIT, "the lease", || async { worker.epoch_of("del1") }).await;
+    for session in ["del1", "keep"] {
+        fs.save(
+            &blob_id(session),
+            b"sealed".to_vec(),
+            &SaveCondition::CreateOnly,
+        )
+        .await
+        .expect("save");
+    }
+    assert!(fs.blob_path(&blob_id("del1")).exists());
+
+    let deleted = fleet
+        .command("del1", CommandVerb::Delete, r#"{"commandId": "d1"}"#)
+        .await;
+    assert_eq!(session_of(&deleted).status, SessionStatus::Stopped as i32);
+    assert!(!fs.blob_path(&blob_id("del1")).exists(), "blob purged");
+    assert!(
+        fs.blob_path(&blob_id("keep")).exists(),
+        "another session's blob kept"
+    );
+    assert_eq!(
+        worker.epoch_of("del1"),
+        None,
+        "the holder was revoked first"
+    );
+
+    // A purge that fails: INTERNAL, saying so; the row is gone, the blob stays.
+    create_and_start(&fleet, "del2").await;
+    fs.save(
+        &blob_id("del2"),
+        b"sealed".to_vec(),
+        &SaveCondition::CreateOnly,
+    )
+    .await
+    .expect("save");
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = fleet
+        .command("del2", CommandVerb::Delete, r#"{"commandId": "d2"}"#)
+        .await;
+    assert_eq!(error_code(&failed), Some(ErrorCode::Internal));
+    let message = failed
+        .error()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("not purged"), "{message}");
+    let address = SessionAddress::new("acme", "del2").expect("address");
+    assert!(fleet.registry.session(&address).await.is_err());
+    assert!(fs.blob_path(&blob_id("del2")).exists());
+    // The backend retries with the same id: the row is gone, the purge runs again.
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let retried = fleet
+        .command("del2", CommandVerb::Delete, r#"{"commandId": "d2"}"#)
+        .await;
+    assert!(!retried.replayed);
+    assert_eq!(error_code(&retried), Some(ErrorCode::UnknownSession));
+    assert!(!fs.blob_path(&blob_id("del2")).exists(), "retry purged");
     fleet.stop().await;
 }

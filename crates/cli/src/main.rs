@@ -8,6 +8,8 @@
 //! - `wafleet demo`: the simulator, a QR link, a login, a pairing-code link ([`demo`]).
 //! - `wafleet link`: links one session in the foreground ([`link`]).
 //! - `wafleet sim`: the WhatsApp simulator on loopback ([`sim`]).
+//! - `wafleet coordinator`: the auth-coordinator, with the flags of `wafleet-coordinator`
+//!   (`wafleet_auth_coordinator::cli`); `wafleet coordinator --help` lists them.
 
 use std::process::ExitCode;
 
@@ -37,11 +39,31 @@ enum Command {
     Link(link::LinkArgs),
     /// Run the WhatsApp simulator (server and phones) on loopback until Ctrl-C.
     Sim(sim::SimArgs),
+    /// Run the auth-coordinator (registry, leases, leader election) until SIGTERM;
+    /// `wafleet coordinator --help` lists its flags.
+    #[command(disable_help_flag = true)]
+    Coordinator(CoordinatorArgs),
+}
+
+/// `wafleet coordinator …`: the flags are parsed by the coordinator library, exactly as
+/// `wafleet-coordinator` parses them.
+#[derive(Debug, clap::Args)]
+struct CoordinatorArgs {
+    /// --pg-url URL, --nats-url URL, --heartbeat-interval SECS, … (see --help).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "FLAGS"
+    )]
+    args: Vec<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Coordinator(args) => {
+            return wafleet_auth_coordinator::cli::main_with_args("wafleet coordinator", args.args)
+        }
         Command::Node(command) => node::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Link(args) => link::run(args),
