@@ -675,14 +675,14 @@ impl Registry {
             .map(WorkerId::new)
             .transpose()
             .map_err(|e| RegistryError::InvalidRow(format!("worker name: {e}")))?;
-        let lease = match (&holder, expires_at) {
-            (Some(holder), Some(expires_at)) if worker.is_none_or(|w| w == holder) => Lease {
+        let lease = match (holder, expires_at) {
+            (Some(holder), Some(expires_at)) if worker.is_none_or(|w| *w == holder) => Lease {
                 address: address.clone(),
-                worker: holder.clone(),
+                worker: holder,
                 epoch,
                 expires_at,
             },
-            _ => {
+            (holder, _) => {
                 return Err(RegistryError::NotLeased {
                     address: address.clone(),
                     epoch,
