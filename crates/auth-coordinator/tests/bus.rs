@@ -200,6 +200,7 @@ impl TestWorker {
                                         epoch: revoke.epoch,
                                         worker_id: message
                                             .subject
+                                            .as_str()
                                             .split('.')
                                             .nth(4)
                                             .unwrap_or_default()
