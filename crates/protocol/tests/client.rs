@@ -999,3 +999,141 @@ fn info_broadcasts() {
         ]
     );
 }
+
+fn logout_answer(id: &str, ok: bool) -> Node {
+    let node = Node::new("iq")
+        .attr("from", server())
+        .attr("type", if ok { "result" } else { "error" })
+        .attr("id", id.to_owned());
+    if ok {
+        node
+    } else {
+        node.children([Node::new("error")
+            .attr("code", "500")
+            .attr("text", "internal-server-error")])
+    }
+}
+
+/// A ready session with its post-login traffic drained.
+fn ready_and_quiet(seed: u64) -> (Session, StdRng) {
+    let (mut s, rng) = ready(seed);
+    drain_tx(&mut s);
+    drain_events(&mut s);
+    (s, rng)
+}
+
+#[test]
+fn logout_needs_a_logged_in_session() {
+    let mut rng = rng(30);
+    let identity = DeviceIdentity::generate(&mut rng);
+    let mut fresh = Session::new(identity, SessionConfig::default(), &mut rng);
+    assert_eq!(fresh.logout(), Err(SessionError::NotLoggedIn));
+    let (mut linking, _, _) = linking(31);
+    assert_eq!(linking.logout(), Err(SessionError::NotLoggedIn));
+    // Paired but `success` not received yet (the socket after 515).
+    let (identity, _) = paired(32);
+    let mut waiting = Session::new(identity, SessionConfig::default(), &mut rng);
+    assert_eq!(waiting.logout(), Err(SessionError::NotLoggedIn));
+    for s in [&mut fresh, &mut linking, &mut waiting] {
+        assert!(drain_tx(s).is_empty());
+        assert!(drain_events(s).is_empty());
+        assert!(!s.is_closed());
+    }
+}
+
+#[test]
+fn logout_sends_remove_companion_device_and_the_result_logs_out() {
+    let (mut s, mut rng) = ready_and_quiet(33);
+    s.logout().unwrap();
+    let tx = drain_tx(&mut s);
+    assert_eq!(tx.len(), 1, "{tx:?}");
+    let iq = &tx[0];
+    assert_eq!(iq.tag, "iq");
+    assert_eq!(attr(iq, "xmlns"), "md");
+    assert_eq!(attr(iq, "type"), "set");
+    assert_eq!(iq.attr_jid("to"), Some(&server()));
+    let remove = child(iq, "remove-companion-device");
+    assert_eq!(
+        remove.attr_jid("jid"),
+        Some(&Jid::parse("15551234567:7@s.whatsapp.net").unwrap())
+    );
+    assert_eq!(attr(remove, "reason"), "user_initiated");
+    // One logout per connection at a time.
+    assert_eq!(s.logout(), Err(SessionError::LogoutPending));
+    assert!(drain_tx(&mut s).is_empty());
+    // A result for another id changes nothing.
+    s.handle_node(logout_answer("other", true), T0, &mut rng);
+    assert!(drain_events(&mut s).is_empty());
+    let id = attr(iq, "id").to_owned();
+    s.handle_node(logout_answer(&id, true), T0 + 100, &mut rng);
+    assert_eq!(
+        drain_events(&mut s),
+        vec![
+            Event::LoggedOut,
+            Event::Disconnected(DisconnectReason::LoggedOut)
+        ]
+    );
+    assert!(s.is_closed());
+    assert_eq!(s.poll_timeout(), None);
+    // The server's later device_removed is not reported twice.
+    s.handle_node(
+        Node::new("stream:error")
+            .attr("code", "401")
+            .children([Node::new("conflict").attr("type", "device_removed")]),
+        T0 + 200,
+        &mut rng,
+    );
+    assert!(drain_events(&mut s).is_empty());
+}
+
+#[test]
+fn a_refused_logout_keeps_the_session_logged_in() {
+    let (mut s, mut rng) = ready_and_quiet(34);
+    s.logout().unwrap();
+    let id = attr(&drain_tx(&mut s)[0], "id").to_owned();
+    s.handle_node(logout_answer(&id, false), T0, &mut rng);
+    assert_eq!(
+        drain_events(&mut s),
+        vec![Event::LogoutFailed {
+            reason: "500 internal-server-error".into()
+        }]
+    );
+    assert!(!s.is_closed());
+    // It may be tried again.
+    s.logout().unwrap();
+    assert_eq!(drain_tx(&mut s).len(), 1);
+}
+
+#[test]
+fn device_removed_while_a_logout_is_pending_counts_as_logged_out() {
+    let (mut s, mut rng) = ready_and_quiet(35);
+    s.logout().unwrap();
+    drain_tx(&mut s);
+    s.handle_node(
+        Node::new("stream:error")
+            .attr("code", "401")
+            .children([Node::new("conflict").attr("type", "device_removed")]),
+        T0,
+        &mut rng,
+    );
+    assert_eq!(
+        drain_events(&mut s),
+        vec![
+            Event::LoggedOut,
+            Event::Disconnected(DisconnectReason::LoggedOut)
+        ]
+    );
+    // Without a pending logout, an unlink is only a disconnect.
+    let (mut other, mut rng) = ready_and_quiet(36);
+    other.handle_node(
+        Node::new("stream:error")
+            .attr("code", "401")
+            .children([Node::new("conflict").attr("type", "device_removed")]),
+        T0,
+        &mut rng,
+    );
+    assert_eq!(
+        drain_events(&mut other),
+        vec![Event::Disconnected(DisconnectReason::LoggedOut)]
+    );
+}

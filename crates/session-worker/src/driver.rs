@@ -12,6 +12,15 @@
 //! `replaced`, logged out, QR exhaustion and the account failures end the driver with a
 //! [`DriverEvent::Failed`]; everything else (network loss, EOF, a stalled handshake, 503,
 //! stream errors) reconnects after a jittered exponential [`Backoff`].
+//!
+//! A running driver is controlled through [`SessionDriver::control`]: a cloneable
+//! [`DriverControl`] whose commands go over a channel into the connection loop (and get
+//! their answers over a oneshot). [`DriverControl::request_pairing_code`] asks for a
+//! pairing code on the socket that shows QR codes now; [`DriverControl::logout`] sends the
+//! companion's `remove-companion-device`, waits for the server's answer (at most
+//! [`LOGOUT_TIMEOUT`]), marks the store logged out and ends the driver with `logged_out`.
+//! Commands are handled between the loop's other steps, so the ordering above (persist,
+//! then send) holds for them too.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +30,7 @@ use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Request};
@@ -31,7 +40,9 @@ use tracing::{debug, info, warn};
 use wafleet_protocol::adv::AdvError;
 use wafleet_protocol::binary::{decode, encode};
 use wafleet_protocol::cert::RootKey;
-use wafleet_protocol::client::{DeviceIdentity, DisconnectReason, Event, Session, SessionConfig};
+use wafleet_protocol::client::{
+    DeviceIdentity, DisconnectReason, Event, PairingCodeError, Session, SessionConfig, SessionError,
+};
 use wafleet_protocol::noise::{ClientConfig, ClientConnection, ClientEvent};
 use wafleet_protocol::pairing_code::{PhoneNumber, PhoneNumberError};
 
@@ -48,6 +59,12 @@ const MAX_IMMEDIATE_RESTARTS: u32 = 3;
 /// Linking sockets that may end without a scan (network loss while a QR is shown) before
 /// the driver gives up with `qr_exhausted`.
 const MAX_QR_SOCKETS: u32 = 3;
+
+/// How long [`DriverControl::logout`] waits for the server's answer to the logout.
+pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Commands queued for the connection loop before it takes them.
+const COMMAND_QUEUE: usize = 16;
 
 /// The `Origin` header WhatsApp Web sends.
 pub const ORIGIN: &str = "https://web.whatsapp.com";
@@ -150,7 +167,120 @@ pub enum DriverExit {
 pub struct SessionDriver {
     events: mpsc::UnboundedReceiver<DriverEvent>,
     stop: watch::Sender<bool>,
+    commands: mpsc::Sender<Command>,
     task: JoinHandle<DriverExit>,
+}
+
+/// A pairing code issued on the driver's current linking socket
+/// ([`DriverControl::request_pairing_code`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingCodeIssued {
+    /// The code, `XXXX-XXXX`.
+    pub code: Secret,
+    /// When it stops being valid (unix ms; the end of the QR socket).
+    pub expires_at: u64,
+}
+
+/// Why a [`DriverControl`] command was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The phone number is not E.164 digits (checked before anything is sent).
+    #[error("invalid phone number: {0}")]
+    InvalidPhone(#[from] PhoneNumberError),
+    /// The driver is not showing QR codes on a linking socket now: already paired or
+    /// logged in, or between connections.
+    #[error("not linking: a pairing code needs a socket that shows QR codes")]
+    NotLinking,
+    /// A pairing code was already issued on this socket for a different phone number.
+    #[error("a pairing code for another phone number was already issued on this socket")]
+    PairingCodeForOtherPhone,
+    /// The pairing-code request failed (refused by the server); QR linking goes on.
+    #[error("pairing code failed: {0}")]
+    PairingCodeFailed(String),
+    /// Logout needs a linked device; this one is still linking.
+    #[error("not logged in: the device is not linked")]
+    NotLoggedIn,
+    /// The device is linked but not logged in on a live connection now (connecting or
+    /// reconnecting); try again.
+    #[error("not connected: the linked device is not logged in on a live connection now")]
+    NotConnected,
+    /// The server refused the logout; the session stays logged in.
+    #[error("logout refused by the server: {0}")]
+    LogoutFailed(String),
+    /// The server did not answer the logout within [`LOGOUT_TIMEOUT`]. The session stays
+    /// up; a late confirmation still logs out and ends the driver.
+    #[error("no answer to the logout within {}s", LOGOUT_TIMEOUT.as_secs())]
+    Timeout,
+    /// The connection ended before the answer came.
+    #[error("the connection ended before the server answered")]
+    ConnectionLost,
+    /// The server removed the device, but marking the store logged out failed. The driver
+    /// ends with `logged_out` all the same.
+    #[error("logged out, but the store could not be marked: {0}")]
+    Storage(String),
+    /// The driver has ended.
+    #[error("the driver has ended")]
+    Ended,
+}
+
+/// A command for the connection loop, with the channel for its answer.
+enum Command {
+    PairingCode {
+        phone: PhoneNumber,
+        reply: oneshot::Sender<Result<PairingCodeIssued, ControlError>>,
+    },
+    Logout {
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+}
+
+/// Controls a running [`SessionDriver`] from elsewhere (e.g. bus commands); cheap to clone.
+/// Every command fails with [`ControlError::Ended`] once the driver ended.
+#[derive(Clone)]
+pub struct DriverControl {
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for DriverControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverControl")
+            .field("ended", &self.commands.is_closed())
+            .finish()
+    }
+}
+
+impl DriverControl {
+    /// Asks for a pairing code for `phone` (E.164, `+` and separators allowed) on the
+    /// socket that shows QR codes now. The code is also reported as
+    /// [`DriverEvent::PairingCode`]. Asking again on the same socket for the same number
+    /// returns the same code; for another number it is
+    /// [`ControlError::PairingCodeForOtherPhone`].
+    pub async fn request_pairing_code(
+        &self,
+        phone: &str,
+    ) -> Result<PairingCodeIssued, ControlError> {
+        let phone = PhoneNumber::parse(phone)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PairingCode { phone, reply }).await?;
+        answer.await.map_err(|_| ControlError::Ended)?
+    }
+
+    /// Logs the device out: sends `remove-companion-device`, waits for the server's answer
+    /// (at most [`LOGOUT_TIMEOUT`]), marks the store logged out and ends the driver with
+    /// [`DriverEvent::Failed`] `logged_out` (no reconnect). Returns once the store is
+    /// marked. [`ControlError::NotLoggedIn`] while still linking.
+    pub async fn logout(&self) -> Result<(), ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Logout { reply }).await?;
+        answer.await.map_err(|_| ControlError::Ended)?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), ControlError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| ControlError::Ended)
+    }
 }
 
 impl SessionDriver {
@@ -180,6 +310,7 @@ impl SessionDriver {
         };
         let (event_tx, events) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let runner = Runner {
             config,
             store,
@@ -190,13 +321,28 @@ impl SessionDriver {
             rng,
             events: event_tx,
             stop: stop_rx,
+            commands: command_rx,
             routing_info: None,
             healthy: false,
             qr_remaining: None,
             after_send: Vec::new(),
+            link_code: None,
+            logout: None,
         };
         let task = tokio::spawn(runner.run());
-        Ok(SessionDriver { events, stop, task })
+        Ok(SessionDriver {
+            events,
+            stop,
+            commands,
+            task,
+        })
+    }
+
+    /// A handle that controls this driver while it runs (pairing code, logout).
+    pub fn control(&self) -> DriverControl {
+        DriverControl {
+            commands: self.commands.clone(),
+        }
     }
 
     /// The next event; `None` once the driver ended and every event was taken.
@@ -289,6 +435,37 @@ enum Outcome {
         reason: &'static str,
         detail: String,
     },
+    /// The server confirmed our logout: stop with `logged_out`.
+    LoggedOut { detail: String },
+}
+
+/// The pairing-code request of the current connection.
+struct LinkCodeState {
+    /// The number's digits.
+    phone: String,
+    /// The code, once the session made it.
+    issued: Option<PairingCodeIssued>,
+    /// Why the request failed, if it did.
+    failed: Option<String>,
+    /// Control callers waiting for the code.
+    waiters: Vec<oneshot::Sender<Result<PairingCodeIssued, ControlError>>>,
+}
+
+/// A logout sent on the current connection and not answered yet.
+struct LogoutState {
+    /// When the waiters get [`ControlError::Timeout`] (`None`: nobody waits).
+    deadline: Option<tokio::time::Instant>,
+    waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
+}
+
+impl LogoutState {
+    fn answer(&mut self, result: Result<(), ControlError>) {
+        self.deadline = None;
+        for waiter in self.waiters.drain(..) {
+            // A caller that gave up waiting is no longer interested.
+            let _ = waiter.send(result.clone());
+        }
+    }
 }
 
 struct Runner {
@@ -301,6 +478,7 @@ struct Runner {
     rng: StdRng,
     events: mpsc::UnboundedSender<DriverEvent>,
     stop: watch::Receiver<bool>,
+    commands: mpsc::Receiver<Command>,
     /// Edge routing info from the last connection, sent in the next pre-intro.
     routing_info: Option<Vec<u8>>,
     /// Whether the current connection got as far as a QR or a login.
@@ -311,6 +489,10 @@ struct Runner {
     /// Events to report once the nodes queued with them are on the wire (a pairing code
     /// after its `companion_hello`, the prekey upload).
     after_send: Vec<DriverEvent>,
+    /// The pairing-code request of this connection, if any.
+    link_code: Option<LinkCodeState>,
+    /// The logout of this connection awaiting the server, if any.
+    logout: Option<LogoutState>,
 }
 
 impl Runner {
@@ -347,6 +529,8 @@ impl Runner {
             self.healthy = false;
             self.qr_remaining = None;
             self.after_send.clear();
+            self.link_code = None;
+            self.logout = None;
             let outcome = match self.connection().await {
                 // The server closed the socket while the last QR was up: the refs ran out
                 // on its clock before ours.
@@ -390,6 +574,13 @@ impl Runner {
                     format!("{restarts} restarts in a row without a session"),
                 ),
                 Outcome::Fatal { reason, detail } => return self.fail(reason, detail),
+                Outcome::LoggedOut { detail } => {
+                    self.emit(DriverEvent::Disconnected {
+                        reason: "logged_out".into(),
+                        will_reconnect: false,
+                    });
+                    return self.fail("logged_out", detail);
+                }
                 Outcome::Closed(reason) if !reason.should_reconnect() => {
                     let code = reason_code(&reason);
                     self.emit(DriverEvent::Disconnected {
@@ -417,9 +608,146 @@ impl Runner {
             let delay = self.config.backoff.delay(failures - 1, &mut self.rng);
             info!(session = %self.config.label, reason, %detail, ?delay, "connection lost, reconnecting");
             let mut stop = self.stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stopped(&mut stop) => return DriverExit::Stopped,
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = stopped(&mut stop) => return DriverExit::Stopped,
+                    Some(command) = self.commands.recv() => self.refuse_offline(command),
+                }
+            }
+        }
+    }
+
+    /// Answers a command that arrived between connections.
+    fn refuse_offline(&self, command: Command) {
+        match command {
+            Command::PairingCode { reply, .. } => {
+                let _ = reply.send(Err(ControlError::NotLinking));
+            }
+            Command::Logout { reply } => {
+                let _ = reply.send(Err(self.not_logged_in()));
+            }
+        }
+    }
+
+    /// Why a logout cannot be sent now.
+    fn not_logged_in(&self) -> ControlError {
+        if self.stored.identity.is_paired() {
+            ControlError::NotConnected
+        } else {
+            ControlError::NotLoggedIn
+        }
+    }
+
+    /// A control command on a live connection. What it queues on the session is sent by
+    /// the next [`Runner::pump`], after the session's pending events.
+    fn on_command(&mut self, command: Command, session: &mut Session) {
+        match command {
+            Command::PairingCode { phone, reply } => {
+                if let Some(answer) = self.pairing_code(phone, session) {
+                    let _ = reply.send(answer);
+                } else if let Some(link) = &mut self.link_code {
+                    link.waiters.push(reply);
+                }
+            }
+            Command::Logout { reply } => match session.logout() {
+                Ok(()) | Err(SessionError::LogoutPending) => {
+                    info!(session = %self.config.label, "logout requested");
+                    let logout = self.logout.get_or_insert_with(|| LogoutState {
+                        deadline: None,
+                        waiters: Vec::new(),
+                    });
+                    if logout.deadline.is_none() {
+                        logout.deadline = Some(tokio::time::Instant::now() + LOGOUT_TIMEOUT);
+                    }
+                    logout.waiters.push(reply);
+                }
+                Err(_) => {
+                    let _ = reply.send(Err(self.not_logged_in()));
+                }
+            },
+        }
+    }
+
+    /// The answer to a pairing-code command, or `None` if the code is on its way (the
+    /// caller then waits in [`LinkCodeState::waiters`]).
+    fn pairing_code(
+        &mut self,
+        phone: PhoneNumber,
+        session: &mut Session,
+    ) -> Option<Result<PairingCodeIssued, ControlError>> {
+        if self.qr_remaining.is_none() {
+            return Some(Err(ControlError::NotLinking));
+        }
+        if let Some(link) = &self.link_code {
+            return if link.phone != phone.digits() {
+                Some(Err(ControlError::PairingCodeForOtherPhone))
+            } else if let Some(reason) = &link.failed {
+                Some(Err(ControlError::PairingCodeFailed(reason.clone())))
+            } else {
+                // The same code again; `None` while it is still being made.
+                link.issued.clone().map(Ok)
+            };
+        }
+        match request_code(session, &phone, &mut self.rng) {
+            Ok(()) => {
+                self.link_code = Some(LinkCodeState {
+                    phone: phone.digits().to_owned(),
+                    issued: None,
+                    failed: None,
+                    waiters: Vec::new(),
+                });
+                None
+            }
+            Err(SessionError::PairingCode(PairingCodeError::NotLinking)) => {
+                Some(Err(ControlError::NotLinking))
+            }
+            Err(e) => Some(Err(ControlError::PairingCodeFailed(e.to_string()))),
+        }
+    }
+
+    /// Gives the waiting pairing-code callers their answer, once there is one.
+    fn answer_code_waiters(&mut self) {
+        let Some(link) = &mut self.link_code else {
+            return;
+        };
+        let answer = match (&link.issued, &link.failed) {
+            (_, Some(reason)) => Err(ControlError::PairingCodeFailed(reason.clone())),
+            (Some(issued), None) => Ok(issued.clone()),
+            (None, None) => return,
+        };
+        for waiter in link.waiters.drain(..) {
+            let _ = waiter.send(answer.clone());
+        }
+    }
+
+    /// The connection ended: callers still waiting on it get [`ControlError::ConnectionLost`].
+    fn connection_ended(&mut self) {
+        if let Some(link) = &mut self.link_code {
+            for waiter in link.waiters.drain(..) {
+                let _ = waiter.send(Err(ControlError::ConnectionLost));
+            }
+        }
+        if let Some(logout) = &mut self.logout {
+            logout.answer(Err(ControlError::ConnectionLost));
+        }
+    }
+
+    /// When the logout waiters time out, if anyone waits.
+    fn logout_deadline(&self) -> Option<tokio::time::Instant> {
+        self.logout.as_ref().and_then(|l| l.deadline)
+    }
+
+    fn check_logout_deadline(&mut self) {
+        if let Some(logout) = &mut self.logout {
+            if logout
+                .deadline
+                .is_some_and(|d| d <= tokio::time::Instant::now())
+            {
+                warn!(session = %self.config.label, "logout unanswered");
+                logout.answer(Err(ControlError::Timeout));
             }
         }
     }
@@ -442,25 +770,31 @@ impl Runner {
                 }
             }
         };
-        let mut pairing_requested = false;
         let outcome = 'run: {
             self.handle_frames(&mut session, first);
             loop {
-                if let Some(outcome) = self
-                    .pump(&mut ws, &mut conn, &mut session, &mut pairing_requested)
-                    .await
-                {
+                if let Some(outcome) = self.pump(&mut ws, &mut conn, &mut session).await {
                     break 'run outcome;
                 }
+                let logout_left = self
+                    .logout_deadline()
+                    .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
                 let sleep = session
                     .poll_timeout()
-                    .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())));
+                    .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())))
+                    .into_iter()
+                    .chain(logout_left)
+                    .min();
                 tokio::select! {
                     _ = stopped(&mut stop) => {
                         let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                         return Outcome::Stopped;
                     }
-                    _ = sleep_for(sleep) => session.handle_timeout(unix_ms(), &mut self.rng),
+                    Some(command) = self.commands.recv() => self.on_command(command, &mut session),
+                    _ = sleep_for(sleep) => {
+                        session.handle_timeout(unix_ms(), &mut self.rng);
+                        self.check_logout_deadline();
+                    }
                     message = ws.next() => match message {
                         Some(Ok(Message::Binary(bytes))) => {
                             if let Err(e) = conn.receive(&bytes) {
@@ -481,6 +815,7 @@ impl Runner {
                 }
             }
         };
+        self.connection_ended();
         let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
         outcome
     }
@@ -585,14 +920,13 @@ impl Runner {
         ws: &mut Ws,
         conn: &mut ClientConnection,
         session: &mut Session,
-        pairing_requested: &mut bool,
     ) -> Option<Outcome> {
         loop {
             let mut progressed = false;
             let mut end = None;
             while let Some(event) = session.poll_event() {
                 progressed = true;
-                match self.on_event(event, session, pairing_requested).await {
+                match self.on_event(event, session).await {
                     Ok(None) => {}
                     Ok(Some(outcome)) => {
                         end = Some(outcome);
@@ -636,6 +970,7 @@ impl Runner {
             for event in std::mem::take(&mut self.after_send) {
                 self.emit(event);
             }
+            self.answer_code_waiters();
             if end.is_some() {
                 return end;
             }
@@ -667,7 +1002,6 @@ impl Runner {
         &mut self,
         event: Event,
         session: &mut Session,
-        pairing_requested: &mut bool,
     ) -> Result<Option<Outcome>, Outcome> {
         match event {
             Event::Qr {
@@ -685,35 +1019,40 @@ impl Runner {
                     seq,
                     remaining,
                 });
-                if let (Some(phone), false) = (&self.phone, *pairing_requested) {
-                    *pairing_requested = true;
-                    // The code's key derivation (PBKDF2, 131,072 rounds) is CPU work: keep it
-                    // off the runtime's other tasks where the runtime allows.
-                    let rng = &mut self.rng;
-                    let mut request = || session.request_pairing_code(phone, unix_ms(), rng);
-                    let result = match tokio::runtime::Handle::current().runtime_flavor() {
-                        tokio::runtime::RuntimeFlavor::MultiThread => {
-                            tokio::task::block_in_place(request)
-                        }
-                        _ => request(),
-                    };
-                    if let Err(e) = result {
-                        self.emit(DriverEvent::PairingCodeFailed {
-                            reason: e.to_string(),
-                        });
+                let phone = self.phone.as_ref().filter(|_| self.link_code.is_none());
+                if let Some(phone) = phone {
+                    let result = request_code(session, phone, &mut self.rng);
+                    let failed = result.as_ref().err().map(ToString::to_string);
+                    self.link_code = Some(LinkCodeState {
+                        phone: phone.digits().to_owned(),
+                        issued: None,
+                        failed: failed.clone(),
+                        waiters: Vec::new(),
+                    });
+                    if let Some(reason) = failed {
+                        self.emit(DriverEvent::PairingCodeFailed { reason });
                     }
                 }
             }
             Event::PairingCode { code, expires_at } => {
                 debug!(session = %self.config.label, "pairing code");
-                // Shown once the request carrying it has been sent (see `pump`).
-                self.after_send.push(DriverEvent::PairingCode {
-                    code: Secret::new(code.into_string()),
-                    expires_at,
-                });
+                let code = Secret::new(code.into_string());
+                if let Some(link) = &mut self.link_code {
+                    link.issued = Some(PairingCodeIssued {
+                        code: code.clone(),
+                        expires_at,
+                    });
+                }
+                // Shown (and given to control callers) once the request carrying it has
+                // been sent (see `pump`).
+                self.after_send
+                    .push(DriverEvent::PairingCode { code, expires_at });
             }
             Event::PairingCodeFailed { reason } => {
                 warn!(session = %self.config.label, %reason, "pairing code failed");
+                if let Some(link) = &mut self.link_code {
+                    link.failed = Some(reason.clone());
+                }
                 self.emit(DriverEvent::PairingCodeFailed { reason });
             }
             Event::Paired {
@@ -765,9 +1104,53 @@ impl Runner {
             Event::OfflineDelivered { count } => {
                 debug!(session = %self.config.label, count, "offline queue delivered")
             }
+            Event::LoggedOut => {
+                info!(session = %self.config.label, "logged out on request");
+                let store = Arc::clone(&self.store);
+                let marked = tokio::task::spawn_blocking(move || store.mark_logged_out()).await;
+                let result = match marked {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("mark task failed: {e}")),
+                };
+                let detail = match &result {
+                    Ok(()) => "the device was logged out on request".to_owned(),
+                    Err(e) => {
+                        warn!(session = %self.config.label, error = %e, "cannot mark the store logged out");
+                        format!(
+                            "the device was logged out on request; marking the store failed: {e}"
+                        )
+                    }
+                };
+                let answer = result.map_err(ControlError::Storage);
+                if let Some(logout) = &mut self.logout {
+                    logout.answer(answer);
+                }
+                return Ok(Some(Outcome::LoggedOut { detail }));
+            }
+            Event::LogoutFailed { reason } => {
+                warn!(session = %self.config.label, %reason, "logout refused");
+                if let Some(mut logout) = self.logout.take() {
+                    logout.answer(Err(ControlError::LogoutFailed(reason)));
+                }
+            }
             Event::Disconnected(reason) => return Ok(Some(Outcome::Closed(reason))),
         }
         Ok(None)
+    }
+}
+
+/// Requests a pairing code on `session`. The code's key derivation (PBKDF2, 131,072
+/// rounds) is CPU work: it is kept off the runtime's other tasks where the runtime allows.
+fn request_code(
+    session: &mut Session,
+    phone: &PhoneNumber,
+    rng: &mut StdRng,
+) -> Result<(), SessionError> {
+    let mut request = || session.request_pairing_code(phone, unix_ms(), rng);
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(request),
+        _ => request(),
     }
 }
 

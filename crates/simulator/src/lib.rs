@@ -3,7 +3,8 @@
 //! No WhatsApp server is reachable from where wafleet is built, so this crate plays one: a
 //! WebSocket endpoint (`/ws/chat`) speaking the wire protocol as the Noise responder with
 //! its own certificate chain, registration (QR refs) and login, prekeys, keepalive,
-//! `replaced` and `device_removed` stream errors; and phones that link companions by QR or
+//! `replaced` and `device_removed` stream errors, a companion's own logout
+//! (`remove-companion-device`); and phones that link companions by QR or
 //! pairing code with the real cryptography, verifying each companion's device signature.
 //!
 //! Structure (as tokio's mini-redis):
@@ -407,6 +408,18 @@ impl Simulator {
             .lock()
             .unlink(&device.to_string())
             .map(|_| ())
+    }
+
+    /// The devices linked to a phone now (its "linked devices" list), sorted. A device
+    /// leaves it when the phone unlinks it or the companion logs out.
+    pub fn linked_devices(&self, phone_digits: &str) -> Vec<Jid> {
+        self.inner
+            .shared
+            .lock()
+            .devices_of(phone_digits)
+            .iter()
+            .filter_map(|jid| jid.parse().ok())
+            .collect()
     }
 
     /// Sets how `phone_digits` signs the device identities it issues.

@@ -386,11 +386,36 @@ impl State {
 
     /// Unlinks `device`: `401 device_removed` to its live sockets, and later logins fail.
     pub fn unlink(&mut self, device: &str) -> Result<usize, SimError> {
+        self.remove_device(device, None)
+    }
+
+    /// The device JIDs linked to `phone` (the phone's "linked devices" list), sorted.
+    pub fn devices_of(&self, phone: &str) -> Vec<String> {
+        let mut jids: Vec<String> = self
+            .devices
+            .keys()
+            .filter(|jid| {
+                jid.parse::<Jid>()
+                    .is_ok_and(|j| j.user == phone && j.server == Server::WhatsApp)
+            })
+            .cloned()
+            .collect();
+        jids.sort();
+        jids
+    }
+
+    /// Forgets `device` and ends its live sockets but `except` with `401 device_removed`
+    /// (the caller ends `except` itself); returns how many sockets were ended.
+    fn remove_device(&mut self, device: &str, except: Option<SocketId>) -> Result<usize, SimError> {
         if self.devices.remove(device).is_none() {
             return Err(SimError::UnknownDevice(device.to_owned()));
         }
         self.counters.prekey_uploads.remove(device);
-        let ids = self.sockets_of(device);
+        let ids: Vec<SocketId> = self
+            .sockets_of(device)
+            .into_iter()
+            .filter(|id| Some(*id) != except)
+            .collect();
         for id in &ids {
             let error = Node::new("stream:error")
                 .attr("code", "401")
@@ -587,6 +612,9 @@ impl State {
             ("md", "set") if node.child_by_tag("link_code_companion_reg").is_some() => {
                 self.link_code_stage(id, &node)
             }
+            ("md", "set") if node.child_by_tag("remove-companion-device").is_some() => {
+                self.remove_companion(id, &node)
+            }
             _ => {
                 debug!(socket = id, xmlns = %xmlns, "iq answered with an empty result");
                 vec![Outbound::Node(result_for(&node))]
@@ -691,6 +719,36 @@ impl State {
             .or_insert(0) += 1;
         info!(%device, received, stored = record.prekeys.len(), "prekeys uploaded");
         vec![Outbound::Node(result_for(node))]
+    }
+
+    /// `<remove-companion-device jid reason>` from a logged-in companion (its logout): the
+    /// device is removed as a phone-side unlink removes it (its other sockets get `401
+    /// device_removed`, later logins fail 401), and this socket gets the result iq and is
+    /// closed. A companion may only remove itself.
+    fn remove_companion(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
+        let Some(device) = self.device_of(id) else {
+            return vec![Outbound::Node(error_for(node, 401, "not-authorized"))];
+        };
+        let target =
+            node.child_by_tag("remove-companion-device")
+                .and_then(|r| match r.get_attr("jid")? {
+                    AttrValue::Jid(j) => Some(j.to_string()),
+                    AttrValue::Str(s) => s.parse::<Jid>().ok().map(|j| j.to_string()),
+                });
+        let Some(target) = target else {
+            return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
+        };
+        if target != device {
+            warn!(socket = id, %device, %target, "companion tried to remove another device: 403");
+            return vec![Outbound::Node(error_for(node, 403, "forbidden"))];
+        }
+        if self.remove_device(&device, Some(id)).is_err() {
+            return vec![Outbound::Node(error_for(node, 404, "item-not-found"))];
+        }
+        // Out of the live set now; the connection task closes it after the result.
+        self.socket_closed(id);
+        info!(%device, socket = id, "companion logged out");
+        vec![Outbound::Close(Some(result_for(node)))]
     }
 
     fn link_code_stage(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
@@ -1027,6 +1085,86 @@ mod tests {
         );
         let out = state.on_client_payload(id, &payload(&p), Instant::now());
         assert_eq!(node_of(&out).attr_str("reason"), Some("401"));
+    }
+
+    fn remove_companion(jid: &str) -> Node {
+        Node::new("iq")
+            .attr("id", "rm1")
+            .attr("xmlns", "md")
+            .attr("type", "set")
+            .children([Node::new("remove-companion-device")
+                .attr("jid", jid.parse::<Jid>().expect("jid"))
+                .attr("reason", "user_initiated")])
+    }
+
+    #[test]
+    fn companion_logout_removes_the_device_like_an_unlink() {
+        let mut state = State::new(policy());
+        let jid = linked(&mut state);
+        let (id, _rx) = login(&mut state);
+        state.counters.prekey_uploads.insert(jid.clone(), 1);
+        assert_eq!(state.devices_of("15551234567"), vec![jid.clone()]);
+        assert_eq!(state.counters().live_sockets.get(&jid), Some(&1));
+
+        // Another device's JID is refused and changes nothing.
+        let out = state.on_node(id, remove_companion("15551234567:9@s.whatsapp.net"));
+        assert_eq!(node_of(&out).attr_str("type"), Some("error"));
+        assert_eq!(
+            node_of(&out)
+                .child_by_tag("error")
+                .and_then(|e| e.attr_str("code")),
+            Some("403")
+        );
+        assert_eq!(state.devices_of("15551234567"), vec![jid.clone()]);
+
+        let out = state.on_node(id, remove_companion(&jid));
+        match &out[..] {
+            [Outbound::Close(Some(n))] => {
+                assert_eq!(n.attr_str("type"), Some("result"));
+                assert_eq!(n.attr_str("id"), Some("rm1"));
+            }
+            other => panic!("expected the result and a close, got {other:?}"),
+        }
+        assert!(state.devices_of("15551234567").is_empty());
+        assert!(!state.sockets.contains_key(&id));
+        let c = state.counters();
+        assert!(c.live_sockets.is_empty(), "{c:?}");
+        assert!(c.prekey_uploads.is_empty());
+        assert!(c.prekeys_stored.is_empty());
+        assert_eq!(c.replaced_sent, 0);
+        // Later logins with that identity fail 401.
+        let (again, _rx) = socket(&mut state);
+        let p = with_version(
+            ClientPayload {
+                username: Some(15551234567),
+                device: Some(1),
+                ..Default::default()
+            },
+            [2, 3000, 1],
+        );
+        let out = state.on_client_payload(again, &payload(&p), Instant::now());
+        assert_eq!(node_of(&out).attr_str("reason"), Some("401"));
+        assert!(matches!(
+            state.unlink(&jid),
+            Err(SimError::UnknownDevice(_))
+        ));
+    }
+
+    #[test]
+    fn remove_companion_device_needs_a_logged_in_socket() {
+        let mut state = State::new(policy());
+        let jid = linked(&mut state);
+        let (id, _rx) = socket(&mut state);
+        state.on_client_payload(id, &payload(&registration_payload()), Instant::now());
+        let out = state.on_node(id, remove_companion(&jid));
+        assert_eq!(
+            node_of(&out)
+                .child_by_tag("error")
+                .and_then(|e| e.attr_str("code")),
+            Some("401")
+        );
+        assert_eq!(state.devices_of("15551234567"), vec![jid]);
+        assert!(state.sockets.contains_key(&id));
     }
 
     #[test]

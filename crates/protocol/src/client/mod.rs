@@ -14,6 +14,9 @@
 //! [`Session::handle_timeout`]; drain [`Session::poll_transmit`] (encode, encrypt, send) and
 //! [`Session::poll_event`]. On [`Event::Restart`] reconnect at once; on
 //! [`Event::Disconnected`] reconnect only if [`DisconnectReason::should_reconnect`].
+//!
+//! A logged-in session logs out with [`Session::logout`] (`remove-companion-device`); the
+//! server's answer comes back as [`Event::LoggedOut`] or [`Event::LogoutFailed`].
 
 pub mod identity;
 pub mod pairing;

@@ -154,6 +154,15 @@ pub enum Event {
         /// The `count` attribute.
         count: u32,
     },
+    /// The server confirmed [`Session::logout`]: this device is unlinked from the account.
+    /// Mark the stored identity logged out (never log in with it again).
+    /// [`Event::Disconnected`] with [`DisconnectReason::LoggedOut`] follows at once.
+    LoggedOut,
+    /// The server refused [`Session::logout`] (an error iq); the session stays logged in.
+    LogoutFailed {
+        /// The server's error code and text.
+        reason: String,
+    },
     /// The connection is over. Terminal; see [`DisconnectReason::should_reconnect`].
     Disconnected(DisconnectReason),
 }
@@ -180,6 +189,7 @@ enum Pending {
     PreKeyUpload,
     Ping,
     Passive,
+    Logout,
 }
 
 struct QrRotation {
@@ -203,6 +213,12 @@ pub enum SessionError {
     /// No prekey upload is waiting for confirmation.
     #[error("no prekey upload is waiting for persistence confirmation")]
     NoPendingUpload,
+    /// Logging out needs a logged-in session (after `<success>`).
+    #[error("not logged in: a logout needs a logged-in session")]
+    NotLoggedIn,
+    /// A logout was already sent on this connection and awaits the server's answer.
+    #[error("a logout is already waiting for the server's answer")]
+    LogoutPending,
 }
 
 /// The companion side of one connection, after the Noise handshake: feed it the decoded
@@ -228,6 +244,8 @@ pub struct Session {
     keepalive: Keepalive,
     held_upload: Option<Node>,
     server_offset_ms: i64,
+    /// A `remove-companion-device` iq was sent and not answered yet.
+    logging_out: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -276,6 +294,7 @@ impl Session {
             keepalive: Keepalive::default(),
             held_upload: None,
             server_offset_ms: 0,
+            logging_out: false,
         }
     }
 
@@ -456,6 +475,33 @@ impl Session {
         Ok(())
     }
 
+    /// Logs this device out (whatsmeow `Logout`, Baileys `logout`): queues
+    /// `<iq xmlns=md type=set><remove-companion-device jid=<own device JID>
+    /// reason=user_initiated/></iq>`. Allowed once per connection, while logged in
+    /// ([`Event::Ready`]). The server's answer arrives as [`Event::LoggedOut`] (then
+    /// [`Event::Disconnected`] with [`DisconnectReason::LoggedOut`]) or
+    /// [`Event::LogoutFailed`]. No timer runs here: the caller bounds the wait.
+    pub fn logout(&mut self) -> Result<(), SessionError> {
+        if self.logging_out {
+            return Err(SessionError::LogoutPending);
+        }
+        let jid = match (self.phase, self.identity.jid()) {
+            (Phase::Ready, Some(jid)) => jid,
+            _ => return Err(SessionError::NotLoggedIn),
+        };
+        self.logging_out = true;
+        self.send_iq(
+            Pending::Logout,
+            Node::new("iq")
+                .attr("xmlns", "md")
+                .attr("type", "set")
+                .children([Node::new("remove-companion-device")
+                    .attr("jid", jid)
+                    .attr("reason", "user_initiated")]),
+        );
+        Ok(())
+    }
+
     /// Releases the prekey upload held since [`Event::PreKeysGenerated`]; call once the keys
     /// and identity are stored.
     pub fn confirm_pre_keys_persisted(&mut self) -> Result<(), SessionError> {
@@ -485,6 +531,12 @@ impl Session {
     }
 
     fn close(&mut self, reason: DisconnectReason) {
+        // A server that ends the socket with "logged out" while our logout is pending has
+        // done what was asked, answer or not.
+        if self.logging_out && reason.is_logged_out() {
+            self.logging_out = false;
+            self.events.push_back(Event::LoggedOut);
+        }
         self.events.push_back(Event::Disconnected(reason));
         self.phase = Phase::Closed;
         self.qr = None;
@@ -762,6 +814,17 @@ impl Session {
                     (true, Some(reference), Some(link)) => link.reference = Some(reference),
                     _ => self
                         .pairing_failed(format!("companion_hello refused: {}", error_text(node))),
+                }
+            }
+            Pending::Logout => {
+                self.logging_out = false;
+                if ok {
+                    self.events.push_back(Event::LoggedOut);
+                    self.close(DisconnectReason::LoggedOut);
+                } else {
+                    self.events.push_back(Event::LogoutFailed {
+                        reason: error_text(node),
+                    });
                 }
             }
             Pending::CompanionFinish if !ok => {
