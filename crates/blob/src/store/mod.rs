@@ -139,3 +139,25 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// holds a lease on any more.
     async fn delete(&self, session: &SessionId) -> Result<(), StoreError>;
 }
+
+/// A shared store is a store: workers hold one `Arc<dyn BlobStore>` chosen at start
+/// (filesystem or S3) for all their sessions.
+#[async_trait]
+impl<T: BlobStore + ?Sized> BlobStore for std::sync::Arc<T> {
+    async fn load(&self, session: &SessionId) -> Result<Option<StoredBlob>, StoreError> {
+        (**self).load(session).await
+    }
+
+    async fn save(
+        &self,
+        session: &SessionId,
+        bytes: Vec<u8>,
+        condition: &SaveCondition,
+    ) -> Result<Version, StoreError> {
+        (**self).save(session, bytes, condition).await
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<(), StoreError> {
+        (**self).delete(session).await
+    }
+}
