@@ -110,6 +110,32 @@ pub struct DriverConfig {
     /// Give up (`unreachable`) after this many consecutive failed connections; `None`
     /// retries forever. A connection that showed a QR or logged in resets the count.
     pub max_consecutive_failures: Option<u32>,
+    /// Asked before every connection attempt (the first and each reconnect); `false` ends
+    /// the driver with `lease_lost` instead of connecting. A fleet worker passes its lease
+    /// check, so no socket is ever opened without a live lease.
+    pub may_connect: Option<ConnectGate>,
+}
+
+/// A check the driver makes before it opens a socket (see [`DriverConfig::may_connect`]).
+#[derive(Clone)]
+pub struct ConnectGate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl ConnectGate {
+    /// A gate that asks `check`.
+    pub fn new(check: impl Fn() -> bool + Send + Sync + 'static) -> ConnectGate {
+        ConnectGate(Arc::new(check))
+    }
+
+    /// Whether a connection may be opened now.
+    pub fn allows(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for ConnectGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectGate(…)")
+    }
 }
 
 impl Default for DriverConfig {
@@ -122,6 +148,7 @@ impl Default for DriverConfig {
             backoff: Backoff::default(),
             handshake_timeout: Duration::from_secs(20),
             max_consecutive_failures: None,
+            may_connect: None,
         }
     }
 }
@@ -526,6 +553,11 @@ impl Runner {
             if self.stop_requested() {
                 return DriverExit::Stopped;
             }
+            if let Some(gate) = &self.config.may_connect {
+                if !gate.allows() {
+                    return self.fail("lease_lost", "no live lease: not connecting".to_string());
+                }
+            }
             self.healthy = false;
             self.qr_remaining = None;
             self.after_send.clear();
@@ -902,14 +934,28 @@ impl Runner {
 
     /// Decodes frames and hands the nodes to the session. A frame that does not decode is
     /// logged and skipped (the connection's cipher state is intact).
+    ///
+    /// While a pairing code is in play the phone's `primary_hello` costs a PBKDF2 derivation
+    /// (131,072 rounds): those frames are handled off the runtime's other tasks, as the code
+    /// request is, so one session's linking never stalls the worker's other sessions and
+    /// heartbeats.
     fn handle_frames(&mut self, session: &mut Session, frames: Vec<Vec<u8>>) {
-        for frame in frames {
-            match decode(&frame) {
-                Ok(node) => session.handle_node(node, unix_ms(), &mut self.rng),
-                Err(e) => {
-                    warn!(session = %self.config.label, error = %e, len = frame.len(), "skipping an undecodable server node")
+        let label = &self.config.label;
+        let rng = &mut self.rng;
+        let handle = || {
+            for frame in frames {
+                match decode(&frame) {
+                    Ok(node) => session.handle_node(node, unix_ms(), rng),
+                    Err(e) => {
+                        warn!(session = %label, error = %e, len = frame.len(), "skipping an undecodable server node")
+                    }
                 }
             }
+        };
+        if self.link_code.is_some() {
+            cpu_heavy(handle)
+        } else {
+            handle()
         }
     }
 
@@ -1147,10 +1193,15 @@ fn request_code(
     phone: &PhoneNumber,
     rng: &mut StdRng,
 ) -> Result<(), SessionError> {
-    let mut request = || session.request_pairing_code(phone, unix_ms(), rng);
+    cpu_heavy(|| session.request_pairing_code(phone, unix_ms(), rng))
+}
+
+/// Runs CPU-heavy work (PBKDF2) with `block_in_place` on a multi-thread runtime, so the
+/// runtime moves its other tasks to another thread meanwhile; inline on other runtimes.
+fn cpu_heavy<R>(work: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(request),
-        _ => request(),
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

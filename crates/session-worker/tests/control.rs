@@ -129,13 +129,12 @@ async fn logout_unlinks_the_device_and_ends_the_driver() {
         sim.counters().live_sockets.get(&jid).copied() == Some(1)
     })
     .await;
-    assert_eq!(
-        sim.linked_devices(PHONE)
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        [jid.clone()]
-    );
+    let linked: Vec<String> = sim
+        .linked_devices(PHONE)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(linked, std::slice::from_ref(&jid));
     let control = driver.control();
     guard("the logout", control.logout())
         .await
