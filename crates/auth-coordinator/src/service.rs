@@ -13,8 +13,10 @@
 //! (`lease_grant` request). A worker that refuses or does not answer gets its grant
 //! released, and the session is offered again on the next tick with a higher epoch.
 //!
-//! Messages are handled one at a time, in arrival order, so a repeated command waits for
-//! the first one's outcome.
+//! Commands for one session are handled one at a time, in arrival order, so a repeated
+//! command waits for the first one's outcome; commands for different sessions run side by
+//! side. Workers' messages have a loop of their own, so neither a command waiting on a
+//! worker nor a long grant pass holds up a heartbeat, a renewal or a blob commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +33,8 @@ use wafleet_bus_schema::subject::{
 };
 use wafleet_bus_schema::v1::{self, ErrorCode, ReasonCode, SessionStatus};
 use wafleet_bus_schema::{
-    decode_reply, decode_sys, encode, Command, CommandBody, ContentType, SessionAddress, SysKind,
-    SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
+    decode_reply, decode_sys, encode, Command, CommandBody, CommandSubject, ContentType,
+    SessionAddress, SysKind, SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
 };
 
 use wafleet_blob::BlobStore;
@@ -96,7 +98,11 @@ pub struct Coordinator {
     nats: async_nats::Client,
     config: CoordinatorConfig,
     blobs: Option<Arc<dyn BlobStore>>,
+    /// One lock per (tenant, session) with commands in flight.
+    command_locks: Arc<std::sync::Mutex<CommandLocks>>,
 }
+
+type CommandLocks = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
 
 impl Coordinator {
     /// A coordinator on `registry` and `nats`, without a blob store (delete then removes
@@ -107,6 +113,7 @@ impl Coordinator {
             nats,
             config,
             blobs: None,
+            command_locks: Arc::default(),
         }
     }
 
@@ -162,10 +169,27 @@ impl Coordinator {
         let mut events = self.nats.subscribe(ALL_EVENTS).await?;
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Workers' messages (heartbeats, renewals, releases, blob commits) have a loop of
+        // their own, so a long grant pass or a command waiting on a worker never holds up
+        // a commit or a renewal.
+        let (worker_tx, mut worker_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+        let worker_loop = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                while let Some(message) = worker_rx.recv().await {
+                    this.on_worker_message(&message).await;
+                }
+            })
+        };
         loop {
             tokio::select! {
-                Some(message) = commands.next() => self.on_command(&message).await,
-                Some(message) = workers.next() => self.on_worker_message(&message).await,
+                Some(message) = commands.next() => self.spawn_command(message),
+                Some(message) = workers.next() => {
+                    if worker_tx.send(message).is_err() {
+                        tracing::error!("the worker message loop ended");
+                        break;
+                    }
+                }
                 Some(message) = events.next() => self.on_event(&message).await,
                 _ = tick.tick() => self.tick().await,
                 changed = role.changed() => {
@@ -181,10 +205,42 @@ impl Coordinator {
                 }
             }
         }
+        drop(worker_tx);
+        let _ = worker_loop.await;
         unsubscribe(commands).await;
         unsubscribe(workers).await;
         unsubscribe(events).await;
         Ok(())
+    }
+
+    /// Handles a command in a task of its own. Commands for one session run one at a time
+    /// in arrival order (a repeat waits for the first's outcome); commands for different
+    /// sessions run side by side, so one waiting on a slow worker holds up nobody else.
+    fn spawn_command(&self, message: Message) {
+        let key = CommandSubject::parse(message.subject.as_str())
+            .map(|s| {
+                (
+                    s.address.tenant.as_str().to_string(),
+                    s.address.session.as_str().to_string(),
+                )
+            })
+            .unwrap_or_default();
+        let lock = {
+            let mut locks = self.command_locks.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(locks.entry(key.clone()).or_default())
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            {
+                let _turn = lock.lock().await;
+                this.on_command(&message).await;
+            }
+            let mut locks = this.command_locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Ours and the map's: nobody else waits for this session.
+            if Arc::strong_count(&lock) <= 2 {
+                locks.remove(&key);
+            }
+        });
     }
 
     /// One pass over the fleet: expire, drain, grant.
