@@ -149,6 +149,9 @@ pub struct Counters {
     pub pair_success_rejected: u64,
     /// The most logged-in sockets one device had at once, over the whole run.
     pub max_live_sockets_per_device: usize,
+    /// Successful logins per device, over the whole run.
+    #[serde(default)]
+    pub logins: HashMap<String, u64>,
 }
 
 /// Simulator errors.

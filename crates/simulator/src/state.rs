@@ -160,6 +160,7 @@ pub(crate) struct CounterState {
     pub device_signatures_bad: u64,
     pub pair_success_rejected: u64,
     pub max_live_sockets_per_device: usize,
+    pub logins: HashMap<String, u64>,
 }
 
 /// Everything the simulator knows.
@@ -372,6 +373,7 @@ impl State {
             device_signatures_bad: self.counters.device_signatures_bad,
             pair_success_rejected: self.counters.pair_success_rejected,
             max_live_sockets_per_device: self.counters.max_live_sockets_per_device,
+            logins: self.counters.logins.clone(),
         }
     }
 
@@ -520,6 +522,7 @@ impl State {
         if let Some(entry) = self.sockets.get_mut(&id) {
             entry.role = Role::Device(jid.clone());
         }
+        *self.counters.logins.entry(jid.clone()).or_default() += 1;
         // Both sockets are logged in at this instant: that is what the high-water mark
         // records, before the older one is told it was replaced (WhatsApp keeps one).
         let logged_in = self.sockets_of(&jid);
