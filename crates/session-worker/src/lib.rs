@@ -9,11 +9,13 @@
 //! - [`qr`]: the linking QR as terminal half-blocks, PNG bytes or a `data:` URL.
 //! - [`backoff`]: jittered exponential reconnect delays.
 //!
-//! The fleet parts (leases, the bus, S3 blobs; issue 5) are not built yet.
+//! - [`fleet`]: the fleet worker: leases from the coordinator, encrypted blobs in S3 or a
+//!   directory, bus events and commands, metrics, drain on shutdown.
 
 pub mod backoff;
 pub mod driver;
 pub mod event;
+pub mod fleet;
 pub mod qr;
 pub mod store;
 

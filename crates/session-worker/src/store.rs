@@ -89,6 +89,13 @@ pub enum StoreError {
         /// Its version.
         found: u32,
     },
+    /// A fleet store refused the write: the lease (or the blob) is not this worker's any
+    /// more. Nothing was written.
+    #[error("session blob write fenced off: {0}")]
+    Fenced(String),
+    /// A remote store (the coordinator's commit, S3) failed; nothing was written.
+    #[error("session blob store: {0}")]
+    Backend(String),
     /// Serializing failed (never expected for these types).
     #[error("cannot serialize the session: {0}")]
     Serialize(#[source] serde_json::Error),

@@ -1,0 +1,627 @@
+//! One leased session: load its blob, run its driver, publish its events, answer its
+//! commands, keep its lease, and end it cleanly.
+//!
+//! The task owns the session at one epoch. Its events get sequence numbers 1, 2, … in
+//! the order the driver produced them and are published in that order by a publisher of
+//! its own (each one acked by the stream before the next), so a slow stream never stalls
+//! the socket. Before it releases the lease the task closes the socket and waits for its
+//! events to be acked: the next holder's events always come after.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use wafleet_bus_schema::internal::v1 as internal;
+use wafleet_bus_schema::internal::v1::forwarded_command::Command as Forwarded;
+use wafleet_bus_schema::time::{proto_duration, timestamp};
+use wafleet_bus_schema::v1::{self, session_event::Payload, ErrorCode, ReasonCode, SessionStatus};
+use wafleet_bus_schema::SessionAddress;
+
+use super::bus::FleetBus;
+use super::lease::LeaseClock;
+use super::metrics as m;
+use super::reason::bus_reason;
+use super::store::{blob_id, BlobFence, FenceError, FleetStore, OpenError, Vault};
+use crate::driver::{ControlError, DriverConfig, DriverControl, SessionDriver};
+use crate::event::DriverEvent;
+use crate::store::SessionStore;
+
+/// What the worker tells a running session.
+#[derive(Debug)]
+pub enum ToSession {
+    /// The coordinator revoked the lease: close and stop (the lease is already ended).
+    Revoke {
+        /// Why.
+        reason: ReasonCode,
+        /// Answered once the socket is closed and the events are flushed.
+        done: oneshot::Sender<()>,
+    },
+    /// A backend's command for this epoch.
+    Command {
+        /// The command.
+        command: Forwarded,
+        /// The reply.
+        reply: oneshot::Sender<v1::CommandReply>,
+    },
+    /// The worker is shutting down: close, flush, release for another worker.
+    Drain,
+    /// A newer grant of this session arrived: this epoch is over; close without a word.
+    Superseded,
+}
+
+/// The worker's notice that a session task ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// The session.
+    pub address: SessionAddress,
+    /// The epoch it ran at.
+    pub epoch: u64,
+}
+
+/// How a session's run is paced.
+#[derive(Debug, Clone)]
+pub struct SessionPacing {
+    /// How often the lease is renewed.
+    pub renew_every: Duration,
+    /// How many times an event publish is tried before it counts as failed.
+    pub publish_attempts: u32,
+    /// How many times an unreachable blob store is retried before the lease is handed
+    /// back.
+    pub blob_attempts: u32,
+}
+
+/// Everything a session task needs.
+pub struct SessionSpec {
+    /// The session.
+    pub address: SessionAddress,
+    /// The accepted grant.
+    pub grant: internal::LeaseGrant,
+    /// The bus.
+    pub bus: FleetBus,
+    /// The blob vault.
+    pub vault: Arc<Vault>,
+    /// The driver settings (server, timing); the label is set per session.
+    pub driver: DriverConfig,
+    /// Pacing.
+    pub pacing: SessionPacing,
+}
+
+/// The bus fence: a blob commit request to the coordinator.
+struct BusFence {
+    bus: FleetBus,
+    address: SessionAddress,
+}
+
+#[async_trait]
+impl BlobFence for BusFence {
+    async fn commit(&self, epoch: u64, version: u64) -> Result<(), FenceError> {
+        match self.bus.commit_blob(&self.address, epoch, version).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_fenced() => Err(FenceError::Fenced(e.to_string())),
+            Err(e) => Err(FenceError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Why the run ended, and what to tell the coordinator.
+#[derive(Debug)]
+enum End {
+    /// The lease is gone (expired locally, renewal refused, superseded): no word.
+    Lost(&'static str),
+    /// Revoked by the coordinator.
+    Revoked(ReasonCode, Option<oneshot::Sender<()>>),
+    /// The worker drains.
+    Drain,
+    /// The session ended for good (or must be granted again): release with the reason.
+    Release {
+        status: SessionStatus,
+        reason: ReasonCode,
+        message: String,
+    },
+}
+
+fn status_label(status: SessionStatus) -> Option<&'static str> {
+    match status {
+        SessionStatus::Starting => Some("starting"),
+        SessionStatus::ScanQrCode => Some("scan_qr_code"),
+        SessionStatus::Working => Some("working"),
+        _ => None,
+    }
+}
+
+struct Run {
+    address: SessionAddress,
+    epoch: u64,
+    bus: FleetBus,
+    clock: LeaseClock,
+    sequence: u64,
+    events: mpsc::UnboundedSender<(v1::SessionEvent, Instant)>,
+    status: SessionStatus,
+    qr_count: u32,
+}
+
+impl Run {
+    fn emit(&mut self, payload: Payload) {
+        self.sequence += 1;
+        let event = v1::SessionEvent {
+            tenant: self.address.tenant.as_str().to_string(),
+            session: self.address.session.as_str().to_string(),
+            epoch: self.epoch,
+            sequence: self.sequence,
+            timestamp: Some(timestamp(SystemTime::now())),
+            worker_id: self.bus.worker().as_str().to_string(),
+            payload: Some(payload),
+        };
+        if self.events.send((event, Instant::now())).is_err() {
+            warn!(session = %self.address, "event publisher gone: event not published");
+        }
+    }
+
+    fn set_status(&mut self, status: SessionStatus, reason: ReasonCode, message: String) {
+        if let Some(old) = status_label(self.status) {
+            metrics::gauge!(m::SESSIONS, "status" => old).decrement(1.0);
+        }
+        if let Some(new) = status_label(status) {
+            metrics::gauge!(m::SESSIONS, "status" => new).increment(1.0);
+        }
+        self.status = status;
+        self.emit(Payload::Status(v1::SessionStatusChanged {
+            status: status as i32,
+            reason: reason as i32,
+            message,
+        }));
+    }
+
+    fn info(&self, status: SessionStatus, reason: ReasonCode) -> v1::SessionInfo {
+        v1::SessionInfo {
+            tenant: self.address.tenant.as_str().to_string(),
+            session: self.address.session.as_str().to_string(),
+            status: status as i32,
+            reason: reason as i32,
+            epoch: self.epoch,
+            worker_id: self.bus.worker().as_str().to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// A driver event as bus events. `Some` ends the run.
+    fn on_driver_event(&mut self, event: DriverEvent, store: &FleetStore) -> Option<End> {
+        match event {
+            DriverEvent::Qr {
+                code,
+                expires_at,
+                remaining,
+                ..
+            } => {
+                if self.status != SessionStatus::ScanQrCode {
+                    self.set_status(
+                        SessionStatus::ScanQrCode,
+                        ReasonCode::Unspecified,
+                        "scan the QR code or request a pairing code".into(),
+                    );
+                }
+                self.qr_count += 1;
+                self.emit(Payload::Qr(v1::QrCode {
+                    code: code.expose().to_string(),
+                    expires_at: Some(timestamp(unix_ms_time(expires_at))),
+                    sequence: self.qr_count,
+                    refs_remaining: remaining,
+                }));
+            }
+            DriverEvent::PairingCode { code, expires_at } => {
+                self.emit(Payload::PairingCode(v1::PairingCodeIssued {
+                    code: code.expose().to_string(),
+                    expires_at: Some(timestamp(unix_ms_time(expires_at))),
+                }));
+            }
+            DriverEvent::PairingCodeFailed { reason } => self.set_status(
+                SessionStatus::ScanQrCode,
+                ReasonCode::PairingFailed,
+                format!("pairing code failed: {reason}; QR linking goes on"),
+            ),
+            DriverEvent::AuthFailure { reason, .. } => self.set_status(
+                SessionStatus::ScanQrCode,
+                ReasonCode::PairingFailed,
+                format!("the phone's pairing did not verify ({reason}); nothing was saved"),
+            ),
+            DriverEvent::Paired { jid, .. } => {
+                self.qr_count = 0;
+                self.set_status(
+                    SessionStatus::Starting,
+                    ReasonCode::Unspecified,
+                    format!("linked as {jid}; logging in"),
+                );
+            }
+            DriverEvent::Ready { jid, lid } => {
+                self.emit(Payload::Ready(v1::Ready {
+                    jid: jid.clone(),
+                    lid: lid.unwrap_or_default(),
+                    push_name: String::new(),
+                }));
+                self.set_status(
+                    SessionStatus::Working,
+                    ReasonCode::Unspecified,
+                    format!("logged in as {jid}"),
+                );
+            }
+            DriverEvent::PreKeysUploaded { count } => {
+                debug!(session = %self.address, count, "prekeys saved and uploaded")
+            }
+            DriverEvent::Disconnected {
+                reason,
+                will_reconnect,
+            } => {
+                let code = bus_reason(&reason);
+                let retry_in = will_reconnect.then(|| proto_duration(Duration::ZERO));
+                self.emit(Payload::Disconnected(v1::Disconnected {
+                    reason: code as i32,
+                    will_reconnect,
+                    retry_in,
+                    message: reason.clone(),
+                }));
+                if will_reconnect {
+                    metrics::counter!(m::RECONNECTS, "reason" => reason).increment(1);
+                    if self.status == SessionStatus::Working {
+                        self.set_status(SessionStatus::Starting, code, "reconnecting".into());
+                    }
+                }
+            }
+            DriverEvent::Failed { reason, detail } => {
+                if store.is_fenced() {
+                    return Some(End::Lost("a blob write was fenced off"));
+                }
+                let code = bus_reason(&reason);
+                let status = match code {
+                    ReasonCode::LoggedOut => SessionStatus::Stopped,
+                    _ => SessionStatus::Failed,
+                };
+                return Some(End::Release {
+                    status,
+                    reason: code,
+                    message: detail,
+                });
+            }
+        }
+        None
+    }
+
+    async fn on_command(
+        &mut self,
+        command: Forwarded,
+        control: &DriverControl,
+    ) -> (v1::CommandReply, Option<End>) {
+        match command {
+            Forwarded::Stop(stop) => (
+                v1::CommandReply::with_session(
+                    stop.command_id,
+                    self.info(SessionStatus::Stopped, ReasonCode::Requested),
+                ),
+                Some(End::Release {
+                    status: SessionStatus::Stopped,
+                    reason: ReasonCode::Requested,
+                    message: "stopped by a command".into(),
+                }),
+            ),
+            Forwarded::Logout(logout) => match control.logout().await {
+                // The driver ends with `logged_out`; the run ends on that event.
+                Ok(()) => (
+                    v1::CommandReply::with_session(
+                        logout.command_id,
+                        self.info(SessionStatus::Stopped, ReasonCode::LoggedOut),
+                    ),
+                    None,
+                ),
+                Err(e) => (
+                    v1::CommandReply::with_error(
+                        logout.command_id,
+                        control_error_code(&e),
+                        e.to_string(),
+                    ),
+                    None,
+                ),
+            },
+            Forwarded::RequestPairingCode(request) => {
+                match control.request_pairing_code(&request.phone_number).await {
+                    Ok(issued) => (
+                        v1::CommandReply::with_pairing_code(
+                            request.command_id,
+                            v1::PairingCodeIssued {
+                                code: issued.code.expose().to_string(),
+                                expires_at: Some(timestamp(unix_ms_time(issued.expires_at))),
+                            },
+                        ),
+                        None,
+                    ),
+                    Err(e) => (
+                        v1::CommandReply::with_error(
+                            request.command_id,
+                            control_error_code(&e),
+                            e.to_string(),
+                        ),
+                        None,
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The reply code for a refused control request.
+fn control_error_code(e: &ControlError) -> ErrorCode {
+    match e {
+        ControlError::InvalidPhone(_) => ErrorCode::InvalidPhone,
+        ControlError::NotLinking
+        | ControlError::PairingCodeForOtherPhone
+        | ControlError::NotLoggedIn
+        | ControlError::NotConnected => ErrorCode::InvalidState,
+        ControlError::PairingCodeFailed(_)
+        | ControlError::LogoutFailed(_)
+        | ControlError::Timeout
+        | ControlError::ConnectionLost
+        | ControlError::Ended => ErrorCode::Unavailable,
+        ControlError::Storage(_) => ErrorCode::Internal,
+    }
+}
+
+fn unix_ms_time(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Publishes a session's events in order until its channel closes.
+async fn publisher(
+    bus: FleetBus,
+    attempts: u32,
+    mut events: mpsc::UnboundedReceiver<(v1::SessionEvent, Instant)>,
+) {
+    while let Some((event, created)) = events.recv().await {
+        if let Err(e) = bus.publish_event(&event, created, attempts).await {
+            warn!(tenant = %event.tenant, session = %event.session, epoch = event.epoch, sequence = event.sequence, error = %e, "event not published");
+        }
+    }
+}
+
+/// Runs one leased session until it ends; tells the worker through `ended`.
+pub async fn run(
+    spec: SessionSpec,
+    mut inbox: mpsc::Receiver<ToSession>,
+    ended: mpsc::UnboundedSender<Ended>,
+) {
+    let address = spec.address.clone();
+    let epoch = spec.grant.epoch;
+    let clock = LeaseClock::from_grant(&spec.grant);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let publisher = tokio::spawn(publisher(
+        spec.bus.clone(),
+        spec.pacing.publish_attempts,
+        events_rx,
+    ));
+    let mut run = Run {
+        address: address.clone(),
+        epoch,
+        bus: spec.bus.clone(),
+        clock: clock.clone(),
+        sequence: 0,
+        events: events_tx,
+        status: SessionStatus::Unspecified,
+        qr_count: 0,
+    };
+    info!(session = %address, epoch, "lease accepted: starting the session");
+    run.set_status(
+        SessionStatus::Starting,
+        ReasonCode::Unspecified,
+        format!("leased at epoch {epoch}"),
+    );
+
+    let end = drive(&spec, &mut run, &mut inbox).await;
+    let (release, answer) = match end {
+        End::Lost(why) => {
+            info!(session = %address, epoch, why, "lease lost: the session stopped without a word");
+            (None, None)
+        }
+        End::Revoked(reason, done) => {
+            if reason == ReasonCode::Requested {
+                run.set_status(SessionStatus::Stopped, reason, "stopped".into());
+            } else {
+                run.emit(Payload::Disconnected(v1::Disconnected {
+                    reason: reason as i32,
+                    will_reconnect: false,
+                    retry_in: None,
+                    message: "the lease was revoked".into(),
+                }));
+            }
+            (None, done)
+        }
+        End::Drain => {
+            run.emit(Payload::Disconnected(v1::Disconnected {
+                reason: ReasonCode::WorkerDraining as i32,
+                will_reconnect: true,
+                retry_in: None,
+                message: "the worker is shutting down; another worker takes over".into(),
+            }));
+            (Some(ReasonCode::WorkerDraining), None)
+        }
+        End::Release {
+            status,
+            reason,
+            message,
+        } => {
+            if clock.is_live() {
+                run.set_status(status, reason, message);
+                (Some(reason), None)
+            } else {
+                (None, None)
+            }
+        }
+    };
+    if let Some(label) = status_label(run.status) {
+        metrics::gauge!(m::SESSIONS, "status" => label).decrement(1.0);
+    }
+    // Flush: every event of this epoch is acked before the lease is handed back.
+    drop(run);
+    if tokio::time::timeout(Duration::from_secs(10), publisher)
+        .await
+        .is_err()
+    {
+        warn!(session = %address, epoch, "events still unacked after 10 s; releasing anyway");
+    }
+    if let Some(reason) = release {
+        let reason_label = format!("{reason:?}");
+        metrics::counter!(m::SESSIONS_ENDED, "reason" => reason_label).increment(1);
+        match spec.bus.release(&address, epoch, reason).await {
+            Ok(_) => info!(session = %address, epoch, ?reason, "lease released"),
+            Err(e) => {
+                warn!(session = %address, epoch, ?reason, error = %e, "lease release refused or unanswered")
+            }
+        }
+    }
+    if let Some(done) = answer {
+        let _ = done.send(());
+    }
+    let _ = ended.send(Ended { address, epoch });
+}
+
+/// Loads the blob, starts the driver and runs until something ends the session.
+async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToSession>) -> End {
+    let address = &spec.address;
+    let epoch = spec.grant.epoch;
+    let id = match blob_id(address) {
+        Ok(id) => id,
+        Err(e) => {
+            return End::Release {
+                status: SessionStatus::Failed,
+                reason: ReasonCode::InternalFailure,
+                message: format!("no blob id for {address}: {e}"),
+            }
+        }
+    };
+    let fence: Arc<dyn BlobFence> = Arc::new(BusFence {
+        bus: spec.bus.clone(),
+        address: address.clone(),
+    });
+    let mut attempt = 0;
+    let store = loop {
+        attempt += 1;
+        match FleetStore::open(
+            Arc::clone(&spec.vault),
+            id.clone(),
+            epoch,
+            Arc::clone(&fence),
+            run.clock.clone(),
+        )
+        .await
+        {
+            Ok(store) => break Arc::new(store),
+            Err(OpenError::Rejected(why)) => {
+                warn!(session = %address, epoch, %why, "session blob rejected; left as it is");
+                return End::Release {
+                    status: SessionStatus::Failed,
+                    reason: ReasonCode::BlobRejected,
+                    message: why,
+                };
+            }
+            Err(OpenError::Unavailable(why)) if attempt >= spec.pacing.blob_attempts => {
+                warn!(session = %address, epoch, %why, "blob store unreachable; handing the lease back");
+                return End::Release {
+                    status: SessionStatus::Starting,
+                    reason: ReasonCode::ConnectionLost,
+                    message: format!("blob store unreachable: {why}"),
+                };
+            }
+            Err(OpenError::Unavailable(why)) => {
+                debug!(session = %address, epoch, %why, attempt, "blob store unreachable; retrying");
+                tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+            }
+        }
+    };
+    if !run.clock.is_live() {
+        return End::Lost("the lease ran out while the blob loaded");
+    }
+    let mut config = spec.driver.clone();
+    config.label = address.to_string();
+    config.may_connect = Some(crate::driver::ConnectGate::new({
+        let clock = run.clock.clone();
+        move || clock.is_live()
+    }));
+    let store_dyn: Arc<dyn SessionStore> = store.clone();
+    let mut driver = match SessionDriver::start(config, store_dyn) {
+        Ok(driver) => driver,
+        Err(e) => {
+            return End::Release {
+                status: SessionStatus::Failed,
+                reason: ReasonCode::InternalFailure,
+                message: format!("the session could not start: {e}"),
+            }
+        }
+    };
+    let control = driver.control();
+    let mut renew = tokio::time::interval(spec.pacing.renew_every);
+    renew.tick().await;
+    let end = loop {
+        let deadline = tokio::time::Instant::from_std(run.clock.deadline());
+        tokio::select! {
+            event = driver.next_event() => {
+                if !run.clock.is_live() {
+                    break End::Lost("the lease ran out");
+                }
+                match event {
+                    Some(event) => {
+                        if let Some(end) = run.on_driver_event(event, &store) {
+                            break end;
+                        }
+                    }
+                    None => break End::Release {
+                        status: SessionStatus::Failed,
+                        reason: ReasonCode::InternalFailure,
+                        message: "the driver ended without a reason".into(),
+                    },
+                }
+            }
+            message = inbox.recv() => match message {
+                Some(ToSession::Revoke { reason, done }) => break End::Revoked(reason, Some(done)),
+                Some(ToSession::Drain) | None => break End::Drain,
+                Some(ToSession::Superseded) => break End::Lost("a newer grant superseded this epoch"),
+                Some(ToSession::Command { command, reply }) => {
+                    let (answer, end) = run.on_command(command, &control).await;
+                    let _ = reply.send(answer);
+                    if let Some(end) = end {
+                        break end;
+                    }
+                }
+            },
+            _ = renew.tick() => match spec.bus.renew(address, epoch).await {
+                Ok(grant) => run.clock.renewed(&grant),
+                Err(e) if e.is_fenced() => {
+                    run.clock.expire();
+                    break End::Lost("the coordinator refused the renewal");
+                }
+                Err(e) => debug!(session = %address, epoch, error = %e, "lease renewal unanswered; the lease stays until its deadline"),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if !run.clock.is_live() {
+                    break End::Lost("the lease ran out");
+                }
+            }
+        }
+    };
+    // Close the socket before anything else is said or released.
+    let exit = driver.finish().await;
+    debug!(session = %address, epoch, ?exit, "driver finished");
+    if let End::Release {
+        reason: ReasonCode::LoggedOut,
+        ..
+    } = &end
+    {
+        // The identity is gone on the phone: keep none (a fenced tombstone write).
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.mark_logged_out()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(session = %address, error = %e, "clearing the logged-out blob failed")
+            }
+            Err(e) => warn!(session = %address, error = %e, "clearing the logged-out blob failed"),
+        }
+    }
+    end
+}
