@@ -1,4 +1,6 @@
-//! `wafleet demo`: links simulated phones end to end on loopback and shows the events.
+//! `wafleet demo --local`: links simulated phones end to end on loopback with the driver
+//! alone (no fleet, no services) and shows the events. Without `--local`, `wafleet demo`
+//! is the fleet demo ([`crate::fleet_demo`]).
 //!
 //! Starts the WhatsApp simulator in this process, then:
 //! 1. links session `support-desk` by QR (the QR is drawn in the terminal; the simulated
@@ -27,6 +29,10 @@ use wafleet_sim::{SimConfig, Simulator};
 /// Arguments of `wafleet demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// The driver alone on loopback (no NATS, PostgreSQL or S3): QR link, login without
+    /// QR, pairing-code link, unlink.
+    #[arg(long)]
+    local: bool,
     /// Keep the sessions here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -42,6 +48,9 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `wafleet demo`.
 pub fn run(args: DemoArgs) -> Result<(), String> {
+    if !args.local {
+        return crate::fleet_demo::run(!args.no_qr);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -56,7 +56,7 @@ pub struct LinkArgs {
     backoff_base_ms: Option<u64>,
 }
 
-fn parse_root_key(hex_key: &str) -> Result<RootKey, String> {
+pub(crate) fn parse_root_key(hex_key: &str) -> Result<RootKey, String> {
     let bytes = hex::decode(hex_key.trim())
         .map_err(|e| format!("--root-key must be 64 hex digits: {e}"))?;
     let key: [u8; 32] = bytes

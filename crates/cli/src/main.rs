@@ -5,20 +5,24 @@
 //! `error: …` on stderr and exits non-zero.
 //!
 //! - `wafleet node decode|encode`: the binary node codec ([`node`]).
-//! - `wafleet demo`: the simulator, a QR link, a login, a pairing-code link ([`demo`]).
+//! - `wafleet demo`: the fleet demo on real services ([`fleet_demo`]); `--local`: the
+//!   simulator and the driver alone ([`demo`]).
 //! - `wafleet link`: links one session in the foreground ([`link`]).
 //! - `wafleet sim`: the WhatsApp simulator on loopback ([`sim`]).
 //! - `wafleet coordinator`: the auth-coordinator, with the flags of `wafleet-coordinator`
 //!   (`wafleet_auth_coordinator::cli`); `wafleet coordinator --help` lists them.
+//! - `wafleet worker`: a fleet session worker ([`worker`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod fleet_demo;
 mod link;
 mod node;
 mod sim;
+mod worker;
 
 /// wafleet: a WhatsApp Web multi-device gateway.
 #[derive(Debug, Parser)]
@@ -39,6 +43,8 @@ enum Command {
     Link(link::LinkArgs),
     /// Run the WhatsApp simulator (server and phones) on loopback until Ctrl-C.
     Sim(sim::SimArgs),
+    /// Run a fleet session worker: leases from the coordinator over NATS, blobs in S3.
+    Worker(worker::WorkerArgs),
     /// Run the auth-coordinator (registry, leases, leader election) until SIGTERM;
     /// `wafleet coordinator --help` lists its flags.
     #[command(disable_help_flag = true)]
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Link(args) => link::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Worker(args) => worker::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::process::Command;
 fn demo_links_logs_in_pairs_by_code_and_unlinks() {
     let data = tempfile::tempdir().expect("temp dir");
     let output = Command::new(env!("CARGO_BIN_EXE_wafleet"))
-        .args(["demo", "--no-qr", "--data-dir"])
+        .args(["demo", "--local", "--no-qr", "--data-dir"])
         .arg(data.path())
         .output()
         .expect("run wafleet demo");

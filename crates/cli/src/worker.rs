@@ -1,0 +1,159 @@
+//! `wafleet worker`: a fleet session worker. It takes session leases from the
+//! auth-coordinator over NATS, keeps each session's encrypted blob in S3 (or a directory),
+//! speaks WhatsApp for the sessions it holds, and publishes their events.
+//!
+//! Once it takes leases it prints one JSON line on stdout:
+//! `{"event":"worker_ready","worker":"w1","http":"127.0.0.1:9464"}`. SIGTERM or Ctrl-C
+//! drains it: no new leases, every socket closed, every lease released, then exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use wafleet_blob::{Keyring, S3Config};
+use wafleet_bus_schema::WorkerId;
+use wafleet_session_worker::fleet::{self, BlobBackend, ServeOptions, WorkerConfig};
+use wafleet_session_worker::ServerConfig;
+
+use crate::link::parse_root_key;
+
+/// `wafleet worker …`
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The worker's name in the fleet (letters, digits, `_`, `-`) [env: WAFLEET_WORKER_ID].
+    #[arg(long, env = "WAFLEET_WORKER_ID")]
+    worker_id: String,
+    /// How many sessions this worker holds at most.
+    #[arg(long, default_value_t = 100)]
+    capacity: u32,
+    /// The NATS server.
+    #[arg(
+        long,
+        env = "WAFLEET_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// Keep blobs in this directory instead of S3 (one-machine use; same encryption).
+    #[arg(long)]
+    blob_dir: Option<PathBuf>,
+    /// The master key file (32 raw bytes, or lines of hex/base64: first current, then
+    /// retired). Without it, WAFLEET_MASTER_KEY (a key or a file path) is read.
+    #[arg(long)]
+    master_key_file: Option<PathBuf>,
+    /// Another server than WhatsApp (e.g. `wafleet sim`'s `ws://…/ws/chat`); needs --root-key.
+    #[arg(long, requires = "root_key")]
+    server: Option<String>,
+    /// The server's certificate root public key, 64 hex digits; needs --server.
+    #[arg(long, requires = "server")]
+    root_key: Option<String>,
+    /// Heartbeat interval in ms (the coordinator's heartbeat interval).
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_ms: u64,
+    /// Lease renewal interval in ms (well under the coordinator's lease TTL).
+    #[arg(long, default_value_t = 10_000)]
+    renew_ms: u64,
+    /// How long a drain may take, in ms.
+    #[arg(long, default_value_t = 20_000)]
+    drain_timeout_ms: u64,
+    /// Where /metrics, /healthz and /readyz listen.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    http: SocketAddr,
+    /// Base of the reconnect backoff in ms (testing).
+    #[arg(long, hide = true)]
+    backoff_base_ms: Option<u64>,
+}
+
+fn init_logging() {
+    // WAFLEET_LOG: a level or tracing directives (`info,wafleet_session_worker=debug`);
+    // info by default. Logs go to stderr.
+    let filter = std::env::var("WAFLEET_LOG")
+        .ok()
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Runs `wafleet worker` until SIGTERM or Ctrl-C.
+pub fn run(args: WorkerArgs) -> Result<(), String> {
+    init_logging();
+    let worker_id = WorkerId::new(args.worker_id.as_str())
+        .map_err(|e| format!("--worker-id {:?}: {e}", args.worker_id))?;
+    let keyring = match &args.master_key_file {
+        Some(path) => Keyring::from_file(path),
+        None => Keyring::from_env(),
+    }
+    .map_err(|e| format!("master key: {e}"))?;
+    let blobs = match (&args.blob_dir, S3Config::from_env()) {
+        (Some(dir), _) => BlobBackend::Dir(dir.clone()),
+        (None, Some(s3)) => BlobBackend::S3(s3),
+        (None, None) => {
+            return Err("no blob store: set WAFLEET_S3_ENDPOINT (S3) or pass --blob-dir DIR".into())
+        }
+    };
+    let mut config = WorkerConfig::new(worker_id.clone());
+    config.capacity = args.capacity;
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(50));
+    config.pacing.renew_every = Duration::from_millis(args.renew_ms.max(50));
+    config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    config.driver.server = match (&args.server, &args.root_key) {
+        (Some(url), Some(key)) => ServerConfig {
+            url: url.clone(),
+            root: parse_root_key(key)?,
+        },
+        (None, None) => ServerConfig::default(),
+        _ => return Err("--server and --root-key go together".into()),
+    };
+    if let Some(ms) = args.backoff_base_ms {
+        config.driver.backoff.base = Duration::from_millis(ms);
+    }
+    let options = ServeOptions {
+        config,
+        nats_url: args.nats.clone(),
+        blobs,
+        keyring,
+        http_addr: args.http,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: draining");
+            let _ = shutdown_tx.send(true);
+        });
+        fleet::serve(options, shutdown, |started| {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "worker_ready",
+                    "worker": worker_id.as_str(),
+                    "http": started.http_addr.to_string(),
+                })
+            );
+        })
+        .await
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
