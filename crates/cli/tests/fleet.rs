@@ -1,0 +1,323 @@
+//! The fleet end to end on real NATS (JetStream), PostgreSQL and S3 (SeaweedFS), with
+//! `wafleet coordinator` and `wafleet worker` as processes and the simulator as WhatsApp.
+
+mod fleet_support;
+
+use std::time::Duration;
+
+use fleet_support::{eventually, Fleet, OTHER_MASTER_KEY, TENANT};
+use wafleet_blob::SessionBlob;
+use wafleet_bus_schema::v1::{session_event::Payload, ErrorCode, ReasonCode, SessionStatus};
+use wafleet_bus_schema::CommandVerb;
+
+fn error_code(reply: &wafleet_bus_schema::v1::CommandReply) -> Option<ErrorCode> {
+    reply
+        .error()
+        .map(|e| ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_links_through_the_bus_and_reports_working_with_its_jid() {
+    let mut fleet = Fleet::start().await;
+    fleet.start_worker("w-link", 10).await;
+    fleet.create_and_start("desk").await;
+    let worker = fleet.link_by_qr("desk", "15550001001").await;
+    assert_eq!(worker, "w-link");
+    let events = fleet.events_of("desk");
+    let qr = events.iter().find(|s| s.kind() == "qr").expect("qr event");
+    let Some(Payload::Qr(code)) = &qr.event.payload else {
+        unreachable!()
+    };
+    assert!(code.code.contains("#2@"), "QR text {:?}", code.code);
+    assert_eq!(code.sequence, 1);
+    assert!(code.expires_at.is_some());
+    // The QR event came on the session's own subject, so it is this session's.
+    assert_eq!(qr.event.tenant, TENANT);
+    let ready = events
+        .iter()
+        .find_map(|s| match &s.event.payload {
+            Some(Payload::Ready(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("ready event");
+    assert!(
+        ready.jid.starts_with("15550001001:") && ready.jid.ends_with("@s.whatsapp.net"),
+        "{ready:?}"
+    );
+    // The registry agrees: a repeated start answers with the session as it is.
+    let reply = eventually(Duration::from_secs(10), "registry says WORKING", || async {
+        let reply = fleet.simple("desk", CommandVerb::Start).await;
+        match &reply.outcome {
+            Some(wafleet_bus_schema::v1::command_reply::Outcome::Session(info))
+                if info.status == SessionStatus::Working as i32 =>
+            {
+                Some(info.clone())
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(reply.jid, ready.jid);
+    assert_eq!(reply.worker_id, "w-link");
+    // Events of one epoch are numbered 1, 2, 3, … without gaps.
+    let mut sequences: Vec<u64> = events.iter().map(|s| s.event.sequence).collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=sequences.len() as u64).collect::<Vec<_>>());
+    // The metrics endpoint shows the lease and the working session.
+    let http = fleet.worker_http("w-link");
+    let metrics = http_get(&http, "/metrics").await;
+    assert!(
+        metrics.contains("wafleet_worker_leases_held 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wafleet_worker_sessions{status=\"working\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wafleet_worker_blob_save_seconds"),
+        "{metrics}"
+    );
+    assert!(http_get(&http, "/healthz").await.contains("ok"));
+    assert!(http_get(&http, "/readyz").await.contains("ready"));
+    fleet.kill_worker("w-link");
+    fleet.finish().await;
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns the body (and panics on a non-200).
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{path}: {response}"
+    );
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pairing_code_over_the_bus_links_and_bad_phones_are_refused() {
+    let mut fleet = Fleet::start().await;
+    fleet.start_worker("w-code", 10).await;
+    fleet.create_and_start("crm").await;
+    fleet
+        .wait_event("crm", Duration::from_secs(30), "a QR", |s| s.kind() == "qr")
+        .await;
+    // A wrong phone number: a typed error, and nothing else happens.
+    let before = fleet.events_of("crm").len();
+    let reply = fleet
+        .command(
+            "crm",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId":"pc-bad-1","phoneNumber":"+1 555 CALL"}"#,
+        )
+        .await;
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::InvalidPhone),
+        "{reply:?}"
+    );
+    fleet.sim.add_phone("4915112345678").expect("phone");
+    let reply = fleet
+        .command(
+            "crm",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId":"pc-1","phoneNumber":"4915112345678"}"#,
+        )
+        .await;
+    let code = match &reply.outcome {
+        Some(wafleet_bus_schema::v1::command_reply::Outcome::PairingCode(code)) => {
+            code.code.clone()
+        }
+        other => panic!("expected a pairing code, got {other:?}\n{}", fleet.logs()),
+    };
+    let after_bad: Vec<_> = fleet.events_of("crm")[before..]
+        .iter()
+        .filter(|s| s.kind() != "qr" && s.kind() != "pairing_code")
+        .map(|s| s.kind())
+        .collect();
+    assert!(after_bad.is_empty(), "unexpected events {after_bad:?}");
+    fleet
+        .wait_event(
+            "crm",
+            Duration::from_secs(10),
+            "pairing_code event",
+            |s| matches!(&s.event.payload, Some(Payload::PairingCode(p)) if p.code == code),
+        )
+        .await;
+    fleet
+        .sim
+        .enter_pairing_code("4915112345678", &code)
+        .await
+        .unwrap_or_else(|e| panic!("enter code: {e:?}\n{}", fleet.logs()));
+    fleet
+        .wait_event("crm", Duration::from_secs(60), "WORKING", |s| {
+            s.status().map(|(st, _)| st) == Some(SessionStatus::Working)
+        })
+        .await;
+    // A pairing code for a WORKING session is the wrong state.
+    let reply = fleet
+        .command(
+            "crm",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId":"pc-2","phoneNumber":"4915112345678"}"#,
+        )
+        .await;
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::InvalidState),
+        "{reply:?}\n{}",
+        fleet.logs()
+    );
+    fleet.kill_worker("w-code");
+    fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_typed_errors_and_change_nothing() {
+    let mut fleet = Fleet::start().await;
+    fleet.start_worker("w-bad", 10).await;
+    fleet.create_and_start("ok-1").await;
+    fleet.link_by_qr("ok-1", "15550002001").await;
+    let events_before = fleet.events.lock().expect("events").len();
+    let unknown = fleet.simple("nobody", CommandVerb::Start).await;
+    assert_eq!(error_code(&unknown), Some(ErrorCode::UnknownSession));
+    let subject = Fleet::address("ok-1")
+        .command_subject(CommandVerb::Stop)
+        .to_string();
+    let malformed = fleet
+        .raw_command(&subject, b"{not json", Some("application/json"))
+        .await;
+    assert_eq!(error_code(&malformed), Some(ErrorCode::MalformedCommand));
+    let garbage = fleet.raw_command(&subject, &[0xff, 0x01, 0x02], None).await;
+    assert_eq!(error_code(&garbage), Some(ErrorCode::MalformedCommand));
+    let phone = fleet
+        .command(
+            "ok-1",
+            CommandVerb::RequestPairingCode,
+            r#"{"commandId":"bad-phone","phoneNumber":"0123"}"#,
+        )
+        .await;
+    assert_eq!(error_code(&phone), Some(ErrorCode::InvalidPhone));
+    let bad_subject = fleet
+        .raw_command(
+            &format!("wafleet.v1.{TENANT}.cmd.session.ok-1.explode"),
+            br#"{"commandId":"x"}"#,
+            Some("application/json"),
+        )
+        .await;
+    assert_eq!(error_code(&bad_subject), Some(ErrorCode::InvalidSubject));
+    // Nothing changed: the session is still WORKING on the same epoch, no event came.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fleet.events.lock().expect("events").len(), events_before);
+    let last = fleet.last_status("ok-1").expect("status");
+    assert_eq!(last.status().map(|s| s.0), Some(SessionStatus::Working));
+    fleet.kill_worker("w-bad");
+    fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_blob_or_a_wrong_master_key_fails_the_session_and_leaves_the_blob() {
+    let mut fleet = Fleet::start().await;
+    fleet.start_worker("w-a", 10).await;
+    fleet.create_and_start("vault").await;
+    fleet.link_by_qr("vault", "15550003001").await;
+    let stop = fleet.simple("vault", CommandVerb::Stop).await;
+    assert!(stop.error().is_none(), "{stop:?}");
+    fleet
+        .wait_event("vault", Duration::from_secs(10), "STOPPED", |s| {
+            s.status().map(|x| x.0) == Some(SessionStatus::Stopped)
+        })
+        .await;
+    let original = fleet
+        .blob_bytes("vault")
+        .await
+        .expect("a blob after linking");
+    let epoch_before = SessionBlob::parse(&original).expect("envelope").epoch();
+
+    // 1. A worker with another master key: BLOB_REJECTED, the blob untouched.
+    fleet.kill_worker("w-a");
+    fleet
+        .start_worker_with_key("w-wrong-key", 10, OTHER_MASTER_KEY)
+        .await;
+    let reply = fleet.simple("vault", CommandVerb::Start).await;
+    assert!(reply.error().is_none(), "{reply:?}");
+    let failed = fleet
+        .wait_event(
+            "vault",
+            Duration::from_secs(20),
+            "FAILED blob_rejected",
+            |s| {
+                s.event.epoch > epoch_before
+                    && s.status() == Some((SessionStatus::Failed, ReasonCode::BlobRejected))
+            },
+        )
+        .await;
+    assert_eq!(failed.event.worker_id, "w-wrong-key");
+    assert_eq!(
+        fleet.blob_bytes("vault").await.as_deref(),
+        Some(&original[..])
+    );
+    assert!(
+        !fleet
+            .events_of("vault")
+            .iter()
+            .any(|s| s.event.epoch >= failed.event.epoch && s.kind() == "qr"),
+        "a rejected blob must not lead to a new link"
+    );
+    fleet.kill_worker("w-wrong-key");
+
+    // 2. A tampered blob (one ciphertext bit), the right key: BLOB_REJECTED, untouched.
+    let mut tampered = original.clone();
+    let last = tampered.len() - 20;
+    tampered[last] ^= 0x01;
+    {
+        use wafleet_blob::{BlobStore, SaveCondition};
+        let store = fleet.blob_store();
+        let current = store
+            .load(&Fleet::blob_id("vault"))
+            .await
+            .expect("load")
+            .expect("blob");
+        store
+            .save(
+                &Fleet::blob_id("vault"),
+                tampered.clone(),
+                &SaveCondition::IfVersion(current.version),
+            )
+            .await
+            .expect("tamper");
+    }
+    fleet.start_worker("w-b", 10).await;
+    let reply = fleet.simple("vault", CommandVerb::Start).await;
+    assert!(reply.error().is_none(), "{reply:?}");
+    let failed2 = fleet
+        .wait_event("vault", Duration::from_secs(20), "FAILED again", |s| {
+            s.event.epoch > failed.event.epoch
+                && s.status() == Some((SessionStatus::Failed, ReasonCode::BlobRejected))
+        })
+        .await;
+    assert_eq!(failed2.event.worker_id, "w-b");
+    assert_eq!(
+        fleet.blob_bytes("vault").await.as_deref(),
+        Some(&tampered[..])
+    );
+    // The registry says FAILED with the reason, and nobody holds the session.
+    let row = eventually(Duration::from_secs(10), "registry FAILED", || async {
+        fleet
+            .registry_row("vault")
+            .await
+            .filter(|r| r.0 == SessionStatus::Failed as i32)
+    })
+    .await;
+    assert_eq!(row.1, ReasonCode::BlobRejected as i32);
+    assert_eq!(row.3, None);
+    fleet.kill_worker("w-b");
+    fleet.finish().await;
+}

@@ -1,0 +1,608 @@
+//! A whole fleet for one test, on real services: a private nats-server (JetStream), a
+//! fresh PostgreSQL schema, a unique S3 prefix on the SeaweedFS that
+//! `scripts/services.sh up` runs, the simulator in-process, and `wafleet coordinator` /
+//! `wafleet worker` as child processes (so they can be killed with SIGKILL or paused with
+//! SIGSTOP). A backend client sends commands and records every event.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use wafleet_blob::{BlobStore, S3BlobStore, S3Config, SessionId as BlobId};
+use wafleet_bus_schema::codec::{decode_reply, ContentType};
+use wafleet_bus_schema::nats::decode_event_message;
+use wafleet_bus_schema::v1::{self, session_event::Payload, SessionStatus};
+use wafleet_bus_schema::{CommandVerb, SessionAddress, CONTENT_TYPE_HEADER, CONTENT_TYPE_JSON};
+use wafleet_sim::{SimConfig, Simulator};
+
+pub const TENANT: &str = "acme";
+/// The coordinator's pacing in these tests: 300 ms heartbeats.
+pub const HEARTBEAT_MS: u64 = 300;
+pub const LEASE_TTL_S: f64 = 6.0;
+/// A worker silent this many heartbeats (1.5 s) is dead: enough for a loaded 2-core machine.
+pub const MISSED_HEARTBEATS: u32 = 5;
+
+/// A hex master key for the workers.
+pub const MASTER_KEY: &str = "4b1d6f0e9a3c2b1d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5";
+pub const OTHER_MASTER_KEY: &str =
+    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: the fleet tests need the real services; run \
+             `eval \"$(bash scripts/services.sh up)\"` first (scripts/test.sh does)"
+        ),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    /// Lines the child printed on stdout.
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Where its stderr goes.
+    pub log: std::path::PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.name);
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// What the process logged (stderr) and printed (stdout).
+    pub fn log_text(&self) -> String {
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        for line in self.stdout.lock().expect("lines").iter() {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &str, args: &[String], env: &[(&str, String)], dir: &std::path::Path) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wafleet"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .env(
+            "WAFLEET_LOG",
+            "info,wafleet_session_worker=trace,wafleet_auth_coordinator=debug",
+        )
+        .env("RUST_LOG", "info,wafleet_auth_coordinator=debug")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn wafleet");
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    if let Some(out) = child.stdout.take() {
+        let lines = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().expect("lines").push(line);
+            }
+        });
+    }
+    Proc {
+        name: name.to_string(),
+        child,
+        stdout,
+        log,
+    }
+}
+
+/// An event as the backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub event: v1::SessionEvent,
+}
+
+impl Seen {
+    pub fn kind(&self) -> &'static str {
+        match &self.event.payload {
+            Some(Payload::Status(_)) => "status",
+            Some(Payload::Qr(_)) => "qr",
+            Some(Payload::PairingCode(_)) => "pairing_code",
+            Some(Payload::Ready(_)) => "ready",
+            Some(Payload::Disconnected(_)) => "disconnected",
+            None => "none",
+        }
+    }
+
+    pub fn status(&self) -> Option<(SessionStatus, v1::ReasonCode)> {
+        match &self.event.payload {
+            Some(Payload::Status(s)) => Some((
+                SessionStatus::try_from(s.status).unwrap_or(SessionStatus::Unspecified),
+                v1::ReasonCode::try_from(s.reason).unwrap_or(v1::ReasonCode::Unspecified),
+            )),
+            _ => None,
+        }
+    }
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub nats_url: String,
+    _nats: Proc,
+    pub pg_url: String,
+    pub schema: String,
+    pub s3: S3Config,
+    pub sim: Simulator,
+    pub backend: async_nats::Client,
+    pub events: Arc<Mutex<Vec<Seen>>>,
+    pub coordinators: Vec<Proc>,
+    pub workers: HashMap<String, Proc>,
+    event_task: tokio::task::JoinHandle<()>,
+}
+
+impl Fleet {
+    /// NATS, a schema, an S3 prefix, the simulator and one coordinator.
+    pub async fn start() -> Fleet {
+        let nats_bin = required_env("WAFLEET_NATS_SERVER");
+        let pg_url = required_env("WAFLEET_PG_URL");
+        let s3_endpoint = required_env("WAFLEET_S3_ENDPOINT");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let nats_dir = dir.path().join("nats");
+        std::fs::create_dir_all(&nats_dir).expect("nats dir");
+        let nats = {
+            let log = dir.path().join("nats.log");
+            let child = Command::new(&nats_bin)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(&nats_dir)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("nats log"))
+                .spawn()
+                .expect("start nats-server");
+            Proc {
+                name: "nats".into(),
+                child,
+                stdout: Arc::default(),
+                log,
+            }
+        };
+        let nats_url = format!("nats://127.0.0.1:{port}");
+        let backend = eventually(Duration::from_secs(10), "nats-server up", || async {
+            async_nats::connect(&nats_url).await.ok()
+        })
+        .await;
+        let schema = unique("fleet_t");
+        let (client, connection) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .expect("create schema");
+        let mut s3 = S3Config::from_lookup(|name| match name {
+            "WAFLEET_S3_ENDPOINT" => Some(s3_endpoint.clone()),
+            _ => std::env::var(name).ok().filter(|v| !v.is_empty()),
+        })
+        .expect("s3 config");
+        s3.prefix = format!("{}/", unique("fleet-test-"));
+        let sim = Simulator::start(SimConfig::default())
+            .await
+            .expect("simulator");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut subscription = backend
+            .subscribe(format!("wafleet.v1.{TENANT}.evt.>"))
+            .await
+            .expect("subscribe to events");
+        let sink = Arc::clone(&events);
+        let event_task = tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                match decode_event_message(&message) {
+                    Ok(event) => sink.lock().expect("events").push(Seen {
+                        at: Instant::now(),
+                        event,
+                    }),
+                    Err(e) => panic!("a worker published an invalid event: {e}"),
+                }
+            }
+        });
+        backend.flush().await.expect("flush");
+        let mut fleet = Fleet {
+            dir,
+            nats_url,
+            _nats: nats,
+            pg_url,
+            schema,
+            s3,
+            sim,
+            backend,
+            events,
+            coordinators: Vec::new(),
+            workers: HashMap::new(),
+            event_task,
+        };
+        fleet.start_coordinator();
+        fleet
+    }
+
+    pub fn start_coordinator(&mut self) {
+        let name = format!("coordinator-{}", self.coordinators.len());
+        let heartbeat = format!("{}", HEARTBEAT_MS as f64 / 1000.0);
+        let args: Vec<String> = [
+            "coordinator",
+            "--nats-url",
+            &self.nats_url,
+            "--pg-url",
+            &self.pg_url,
+            "--pg-schema",
+            &self.schema,
+            "--heartbeat-interval",
+            &heartbeat,
+            "--missed-heartbeats",
+            &MISSED_HEARTBEATS.to_string(),
+            "--lease-ttl",
+            &LEASE_TTL_S.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = spawn(&name, &args, &[], self.dir.path());
+        self.coordinators.push(proc);
+    }
+
+    fn s3_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WAFLEET_S3_ENDPOINT", self.s3.endpoint.clone()),
+            ("WAFLEET_S3_BUCKET", self.s3.bucket.clone()),
+            ("WAFLEET_S3_PREFIX", self.s3.prefix.clone()),
+        ]
+    }
+
+    /// Starts `wafleet worker` and waits until it takes leases.
+    pub async fn start_worker(&mut self, id: &str, capacity: u32) {
+        self.start_worker_with_key(id, capacity, MASTER_KEY).await
+    }
+
+    pub async fn start_worker_with_key(&mut self, id: &str, capacity: u32, key: &str) {
+        let args: Vec<String> = [
+            "worker",
+            "--worker-id",
+            id,
+            "--capacity",
+            &capacity.to_string(),
+            "--nats",
+            &self.nats_url,
+            "--server",
+            &self.sim.ws_url(),
+            "--root-key",
+            &hex::encode(self.sim.root_public_key()),
+            "--heartbeat-ms",
+            &HEARTBEAT_MS.to_string(),
+            "--renew-ms",
+            "1000",
+            "--http",
+            "127.0.0.1:0",
+            "--backoff-base-ms",
+            "100",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut env = self.s3_env();
+        env.push(("WAFLEET_MASTER_KEY", key.to_string()));
+        let proc = spawn(id, &args, &env, self.dir.path());
+        let lines = Arc::clone(&proc.stdout);
+        self.workers.insert(id.to_string(), proc);
+        let what = format!("worker {id} ready");
+        eventually(Duration::from_secs(20), &what, || {
+            let lines = Arc::clone(&lines);
+            async move {
+                let lines = lines.lock().expect("lines");
+                lines
+                    .iter()
+                    .any(|l| l.contains("worker_ready"))
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// The worker's HTTP address (from its ready line).
+    pub fn worker_http(&self, id: &str) -> String {
+        let lines = self.workers[id].stdout.lock().expect("lines");
+        let line = lines
+            .iter()
+            .find(|l| l.contains("worker_ready"))
+            .expect("ready line");
+        let value: serde_json::Value = serde_json::from_str(line).expect("ready json");
+        value["http"].as_str().expect("http").to_string()
+    }
+
+    pub fn address(session: &str) -> SessionAddress {
+        SessionAddress::new(TENANT, session).expect("address")
+    }
+
+    /// Sends a command (JSON) and returns the reply; retries while no coordinator leads.
+    pub async fn command(&self, session: &str, verb: CommandVerb, json: &str) -> v1::CommandReply {
+        let subject = Self::address(session).command_subject(verb).to_string();
+        self.raw_command(&subject, json.as_bytes(), Some(CONTENT_TYPE_JSON))
+            .await
+    }
+
+    pub async fn raw_command(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        content_type: Option<&str>,
+    ) -> v1::CommandReply {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut headers = HeaderMap::new();
+            if let Some(ct) = content_type {
+                headers.insert(CONTENT_TYPE_HEADER, ct);
+            }
+            let request = async_nats::Request::new()
+                .payload(payload.to_vec().into())
+                .headers(headers)
+                .timeout(Some(Duration::from_secs(10)));
+            match self
+                .backend
+                .send_request(subject.to_string(), request)
+                .await
+            {
+                Ok(reply) => {
+                    let ct = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+                        .map(|v| v.as_str().to_string());
+                    let ct = ContentType::from_header(ct.as_deref()).expect("reply content type");
+                    return decode_reply(&reply.payload, Some(ct.header_value())).expect("reply");
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no reply to {subject}: {e}"),
+            }
+        }
+    }
+
+    /// create + start with fresh command ids.
+    pub async fn create_and_start(&self, session: &str) {
+        let reply = self
+            .command(
+                session,
+                CommandVerb::Create,
+                &format!(r#"{{"commandId":"{}"}}"#, unique("create-")),
+            )
+            .await;
+        assert!(reply.error().is_none(), "create {session}: {reply:?}");
+        let reply = self
+            .command(
+                session,
+                CommandVerb::Start,
+                &format!(r#"{{"commandId":"{}"}}"#, unique("start-")),
+            )
+            .await;
+        assert!(reply.error().is_none(), "start {session}: {reply:?}");
+    }
+
+    pub async fn simple(&self, session: &str, verb: CommandVerb) -> v1::CommandReply {
+        self.command(
+            session,
+            verb,
+            &format!(r#"{{"commandId":"{}"}}"#, unique("cmd-")),
+        )
+        .await
+    }
+
+    pub fn events_of(&self, session: &str) -> Vec<Seen> {
+        self.events
+            .lock()
+            .expect("events")
+            .iter()
+            .filter(|s| s.event.session == session)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for an event of `session` matching `pred`, and returns it.
+    pub async fn wait_event(
+        &self,
+        session: &str,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&Seen) -> bool,
+    ) -> Seen {
+        let what = format!("{session}: {what}");
+        eventually(within, &what, || {
+            let found = self.events_of(session).into_iter().find(|s| pred(s));
+            async move { found }
+        })
+        .await
+    }
+
+    /// Waits for the first QR of `session` at any epoch and scans it with a new phone.
+    pub async fn link_by_qr(&self, session: &str, phone: &str) -> String {
+        self.sim.add_phone(phone).expect("add phone");
+        let qr = self
+            .wait_event(session, Duration::from_secs(30), "a QR event", |s| {
+                s.kind() == "qr"
+            })
+            .await;
+        let Some(Payload::Qr(code)) = &qr.event.payload else {
+            unreachable!()
+        };
+        self.sim.scan_qr(phone, &code.code).await.expect("scan");
+        let ready = self
+            .wait_event(session, Duration::from_secs(60), "WORKING", |s| {
+                s.status().map(|(st, _)| st) == Some(SessionStatus::Working)
+            })
+            .await;
+        ready.event.worker_id
+    }
+
+    /// The latest status event of a session.
+    pub fn last_status(&self, session: &str) -> Option<Seen> {
+        self.events_of(session)
+            .into_iter()
+            .filter(|s| s.status().is_some())
+            .max_by_key(|s| (s.event.epoch, s.event.sequence))
+    }
+
+    pub fn blob_store(&self) -> S3BlobStore {
+        S3BlobStore::new(&self.s3)
+    }
+
+    pub fn blob_id(session: &str) -> BlobId {
+        BlobId::for_tenant_session(TENANT, session).expect("blob id")
+    }
+
+    pub async fn blob_bytes(&self, session: &str) -> Option<Vec<u8>> {
+        self.blob_store()
+            .load(&Self::blob_id(session))
+            .await
+            .expect("S3 load")
+            .map(|b| b.bytes)
+    }
+
+    /// The registry row of a session: (status, reason, epoch, worker, jid).
+    pub async fn registry_row(
+        &self,
+        session: &str,
+    ) -> Option<(i32, i32, i64, Option<String>, String)> {
+        let (client, connection) = tokio_postgres::connect(&self.pg_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(connection);
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT status, reason, epoch, worker_id, jid FROM {}.sessions WHERE tenant = $1 AND session = $2",
+                    self.schema
+                ),
+                &[&TENANT, &session],
+            )
+            .await
+            .ok()
+            .flatten()?;
+        Some((row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+    }
+
+    pub fn kill_worker(&mut self, id: &str) {
+        if let Some(mut worker) = self.workers.remove(id) {
+            worker.signal("KILL");
+            let _ = worker.wait_exit(Duration::from_secs(5));
+        }
+    }
+
+    /// Logs of every process, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self.coordinators.iter().chain(self.workers.values()) {
+            let text = p.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {} (last 40 lines)\n", p.name));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub async fn finish(self) {
+        self.event_task.abort();
+        drop(self.workers);
+        drop(self.coordinators);
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(&self.pg_url, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                .await;
+        }
+        self.sim.shutdown().await;
+    }
+}
