@@ -34,3 +34,28 @@ fn demo_links_logs_in_pairs_by_code_and_unlinks() {
         .join("support-desk/session.logged-out.json")
         .is_file());
 }
+
+/// The README's first command (`scripts/demo.sh` runs exactly this after starting the
+/// services): the fleet demo on real NATS, PostgreSQL and S3.
+#[test]
+fn the_fleet_demo_moves_a_linked_session_to_the_other_worker_without_a_qr() {
+    for var in ["WAFLEET_NATS_URL", "WAFLEET_PG_URL", "WAFLEET_S3_ENDPOINT"] {
+        assert!(
+            std::env::var(var).is_ok_and(|v| !v.is_empty()),
+            "{var} is not set: run `eval \"$(bash scripts/services.sh up)\"` first (scripts/test.sh does)"
+        );
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_wafleet"))
+        .args(["demo", "--no-qr"])
+        .output()
+        .expect("run wafleet demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("qr #1"), "{stdout}");
+    assert!(stdout.contains("is WORKING on"), "{stdout}");
+    assert!(stdout.contains("killed"), "{stdout}");
+    assert!(stdout.contains("is WORKING again on"), "{stdout}");
+    assert!(stdout.contains("with no QR"), "{stdout}");
+    assert!(stdout.contains("sent 0 `replaced`"), "{stdout}");
+}

@@ -321,3 +321,117 @@ async fn a_tampered_blob_or_a_wrong_master_key_fails_the_session_and_leaves_the_
     fleet.kill_worker("w-b");
     fleet.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_over_the_bus_unlinks_the_phone_and_a_new_start_links_afresh() {
+    let mut fleet = Fleet::start().await;
+    fleet.start_worker("w-logout", 10).await;
+    fleet.create_and_start("bye").await;
+    fleet.link_by_qr("bye", "15550006001").await;
+    assert_eq!(fleet.sim.linked_devices("15550006001").len(), 1);
+    let reply = fleet.simple("bye", CommandVerb::Logout).await;
+    assert!(reply.error().is_none(), "{reply:?}\n{}", fleet.logs());
+    fleet
+        .wait_event("bye", Duration::from_secs(20), "STOPPED logged_out", |s| {
+            s.status() == Some((SessionStatus::Stopped, ReasonCode::LoggedOut))
+        })
+        .await;
+    assert!(fleet.sim.linked_devices("15550006001").is_empty());
+    let row = eventually(Duration::from_secs(10), "registry STOPPED", || async {
+        fleet
+            .registry_row("bye")
+            .await
+            .filter(|r| r.0 == SessionStatus::Stopped as i32 && r.3.is_none())
+    })
+    .await;
+    assert_eq!(row.1, ReasonCode::LoggedOut as i32);
+    // The blob keeps no identity: the next start shows a QR again.
+    let epoch = row.2 as u64;
+    let reply = fleet.simple("bye", CommandVerb::Start).await;
+    assert!(reply.error().is_none(), "{reply:?}");
+    fleet
+        .wait_event("bye", Duration::from_secs(20), "a new QR", |s| {
+            s.event.epoch > epoch && s.kind() == "qr"
+        })
+        .await;
+    fleet.kill_worker("w-logout");
+    fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_purges_the_blob_and_forgets_the_session() {
+    let mut fleet = Fleet::start().await;
+    fleet.start_worker("w-del", 10).await;
+    fleet.create_and_start("gone").await;
+    fleet.link_by_qr("gone", "15550007001").await;
+    assert!(fleet.blob_bytes("gone").await.is_some());
+    let reply = fleet.simple("gone", CommandVerb::Delete).await;
+    assert!(reply.error().is_none(), "{reply:?}\n{}", fleet.logs());
+    eventually(Duration::from_secs(10), "blob purged", || async {
+        fleet.blob_bytes("gone").await.is_none().then_some(())
+    })
+    .await;
+    assert!(fleet.registry_row("gone").await.is_none());
+    let again = fleet.simple("gone", CommandVerb::Start).await;
+    assert_eq!(error_code(&again), Some(ErrorCode::UnknownSession));
+    // The socket is closed: no live socket for the device.
+    eventually(Duration::from_secs(10), "socket closed", || async {
+        let live: usize = fleet.sim.counters().live_sockets.values().sum();
+        (live == 0).then_some(())
+    })
+    .await;
+    fleet.kill_worker("w-del");
+    fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_in_a_directory_are_sealed_and_follow_the_session_to_another_worker() {
+    let mut fleet = Fleet::start().await;
+    let dir = tempfile::tempdir().expect("blob dir");
+    let dir_arg = dir.path().to_str().expect("utf-8 path").to_string();
+    let key = fleet_support::MASTER_KEY;
+    fleet
+        .start_worker_with("w-local-1", 10, key, &["--blob-dir", &dir_arg])
+        .await;
+    fleet.create_and_start("local").await;
+    fleet.link_by_qr("local", "15550008001").await;
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("acme.local"))
+        .collect();
+    assert!(!files.is_empty(), "no blob file in {dir_arg}");
+    for file in &files {
+        let bytes = std::fs::read(file.path()).expect("read blob");
+        if bytes.starts_with(b"WFSB") {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains("15550008001"), "the blob holds plaintext");
+            assert!(!text.contains("identity"), "the blob holds plaintext");
+        }
+    }
+    // Nothing went to S3 for this session.
+    assert!(fleet.blob_bytes("local").await.is_none());
+    fleet
+        .start_worker_with("w-local-2", 10, key, &["--blob-dir", &dir_arg])
+        .await;
+    let epoch = fleet.registry_row("local").await.expect("row").2 as u64;
+    fleet.kill_worker("w-local-1");
+    fleet
+        .wait_event(
+            "local",
+            Duration::from_secs(30),
+            "WORKING on w-local-2",
+            |s| {
+                s.event.epoch > epoch
+                    && s.event.worker_id == "w-local-2"
+                    && s.status().map(|x| x.0) == Some(SessionStatus::Working)
+            },
+        )
+        .await;
+    assert!(!fleet
+        .events_of("local")
+        .iter()
+        .any(|s| s.event.epoch > epoch && s.kind() == "qr"));
+    fleet.kill_worker("w-local-2");
+    fleet.finish().await;
+}

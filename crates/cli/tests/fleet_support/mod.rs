@@ -325,7 +325,9 @@ impl Fleet {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let proc = spawn(&name, &args, &[], self.dir.path());
+        // The coordinator purges deleted sessions' blobs: the same bucket and prefix.
+        let env = self.s3_env();
+        let proc = spawn(&name, &args, &env, self.dir.path());
         self.coordinators.push(proc);
     }
 
@@ -343,7 +345,12 @@ impl Fleet {
     }
 
     pub async fn start_worker_with_key(&mut self, id: &str, capacity: u32, key: &str) {
-        let args: Vec<String> = [
+        self.start_worker_with(id, capacity, key, &[]).await
+    }
+
+    /// Starts `wafleet worker` with extra flags (e.g. `--blob-dir DIR`).
+    pub async fn start_worker_with(&mut self, id: &str, capacity: u32, key: &str, extra: &[&str]) {
+        let mut args: Vec<String> = [
             "worker",
             "--worker-id",
             id,
@@ -367,6 +374,7 @@ impl Fleet {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut env = self.s3_env();
         env.push(("WAFLEET_MASTER_KEY", key.to_string()));
         let proc = spawn(id, &args, &env, self.dir.path());
