@@ -373,14 +373,8 @@ impl Coordinator {
     /// Tells a worker to drop a lease (fire and forget: the registry has moved on, and the
     /// fencing epoch stops a worker that does not hear it).
     async fn revoke(&self, lease: &Lease, reason: ReasonCode) {
-        let revoke = internal::LeaseRevoke {
-            tenant: lease.address.tenant.as_str().to_string(),
-            session: lease.address.session.as_str().to_string(),
-            epoch: lease.epoch,
-            reason: reason as i32,
-        };
-        let subject = SysSubject::new(lease.worker.clone(), SysKind::LeaseRevoke);
-        if let Err(e) = self.publish(subject.to_string(), &revoke).await {
+        let (subject, revoke) = revoke_message(lease, reason);
+        if let Err(e) = self.publish(subject, &revoke).await {
             tracing::warn!(session = %lease.address, error = %e, "lease revoke not sent");
         }
     }
@@ -820,14 +814,8 @@ impl Coordinator {
     /// so its last blob write is done before the blob is purged. No answer is logged, not
     /// an error: the session's row is gone, so the worker's commits are refused anyway.
     async fn revoke_and_wait(&self, lease: &Lease, reason: ReasonCode) {
-        let revoke = internal::LeaseRevoke {
-            tenant: lease.address.tenant.as_str().to_string(),
-            session: lease.address.session.as_str().to_string(),
-            epoch: lease.epoch,
-            reason: reason as i32,
-        };
-        let subject = SysSubject::new(lease.worker.clone(), SysKind::LeaseRevoke);
-        match self.request(subject.to_string(), &revoke).await {
+        let (subject, revoke) = revoke_message(lease, reason);
+        match self.request(subject, &revoke).await {
             Ok(_) => {
                 tracing::debug!(session = %lease.address, worker = %lease.worker, "revoke answered")
             }
@@ -883,6 +871,18 @@ impl Coordinator {
         };
         Ok(reply)
     }
+}
+
+/// The `lease_revoke` for `lease`, and the worker's subject it goes to.
+fn revoke_message(lease: &Lease, reason: ReasonCode) -> (String, internal::LeaseRevoke) {
+    let revoke = internal::LeaseRevoke {
+        tenant: lease.address.tenant.as_str().to_string(),
+        session: lease.address.session.as_str().to_string(),
+        epoch: lease.epoch,
+        reason: reason as i32,
+    };
+    let subject = SysSubject::new(lease.worker.clone(), SysKind::LeaseRevoke);
+    (subject.to_string(), revoke)
 }
 
 async fn unsubscribe(mut subscriber: Subscriber) {

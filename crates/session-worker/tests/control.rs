@@ -63,14 +63,7 @@ async fn pairing_code_requested_while_the_qr_is_shown_links() {
     .await;
     assert_eq!(event_code, (code.clone(), issued.expires_at));
 
-    let (entered, ((jid, _), skipped)) = tokio::join!(
-        enter_pairing_code(&sim, &code),
-        wait_for(&mut driver, "ready", ready)
-    );
-    assert_eq!(entered.to_string(), jid);
-    assert!(skipped
-        .iter()
-        .any(|e| matches!(e, DriverEvent::Paired { .. })));
+    let (jid, skipped) = finish_code_link(&sim, &mut driver, &code).await;
     assert!(
         !skipped.iter().any(|e| matches!(
             e,

@@ -57,14 +57,7 @@ async fn pairing_code_link() {
     })
     .await;
     assert_eq!(code.len(), 9, "XXXX-XXXX");
-    let (entered, ((jid, _), skipped)) = tokio::join!(
-        enter_pairing_code(&sim, &code),
-        wait_for(&mut driver, "ready", ready)
-    );
-    assert_eq!(entered.to_string(), jid);
-    assert!(skipped
-        .iter()
-        .any(|e| matches!(e, DriverEvent::Paired { .. })));
+    let (jid, skipped) = finish_code_link(&sim, &mut driver, &code).await;
     // Only one code per QR socket, whatever the QR rotation.
     assert!(!skipped
         .iter()

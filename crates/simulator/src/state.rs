@@ -966,17 +966,26 @@ mod tests {
         jid
     }
 
-    fn login(state: &mut State) -> (SocketId, mpsc::UnboundedReceiver<Outbound>) {
+    /// A login of 15551234567:`device` on a new socket: the socket and what the server sent.
+    fn try_login(
+        state: &mut State,
+        device: u32,
+    ) -> (SocketId, mpsc::UnboundedReceiver<Outbound>, Vec<Outbound>) {
         let (id, rx) = socket(state);
         let p = with_version(
             ClientPayload {
                 username: Some(15551234567),
-                device: Some(1),
+                device: Some(device),
                 ..Default::default()
             },
             [2, 3000, 1],
         );
         let out = state.on_client_payload(id, &payload(&p), Instant::now());
+        (id, rx, out)
+    }
+
+    fn login(state: &mut State) -> (SocketId, mpsc::UnboundedReceiver<Outbound>) {
+        let (id, rx, out) = try_login(state, 1);
         assert_eq!(node_of(&out).tag, "success");
         (id, rx)
     }
@@ -1077,16 +1086,7 @@ mod tests {
             state.unlink(&jid),
             Err(SimError::UnknownDevice(_))
         ));
-        let (id, _rx) = socket(&mut state);
-        let p = with_version(
-            ClientPayload {
-                username: Some(15551234567),
-                device: Some(1),
-                ..Default::default()
-            },
-            [2, 3000, 1],
-        );
-        let out = state.on_client_payload(id, &payload(&p), Instant::now());
+        let (_id, _rx, out) = try_login(&mut state, 1);
         assert_eq!(node_of(&out).attr_str("reason"), Some("401"));
     }
 
@@ -1136,16 +1136,7 @@ mod tests {
         assert!(c.prekeys_stored.is_empty());
         assert_eq!(c.replaced_sent, 0);
         // Later logins with that identity fail 401.
-        let (again, _rx) = socket(&mut state);
-        let p = with_version(
-            ClientPayload {
-                username: Some(15551234567),
-                device: Some(1),
-                ..Default::default()
-            },
-            [2, 3000, 1],
-        );
-        let out = state.on_client_payload(again, &payload(&p), Instant::now());
+        let (_again, _rx, out) = try_login(&mut state, 1);
         assert_eq!(node_of(&out).attr_str("reason"), Some("401"));
         assert!(matches!(
             state.unlink(&jid),

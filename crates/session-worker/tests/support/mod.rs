@@ -138,3 +138,22 @@ pub async fn enter_pairing_code(sim: &Simulator, code: &str) -> wafleet_protocol
     })
     .await
 }
+
+/// The phone enters `code` while the driver waits for Ready: checks that the phone linked
+/// the JID the driver reports and that `Paired` came first; returns the JID and every
+/// event before Ready.
+pub async fn finish_code_link(
+    sim: &Simulator,
+    driver: &mut SessionDriver,
+    code: &str,
+) -> (String, Vec<DriverEvent>) {
+    let (entered, ((jid, _), skipped)) = tokio::join!(
+        enter_pairing_code(sim, code),
+        wait_for(driver, "ready", ready)
+    );
+    assert_eq!(entered.to_string(), jid);
+    assert!(skipped
+        .iter()
+        .any(|e| matches!(e, DriverEvent::Paired { .. })));
+    (jid, skipped)
+}
