@@ -21,7 +21,7 @@ use crate::link::parse_root_key;
 /// `wafleet worker …`
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The worker's name in the fleet (letters, digits, `_`, `-`) [env: WAFLEET_WORKER_ID].
+    /// The worker's name in the fleet (letters, digits, `_`, `-`).
     #[arg(long, env = "WAFLEET_WORKER_ID")]
     worker_id: String,
     /// How many sessions this worker holds at most.

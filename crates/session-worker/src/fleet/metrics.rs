@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use wafleet_bus_schema::v1::ReasonCode;
 
 /// Gauge: leases this worker holds.
 pub const LEASES_HELD: &str = "wafleet_worker_leases_held";
@@ -66,10 +67,39 @@ pub fn install() -> Option<PrometheusHandle> {
         GRANTS_REFUSED,
         "Lease grants this worker refused, by reason"
     );
+    // Every series an alert may read exists from the start (at zero), so a scrape of an
+    // idle worker already shows them.
     for status in ["starting", "scan_qr_code", "working"] {
         metrics::gauge!(SESSIONS, "status" => status).set(0.0);
     }
     metrics::gauge!(LEASES_HELD).set(0.0);
+    metrics::counter!(EVENTS_FAILED).absolute(0);
+    for reason in ["full", "draining"] {
+        metrics::counter!(GRANTS_REFUSED, "reason" => reason).absolute(0);
+    }
+    for reason in [
+        ReasonCode::Requested,
+        ReasonCode::LoggedOut,
+        ReasonCode::Replaced,
+        ReasonCode::QrExhausted,
+        ReasonCode::ClientOutdated,
+        ReasonCode::BlobRejected,
+        ReasonCode::TemporaryBan,
+        ReasonCode::ConnectionLost,
+        ReasonCode::WorkerDraining,
+        ReasonCode::PairingFailed,
+        ReasonCode::InternalFailure,
+    ] {
+        metrics::counter!(SESSIONS_ENDED, "reason" => super::reason::label(reason)).absolute(0);
+    }
+    metrics::counter!(SESSIONS_ENDED, "reason" => "lease_lost").absolute(0);
+    for reason in ["connection_lost", "restart_required", "keepalive_timeout"] {
+        metrics::counter!(RECONNECTS, "reason" => reason).absolute(0);
+    }
+    for histogram in [BLOB_LOAD, BLOB_SAVE, EVENT_PUBLISH_LAG] {
+        // Registers the series; an empty histogram renders its zero buckets.
+        let _ = metrics::histogram!(histogram);
+    }
     Some(handle)
 }
 

@@ -32,6 +32,11 @@ pub fn bus_reason(code: &str) -> ReasonCode {
     }
 }
 
+/// A reason as a metric label: the contract's name in lower case (`blob_rejected`).
+pub fn label(reason: ReasonCode) -> String {
+    reason.as_str_name().to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +51,11 @@ mod tests {
         assert_eq!(bus_reason("restart_required"), ReasonCode::RestartRequired);
         assert_eq!(bus_reason("storage_error"), ReasonCode::InternalFailure);
         assert_eq!(bus_reason("something new"), ReasonCode::InternalFailure);
+    }
+
+    #[test]
+    fn labels_are_the_contract_names_in_lower_case() {
+        assert_eq!(label(ReasonCode::BlobRejected), "blob_rejected");
+        assert_eq!(label(ReasonCode::WorkerDraining), "worker_draining");
     }
 }

@@ -418,6 +418,7 @@ pub async fn run(
     let (release, answer) = match end {
         End::Lost(why) => {
             info!(session = %address, epoch, why, "lease lost: the session stopped without a word");
+            metrics::counter!(m::SESSIONS_ENDED, "reason" => "lease_lost").increment(1);
             (None, None)
         }
         End::Revoked(reason, done) => {
@@ -467,8 +468,7 @@ pub async fn run(
         warn!(session = %address, epoch, "events still unacked after 10 s; releasing anyway");
     }
     if let Some(reason) = release {
-        let reason_label = format!("{reason:?}");
-        metrics::counter!(m::SESSIONS_ENDED, "reason" => reason_label).increment(1);
+        metrics::counter!(m::SESSIONS_ENDED, "reason" => super::reason::label(reason)).increment(1);
         match spec.bus.release(&address, epoch, reason).await {
             Ok(_) => info!(session = %address, epoch, ?reason, "lease released"),
             Err(e) => {
