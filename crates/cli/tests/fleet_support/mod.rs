@@ -204,7 +204,12 @@ impl Seen {
     }
 }
 
+/// One fleet at a time per test binary: several fleets (each with its NATS, coordinators
+/// and workers) at once on a 2-core machine starve each other's heartbeats.
+static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct Fleet {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     pub nats_url: String,
     _nats: Proc,
@@ -222,6 +227,7 @@ pub struct Fleet {
 impl Fleet {
     /// NATS, a schema, an S3 prefix, the simulator and one coordinator.
     pub async fn start() -> Fleet {
+        let turn = ONE_FLEET.lock().await;
         let nats_bin = required_env("WAFLEET_NATS_SERVER");
         let pg_url = required_env("WAFLEET_PG_URL");
         let s3_endpoint = required_env("WAFLEET_S3_ENDPOINT");
@@ -287,6 +293,7 @@ impl Fleet {
         });
         backend.flush().await.expect("flush");
         let mut fleet = Fleet {
+            _turn: turn,
             dir,
             nats_url,
             _nats: nats,
@@ -510,18 +517,34 @@ impl Fleet {
         .await
     }
 
-    /// Waits for the first QR of `session` at any epoch and scans it with a new phone.
+    /// Scans the session's newest QR with a new phone (a QR from a socket that has since
+    /// closed is refused: the newest one is tried again), then waits for WORKING.
     pub async fn link_by_qr(&self, session: &str, phone: &str) -> String {
         self.sim.add_phone(phone).expect("add phone");
-        let qr = self
-            .wait_event(session, Duration::from_secs(30), "a QR event", |s| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.wait_event(session, Duration::from_secs(30), "a QR event", |s| {
                 s.kind() == "qr"
             })
             .await;
-        let Some(Payload::Qr(code)) = &qr.event.payload else {
-            unreachable!()
-        };
-        self.sim.scan_qr(phone, &code.code).await.expect("scan");
+            let newest = self
+                .events_of(session)
+                .into_iter()
+                .filter(|s| s.kind() == "qr")
+                .max_by_key(|s| (s.event.epoch, s.event.sequence))
+                .expect("a QR event");
+            let Some(Payload::Qr(code)) = &newest.event.payload else {
+                unreachable!()
+            };
+            match self.sim.scan_qr(phone, &code.code).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{session}: scan refused ({e}); trying the newest QR again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{session}: scan: {e}\n{}", self.logs()),
+            }
+        }
         let ready = self
             .wait_event(session, Duration::from_secs(60), "WORKING", |s| {
                 s.status().map(|(st, _)| st) == Some(SessionStatus::Working)
