@@ -11,7 +11,7 @@
 # Installs what it needs when missing (idempotent): kubernetes-validate in a venv under
 # ${WAFLEET_STATE_DIR:-/var/tmp/wafleet}/venv-k8s, promtool from Debian's `prometheus`
 # (as root). A step whose tool cannot be installed prints `SKIPPED: ...`.
-# Env: WAFLEET_BIN (default: target/debug/wafleet, else /var/tmp/wafleet-ci-target/debug/wafleet);
+# Env: WAFLEET_BIN (default: $CARGO_TARGET_DIR/debug/wafleet, target/debug/wafleet, else /var/tmp/wafleet-ci-target/debug/wafleet);
 #      CHECK_DEPLOY_STRICT_SCRAPE=1 fails when a rules metric is absent from the scrape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +59,7 @@ fi
 
 bin="${WAFLEET_BIN:-}"
 if [ -z "$bin" ]; then
-  for b in target/debug/wafleet /var/tmp/wafleet-ci-target/debug/wafleet; do
+  for b in "${CARGO_TARGET_DIR:-target}/debug/wafleet" target/debug/wafleet /var/tmp/wafleet-ci-target/debug/wafleet; do
     if [ -x "$b" ]; then bin="$b"; break; fi
   done
 fi

@@ -25,5 +25,11 @@ echo "== services: NATS 2.15.1 with JetStream, PostgreSQL, S3 (scripts/services.
 service_env="$(bash scripts/services.sh up)"   # fails the run if a service cannot start
 eval "$service_env"
 
+echo "== cargo test --workspace --no-run (builds every test and the wafleet binary)"
+cargo test --workspace --no-run --quiet
+
+echo "== deploy: manifests, alert rules and a real worker scrape (scripts/check-deploy.sh)"
+WAFLEET_BIN="${CARGO_TARGET_DIR:-target}/debug/wafleet" bash scripts/check-deploy.sh
+
 echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast
