@@ -65,68 +65,8 @@ fn report(label: &str, mut values: Vec<Duration>) {
 /// `wafleet worker` as the harness starts it, but logging at `info` (the harness logs the
 /// session worker at `trace`, which costs CPU in a benchmark).
 async fn start_worker(fleet: &mut Fleet, id: &str, capacity: u32) {
-    let log = fleet.dir.path().join(format!("{id}.log"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wafleet"));
-    command
-        .args([
-            "worker",
-            "--worker-id",
-            id,
-            "--capacity",
-            &capacity.to_string(),
-            "--nats",
-            &fleet.nats_url,
-            "--server",
-            &fleet.sim.ws_url(),
-            "--root-key",
-            &hex::encode(fleet.sim.root_public_key()),
-            "--heartbeat-ms",
-            &HEARTBEAT_MS.to_string(),
-            "--renew-ms",
-            "1000",
-            "--http",
-            "127.0.0.1:0",
-            "--backoff-base-ms",
-            "100",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .env("WAFLEET_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("WAFLEET_S3_ENDPOINT", &fleet.s3.endpoint)
-        .env("WAFLEET_S3_BUCKET", &fleet.s3.bucket)
-        .env("WAFLEET_S3_PREFIX", &fleet.s3.prefix)
-        .env("WAFLEET_MASTER_KEY", MASTER_KEY);
-    let mut child = command.spawn().expect("spawn wafleet worker");
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    if let Some(out) = child.stdout.take() {
-        let lines = Arc::clone(&stdout);
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                lines.lock().expect("lines").push(line);
-            }
-        });
-    }
-    let lines = Arc::clone(&stdout);
-    fleet.workers.insert(
-        id.to_string(),
-        Proc {
-            name: id.to_string(),
-            child,
-            stdout,
-            log,
-        },
-    );
-    eventually(Duration::from_secs(20), &format!("{id} ready"), || {
-        let ready = lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .any(|l| l.contains("worker_ready"));
-        async move { ready.then_some(()) }
-    })
-    .await;
+    fleet.worker_log = Some("info".into());
+    fleet.start_worker(id, capacity).await;
 }
 
 fn first_qr(fleet: &Fleet, session: &str) -> Option<Seen> {

@@ -221,6 +221,9 @@ pub struct Fleet {
     pub events: Arc<Mutex<Vec<Seen>>>,
     pub coordinators: Vec<Proc>,
     pub workers: HashMap<String, Proc>,
+    /// `WAFLEET_LOG` for workers started from now on (`None`: the session worker at
+    /// `trace`, for failure messages; benchmarks set `info`).
+    pub worker_log: Option<String>,
     event_task: tokio::task::JoinHandle<()>,
 }
 
@@ -305,6 +308,7 @@ impl Fleet {
             events,
             coordinators: Vec::new(),
             workers: HashMap::new(),
+            worker_log: None,
             event_task,
         };
         fleet.start_coordinator();
@@ -384,6 +388,9 @@ impl Fleet {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut env = self.s3_env();
         env.push(("WAFLEET_MASTER_KEY", key.to_string()));
+        if let Some(log) = &self.worker_log {
+            env.push(("WAFLEET_LOG", log.clone()));
+        }
         let proc = spawn(id, &args, &env, self.dir.path());
         let lines = Arc::clone(&proc.stdout);
         self.workers.insert(id.to_string(), proc);
