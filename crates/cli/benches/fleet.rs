@@ -25,12 +25,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fleet_support::{
-    eventually, Fleet, Proc, Seen, HEARTBEAT_MS, LEASE_TTL_S, MASTER_KEY, MISSED_HEARTBEATS,
-};
+use fleet_support::{eventually, Fleet, Seen, HEARTBEAT_MS, LEASE_TTL_S, MISSED_HEARTBEATS};
 use futures_util::StreamExt;
 use wafleet_bus_schema::v1::session_event::Payload;
 use wafleet_bus_schema::v1::SessionStatus;
