@@ -86,6 +86,8 @@ struct Saved {
     saves: u32,
     /// What `load` hands the driver.
     initial: Option<StoredSession>,
+    /// The last write was the logged-out tombstone.
+    logged_out: bool,
 }
 
 /// The [`SessionStore`] of one leased session.
@@ -152,6 +154,7 @@ impl FleetStore {
                 version,
                 saves: 0,
                 initial,
+                logged_out: false,
             }),
             fenced: AtomicBool::new(false),
         })
@@ -160,11 +163,6 @@ impl FleetStore {
     /// Whether a save was refused because the lease or the blob is not ours any more.
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
-    }
-
-    /// Whether a linked identity was loaded.
-    pub fn had_session(&self) -> bool {
-        self.lock().initial.is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
@@ -227,6 +225,7 @@ impl FleetStore {
             Ok(new_version) => {
                 saved.saves = n;
                 saved.version = Some(new_version);
+                saved.logged_out = state.is_none();
                 Ok(())
             }
             // Not ours any more.
@@ -250,7 +249,12 @@ impl SessionStore for FleetStore {
         self.write(Some(session))
     }
 
+    /// Writes the tombstone once: the driver marks a requested logout, the session task
+    /// marks a logout from the phone, and a logout the driver marked needs no second write.
     fn mark_logged_out(&self) -> Result<(), StoreError> {
+        if self.lock().logged_out {
+            return Ok(());
+        }
         self.write(None)
     }
 }
@@ -366,7 +370,7 @@ mod tests {
         );
         let next = open(&vault, 4, fence(4), clock(10_000)).await.unwrap();
         assert_eq!(next.load().unwrap(), Some(s));
-        assert!(next.had_session());
+        assert!(next.load().unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,13 +469,18 @@ mod tests {
     async fn a_logout_leaves_a_blob_with_no_identity() {
         let tmp = tempfile::tempdir().unwrap();
         let vault = vault(tmp.path(), 1);
-        let store = open(&vault, 1, fence(1), clock(10_000)).await.unwrap();
+        let f = fence(1);
+        let store = open(&vault, 1, f.clone(), clock(10_000)).await.unwrap();
         save(&store, &session()).await.unwrap();
-        let s = Arc::clone(&store);
-        tokio::task::spawn_blocking(move || s.mark_logged_out())
-            .await
-            .unwrap()
-            .unwrap();
+        for _ in 0..2 {
+            let s = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || s.mark_logged_out())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // One commit for the save, one for the tombstone: the second mark wrote nothing.
+        assert_eq!(f.calls.load(Ordering::SeqCst), 2);
         let next = open(&vault, 2, fence(2), clock(10_000)).await.unwrap();
         assert!(next.load().unwrap().is_none());
     }
