@@ -298,7 +298,7 @@ async fn a_tampered_blob_or_a_wrong_master_key_fails_the_session_and_leaves_the_
     let reply = fleet.simple("vault", CommandVerb::Start).await;
     assert!(reply.error().is_none(), "{reply:?}");
     let failed2 = fleet
-        .wait_event("vault", Duration::from_secs(20), "FAILED again", |s| {
+        .wait_event("vault", Duration::from_secs(60), "FAILED again", |s| {
             s.event.epoch > failed.event.epoch
                 && s.status() == Some((SessionStatus::Failed, ReasonCode::BlobRejected))
         })
@@ -309,7 +309,7 @@ async fn a_tampered_blob_or_a_wrong_master_key_fails_the_session_and_leaves_the_
         Some(&tampered[..])
     );
     // The registry says FAILED with the reason, and nobody holds the session.
-    let row = eventually(Duration::from_secs(10), "registry FAILED", || async {
+    let row = eventually(Duration::from_secs(60), "registry FAILED", || async {
         fleet
             .registry_row("vault")
             .await
