@@ -448,16 +448,10 @@ pub async fn run(
             reason,
             message,
         } => {
-            // A final word only from the holder: the coordinator may have given the session
-            // away (a worker paused past its heartbeats) before the local deadline passed.
-            let held = clock.is_live()
-                && !matches!(spec.bus.renew(&address, epoch).await, Err(e) if e.is_fenced());
-            if held {
+            if clock.is_live() {
                 run.set_status(status, reason, message);
                 (Some(reason), None)
             } else {
-                info!(session = %address, epoch, ?reason, "lease lost: the session stopped without a word");
-                metrics::counter!(m::SESSIONS_ENDED, "reason" => "lease_lost").increment(1);
                 (None, None)
             }
         }
