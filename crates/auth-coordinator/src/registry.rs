@@ -191,7 +191,9 @@ pub struct Lease {
     pub worker: WorkerId,
     /// The fencing epoch.
     pub epoch: u64,
-    /// When it runs out unless renewed.
+    /// When it runs out unless renewed. From [`Registry::grant_to_least_loaded`] and
+    /// [`Registry::renew_lease`]: the earlier of that and the moment the holder would count
+    /// as dead, so the holder never trusts a lease the coordinator may already move.
     pub expires_at: SystemTime,
 }
 
@@ -270,6 +272,18 @@ fn session_from_row(row: &Row) -> Result<SessionRecord, RegistryError> {
 
 fn serde_json_metadata(text: &str) -> Result<BTreeMap<String, String>, RegistryError> {
     serde_json::from_str(text).map_err(|e| RegistryError::InvalidRow(format!("metadata: {e}")))
+}
+
+/// The `lease_expires_at` a holder may trust, for `RETURNING` in a statement whose `$3`
+/// is the worker and whose parameter `dead_after` holds the dead-after seconds: the earlier
+/// of the lease's expiry and the moment the worker counts as dead (its last heartbeat +
+/// dead-after), since [`Registry::expire_leases`] ends a dead worker's leases before they
+/// run out. (`LEAST` ignores the NULL of a worker never seen.)
+fn trusted_until(dead_after: &str) -> String {
+    format!(
+        "LEAST(lease_expires_at, (SELECT w.last_heartbeat + make_interval(secs => {dead_after})
+             FROM workers w WHERE w.worker_id = $3)) AS lease_expires_at"
+    )
 }
 
 fn lease_from_row(address: &SessionAddress, row: &Row) -> Result<Lease, RegistryError> {
@@ -521,12 +535,15 @@ impl Registry {
         let worker: String = pick.try_get("worker_id")?;
         let row = tx
             .query_one(
-                "UPDATE sessions SET epoch = epoch + 1, worker_id = $3,
-                     lease_expires_at = now() + make_interval(secs => $4),
-                     status = CASE WHEN status = $5 THEN $6 ELSE status END,
-                     updated_at = now()
-                 WHERE tenant = $1 AND session = $2
-                 RETURNING worker_id, epoch, lease_expires_at",
+                &format!(
+                    "UPDATE sessions SET epoch = epoch + 1, worker_id = $3,
+                         lease_expires_at = now() + make_interval(secs => $4),
+                         status = CASE WHEN status = $5 THEN $6 ELSE status END,
+                         updated_at = now()
+                     WHERE tenant = $1 AND session = $2
+                     RETURNING worker_id, epoch, {}",
+                    trusted_until("$7")
+                ),
                 &[
                     &address.tenant.as_str(),
                     &address.session.as_str(),
@@ -534,6 +551,7 @@ impl Registry {
                     &ttl.as_secs_f64(),
                     &(SessionStatus::Stopped as i32),
                     &(SessionStatus::Starting as i32),
+                    &dead_after.as_secs_f64(),
                 ],
             )
             .await?;
@@ -543,26 +561,32 @@ impl Registry {
     }
 
     /// Extends the lease if `worker` holds it at `epoch`; otherwise [`RegistryError::Fenced`].
+    /// The returned expiry is the earlier of the new one and `worker`'s death time.
     pub async fn renew_lease(
         &self,
         address: &SessionAddress,
         worker: &WorkerId,
         epoch: u64,
         ttl: Duration,
+        dead_after: Duration,
     ) -> Result<Lease, RegistryError> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $5),
-                     updated_at = now()
-                 WHERE tenant = $1 AND session = $2 AND worker_id = $3 AND epoch = $4
-                 RETURNING worker_id, epoch, lease_expires_at",
+                &format!(
+                    "UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $5),
+                         updated_at = now()
+                     WHERE tenant = $1 AND session = $2 AND worker_id = $3 AND epoch = $4
+                     RETURNING worker_id, epoch, {}",
+                    trusted_until("$6")
+                ),
                 &[
                     &address.tenant.as_str(),
                     &address.session.as_str(),
                     &worker.as_str(),
                     &epoch_to_sql(epoch)?,
                     &ttl.as_secs_f64(),
+                    &dead_after.as_secs_f64(),
                 ],
             )
             .await?;

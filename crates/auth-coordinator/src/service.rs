@@ -418,7 +418,9 @@ impl Coordinator {
         };
         let worker = subject.worker;
         match sys {
-            SysMessage::Heartbeat(heartbeat) => self.on_heartbeat(&worker, &heartbeat).await,
+            SysMessage::Heartbeat(heartbeat) => {
+                self.on_heartbeat(message, &worker, &heartbeat).await
+            }
             SysMessage::Shutdown(_) => {
                 tracing::info!(%worker, "worker announced shutdown: draining");
                 if let Err(e) = self.registry.mark_draining(&worker).await {
@@ -432,7 +434,13 @@ impl Coordinator {
                 let reply = match SessionAddress::new(&renew.tenant, &renew.session) {
                     Ok(address) => lease_reply(
                         self.registry
-                            .renew_lease(&address, &worker, renew.epoch, self.config.lease_ttl)
+                            .renew_lease(
+                                &address,
+                                &worker,
+                                renew.epoch,
+                                self.config.lease_ttl,
+                                self.config.dead_after(),
+                            )
                             .await,
                     ),
                     Err(e) => lease_error(ErrorCode::MalformedCommand, e.to_string()),
@@ -570,7 +578,16 @@ impl Coordinator {
         }
     }
 
-    async fn on_heartbeat(&self, worker: &WorkerId, heartbeat: &internal::WorkerHeartbeat) {
+    /// Records the heartbeat and renews the leases it lists, answers with the renewed ones
+    /// and how long the worker may trust them (no answer when nothing was recorded: the
+    /// worker then trusts its leases no longer than before), then revokes the listed leases
+    /// the worker no longer holds.
+    async fn on_heartbeat(
+        &self,
+        message: &Message,
+        worker: &WorkerId,
+        heartbeat: &internal::WorkerHeartbeat,
+    ) {
         if let Err(e) = self
             .registry
             .record_heartbeat(
@@ -595,6 +612,23 @@ impl Coordinator {
             .await
         {
             Ok(stale) => {
+                let renewed = heartbeat
+                    .leases
+                    .iter()
+                    .filter(|l| {
+                        !stale
+                            .iter()
+                            .any(|(t, s, e)| *t == l.tenant && *s == l.session && *e == l.epoch)
+                    })
+                    .cloned()
+                    .collect();
+                // Both clocks started no earlier than the worker sent the heartbeat.
+                let valid_for = self.config.lease_ttl.min(self.config.dead_after());
+                let ack = internal::HeartbeatAck {
+                    renewed,
+                    valid_for_ms: u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX),
+                };
+                self.answer(message, &ack).await;
                 for (tenant, session, epoch) in stale {
                     let Ok(address) = SessionAddress::new(&tenant, &session) else {
                         continue;

@@ -133,7 +133,7 @@ async fn a_stale_epoch_cannot_commit_renew_or_release() {
     }
     assert!(matches!(
         registry
-            .renew_lease(&s, &worker("worker-0"), old.epoch, TTL)
+            .renew_lease(&s, &worker("worker-0"), old.epoch, TTL, TTL)
             .await,
         Err(RegistryError::Fenced { .. })
     ));
@@ -146,7 +146,7 @@ async fn a_stale_epoch_cannot_commit_renew_or_release() {
     // The right epoch from the wrong worker is refused too.
     assert!(matches!(
         registry
-            .renew_lease(&s, &worker("worker-0"), new.epoch, TTL)
+            .renew_lease(&s, &worker("worker-0"), new.epoch, TTL, TTL)
             .await,
         Err(RegistryError::Fenced { .. })
     ));
@@ -164,7 +164,7 @@ async fn a_stale_epoch_cannot_commit_renew_or_release() {
         Err(RegistryError::StaleBlobVersion { committed: 2, .. })
     ));
     registry
-        .renew_lease(&s, &worker("worker-1"), new.epoch, TTL)
+        .renew_lease(&s, &worker("worker-1"), new.epoch, TTL, TTL)
         .await
         .expect("renew");
     registry
@@ -306,6 +306,56 @@ async fn dead_workers_lose_their_leases_and_grants_go_to_the_least_loaded() {
         }
     }
     assert_eq!(regranted, 1);
+    schema.drop_schema().await;
+}
+
+/// The expiry a holder is told is never after the moment its worker would count as dead:
+/// `expire_leases` ends a silent worker's leases before a long TTL runs out, so a worker
+/// that trusted the TTL could act on a lease that has moved.
+#[tokio::test]
+async fn a_granted_or_renewed_expiry_is_bounded_by_the_workers_death_time() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::create(&url).await;
+    let registry = schema.registry().await;
+    let dead_after = Duration::from_secs(2);
+    let w = worker("w");
+    registry
+        .record_heartbeat(&w, 10, false, "t")
+        .await
+        .expect("heartbeat");
+    let s = address("bounded");
+    registry
+        .create_session(&s, &BTreeMap::new())
+        .await
+        .expect("create");
+    let left = |at: std::time::SystemTime| {
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
+    let lease = registry
+        .grant_to_least_loaded(&s, None, TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("a worker");
+    assert!(left(lease.expires_at) <= dead_after, "{lease:?}");
+    assert!(left(lease.expires_at) > Duration::from_secs(1), "{lease:?}");
+    // A while after the heartbeat, a renewal is bounded by that heartbeat, not by now.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let renewed = registry
+        .renew_lease(&s, &w, lease.epoch, TTL, dead_after)
+        .await
+        .expect("renew");
+    assert!(
+        left(renewed.expires_at) <= dead_after - Duration::from_millis(700),
+        "{renewed:?}"
+    );
+    // With a death time beyond the TTL, the TTL bounds it.
+    let long = registry
+        .renew_lease(&s, &w, lease.epoch, Duration::from_secs(3), TTL)
+        .await
+        .expect("renew");
+    assert!(left(long.expires_at) <= Duration::from_secs(3), "{long:?}");
+    assert!(left(long.expires_at) > Duration::from_secs(2), "{long:?}");
     schema.drop_schema().await;
 }
 

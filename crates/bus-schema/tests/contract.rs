@@ -468,6 +468,9 @@ fn the_examples_in_bus_md_are_valid() {
             "LeaseReply" => {
                 check_example::<internal::LeaseReply>(json);
             }
+            "HeartbeatAck" => {
+                check_example::<internal::HeartbeatAck>(json);
+            }
             other => panic!("BUS.md has an example of unknown type {other}"),
         }
     }
@@ -486,6 +489,7 @@ fn the_examples_in_bus_md_are_valid() {
         "LeaseRelease",
         "LeaseRevoke",
         "LeaseReply",
+        "HeartbeatAck",
         "WorkerShutdown",
         "ForwardedCommand",
         "BlobCommit",

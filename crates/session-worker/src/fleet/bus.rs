@@ -220,13 +220,14 @@ impl FleetBus {
             .map_err(|e| e.to_string())
     }
 
-    /// Publishes a heartbeat (it also renews the listed leases at the coordinator).
+    /// Sends a heartbeat (it also renews the listed leases at the coordinator) and waits
+    /// for the acknowledgement, which says which leases were renewed and for how long.
     pub async fn heartbeat(
         &self,
         capacity: u32,
         leases: Vec<internal::HeldLease>,
         draining: bool,
-    ) -> Result<(), String> {
+    ) -> Result<internal::HeartbeatAck, LeaseError> {
         let heartbeat = internal::WorkerHeartbeat {
             worker_id: self.worker.as_str().to_string(),
             capacity,
@@ -235,7 +236,7 @@ impl FleetBus {
             sent_at: Some(timestamp(SystemTime::now())),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        self.publish_sys(SysKind::Heartbeat, &heartbeat).await
+        self.request(SysKind::Heartbeat, &heartbeat).await
     }
 
     /// Announces that the worker is going away.

@@ -6,6 +6,11 @@
 //! deadline to `now + d - margin`. Past its deadline the worker acts as if the lease were
 //! gone: it writes nothing, publishes no status and closes the socket, so a worker that
 //! was paused (SIGSTOP, a long GC, a partition) cannot act on a lease that may have moved.
+//!
+//! The coordinator moves a lease when it runs out *or* when its worker misses heartbeats,
+//! whichever comes first; so the expiry in a grant or renewal is already the earlier of
+//! the two, and a heartbeat acknowledgement moves the deadline of each lease it renewed to
+//! "heartbeat sent + acknowledged validity" (both measured from no earlier than the send).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +39,19 @@ impl LeaseClock {
     /// Moves the deadline forward after a renewal (never backward).
     pub fn renewed(&self, grant: &internal::LeaseGrant) {
         let next = local_deadline(grant);
+        let mut deadline = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        if next > *deadline {
+            *deadline = next;
+        }
+    }
+
+    /// Moves the deadline forward to `trusted_until - margin` (never backward): after a
+    /// heartbeat acknowledgement that renewed this lease, `trusted_until` is when the
+    /// heartbeat was sent plus the acknowledged validity.
+    pub fn extend_to(&self, trusted_until: Instant) {
+        let next = trusted_until
+            .checked_sub(SAFETY_MARGIN)
+            .unwrap_or(trusted_until);
         let mut deadline = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
         if next > *deadline {
             *deadline = next;
@@ -120,5 +138,27 @@ mod tests {
         assert!(clock.deadline() > before);
         clock.expire();
         assert!(!clock.is_live());
+    }
+
+    #[test]
+    fn a_heartbeat_ack_extends_by_its_validity_minus_the_margin_and_never_shortens() {
+        let clock = LeaseClock::from_grant(&grant(1_000));
+        let before = clock.deadline();
+        clock.extend_to(Instant::now() + Duration::from_millis(200));
+        assert_eq!(
+            clock.deadline(),
+            before,
+            "an earlier bound does not shorten"
+        );
+        let sent = Instant::now();
+        clock.extend_to(sent + Duration::from_secs(5));
+        assert_eq!(
+            clock.deadline(),
+            sent + Duration::from_secs(5) - SAFETY_MARGIN
+        );
+        // A heartbeat sent long ago buys nothing any more.
+        let stale = LeaseClock::from_grant(&grant(100));
+        stale.extend_to(Instant::now() + Duration::from_millis(400));
+        assert!(!stale.is_live());
     }
 }

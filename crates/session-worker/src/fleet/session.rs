@@ -78,6 +78,9 @@ pub struct SessionSpec {
     pub address: SessionAddress,
     /// The accepted grant.
     pub grant: internal::LeaseGrant,
+    /// The lease's local deadline (from the grant; the worker extends it on heartbeat
+    /// acknowledgements).
+    pub clock: LeaseClock,
     /// The bus.
     pub bus: FleetBus,
     /// The blob vault.
@@ -390,7 +393,7 @@ pub async fn run(
 ) {
     let address = spec.address.clone();
     let epoch = spec.grant.epoch;
-    let clock = LeaseClock::from_grant(&spec.grant);
+    let clock = spec.clock.clone();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let publisher = tokio::spawn(publisher(
         spec.bus.clone(),
@@ -415,6 +418,7 @@ pub async fn run(
     );
 
     let end = drive(&spec, &mut run, &mut inbox).await;
+    let lost = matches!(end, End::Lost(_));
     let (release, answer) = match end {
         End::Lost(why) => {
             info!(session = %address, epoch, why, "lease lost: the session stopped without a word");
@@ -474,6 +478,20 @@ pub async fn run(
             Err(e) => {
                 warn!(session = %address, epoch, ?reason, error = %e, "lease release refused or unanswered")
             }
+        }
+    }
+    if lost {
+        // The socket is closed. If the coordinator still counts the lease as ours (it only
+        // lapsed here, e.g. heartbeats went unanswered while coordinators changed leader),
+        // this frees the session for a new grant now instead of at its expiry; if the lease
+        // has moved, the coordinator refuses and nothing changes.
+        match spec
+            .bus
+            .release(&address, epoch, ReasonCode::LeaseLost)
+            .await
+        {
+            Ok(_) => info!(session = %address, epoch, "lapsed lease handed back"),
+            Err(e) => debug!(session = %address, epoch, error = %e, "lapsed lease not handed back"),
         }
     }
     if let Some(done) = answer {

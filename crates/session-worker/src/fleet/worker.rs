@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,7 +20,7 @@ use wafleet_bus_schema::v1::{self, ErrorCode, ReasonCode};
 use wafleet_bus_schema::{decode_sys, subject, SessionAddress, SysMessage, WorkerId};
 
 use super::bus::FleetBus;
-use super::lease::HeldLease;
+use super::lease::{HeldLease, LeaseClock};
 use super::metrics::{self as m, Health};
 use super::session::{self, Ended, SessionPacing, SessionSpec, ToSession};
 use super::store::Vault;
@@ -77,6 +77,7 @@ pub enum WorkerError {
 
 struct Running {
     epoch: u64,
+    clock: LeaseClock,
     inbox: mpsc::Sender<ToSession>,
     task: JoinHandle<()>,
 }
@@ -152,15 +153,48 @@ impl Worker {
             .collect()
     }
 
-    async fn heartbeat(&self) {
+    /// Sends a heartbeat without holding up the loop; its acknowledgement extends the
+    /// local deadline of every lease it renewed (see [`LeaseClock::extend_to`]). No answer
+    /// extends nothing: the leases then lapse here when the coordinator may move them.
+    fn heartbeat(&self) {
         tracing::trace!(leases = self.sessions.len(), "heartbeat");
-        if let Err(e) = self
-            .bus
-            .heartbeat(self.config.capacity, self.held(), false)
-            .await
-        {
-            warn!(error = %e, "heartbeat not sent");
-        }
+        let clocks: HashMap<HeldLease, LeaseClock> = self
+            .sessions
+            .iter()
+            .map(|(address, running)| {
+                let held = HeldLease {
+                    address: address.clone(),
+                    epoch: running.epoch,
+                };
+                (held, running.clock.clone())
+            })
+            .collect();
+        let held = clocks.keys().map(HeldLease::to_bus).collect();
+        let bus = self.bus.clone();
+        let capacity = self.config.capacity;
+        let patience = self.config.heartbeat_interval * 3;
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let ack =
+                match tokio::time::timeout(patience, bus.heartbeat(capacity, held, false)).await {
+                    Ok(Ok(ack)) => ack,
+                    Ok(Err(e)) => return warn!(error = %e, "heartbeat not acknowledged"),
+                    Err(_) => return warn!("heartbeat not acknowledged in time"),
+                };
+            let trusted_until = sent + Duration::from_millis(ack.valid_for_ms);
+            for renewed in &ack.renewed {
+                let Ok(address) = SessionAddress::new(&renewed.tenant, &renewed.session) else {
+                    continue;
+                };
+                let key = HeldLease {
+                    address,
+                    epoch: renewed.epoch,
+                };
+                if let Some(clock) = clocks.get(&key) {
+                    clock.extend_to(trusted_until);
+                }
+            }
+        });
     }
 
     fn forget(&mut self, ended: Ended) {
@@ -209,7 +243,7 @@ impl Worker {
                     }
                 },
                 Some(ended) = self.ended_rx.recv() => self.forget(ended),
-                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = heartbeat.tick() => self.heartbeat(),
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
@@ -238,7 +272,7 @@ impl Worker {
                 Some(message) = inbox.next() => self.on_message(message).await,
                 Some(ended) = self.ended_rx.recv() => self.forget(ended),
                 // Still alive: the coordinator must not move sessions before they closed here.
-                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = heartbeat.tick() => self.heartbeat(),
                 _ = tokio::time::sleep_until(deadline) => {
                     warn!(left = self.sessions.len(), "drain timeout: stopping the remaining sessions");
                     break;
@@ -325,9 +359,11 @@ impl Worker {
             return lease_err(ErrorCode::Unavailable, "the worker is full");
         }
         let (inbox, rx) = mpsc::channel(16);
+        let clock = LeaseClock::from_grant(&grant);
         let spec = SessionSpec {
             address: address.clone(),
             grant: grant.clone(),
+            clock: clock.clone(),
             bus: self.bus.clone(),
             vault: Arc::clone(&self.vault),
             driver: self.config.driver.clone(),
@@ -338,6 +374,7 @@ impl Worker {
             address,
             Running {
                 epoch: grant.epoch,
+                clock,
                 inbox,
                 task,
             },
