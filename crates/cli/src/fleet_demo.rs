@@ -274,7 +274,7 @@ async fn run_fleet(
             "--heartbeat-interval",
             "0.5",
             "--missed-heartbeats",
-            "3",
+            "4",
             "--lease-ttl",
             "10",
         ]

@@ -308,13 +308,18 @@ async fn a_tampered_blob_or_a_wrong_master_key_fails_the_session_and_leaves_the_
         fleet.blob_bytes("vault").await.as_deref(),
         Some(&tampered[..])
     );
-    // The registry says FAILED with the reason, and nobody holds the session.
-    let row = eventually(Duration::from_secs(60), "registry FAILED", || async {
-        fleet
-            .registry_row("vault")
-            .await
-            .filter(|r| r.0 == SessionStatus::Failed as i32)
-    })
+    // The registry says FAILED with the reason, and nobody holds the session. (The FAILED
+    // event is recorded while the worker still holds the lease; its release follows.)
+    let row = eventually(
+        Duration::from_secs(60),
+        "registry FAILED, unleased",
+        || async {
+            fleet
+                .registry_row("vault")
+                .await
+                .filter(|r| r.0 == SessionStatus::Failed as i32 && r.3.is_none())
+        },
+    )
     .await;
     assert_eq!(row.1, ReasonCode::BlobRejected as i32);
     assert_eq!(row.3, None);

@@ -27,8 +27,11 @@ pub const TENANT: &str = "acme";
 /// The coordinator's pacing in these tests: 300 ms heartbeats.
 pub const HEARTBEAT_MS: u64 = 300;
 pub const LEASE_TTL_S: f64 = 6.0;
-/// A worker silent this many heartbeats (1.5 s) is dead: enough for a loaded 2-core machine.
-pub const MISSED_HEARTBEATS: u32 = 5;
+/// A worker silent this many heartbeats (2.4 s) is dead. A worker trusts its leases for
+/// that long after each acknowledged heartbeat, less 0.5 s: enough for a loaded 2-core
+/// machine and for a standby coordinator to take over before any lease lapses (with 5,
+/// a 1.0 s window, a takeover under load let leases lapse and move).
+pub const MISSED_HEARTBEATS: u32 = 8;
 
 /// A hex master key for the workers.
 pub const MASTER_KEY: &str = "4b1d6f0e9a3c2b1d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5";

@@ -67,6 +67,9 @@ pub enum PublishFailed {
     },
 }
 
+/// How many times a lease release is sent while the coordinator does not answer.
+pub const RELEASE_ATTEMPTS: u32 = 5;
+
 /// The worker's NATS connection and identity.
 #[derive(Clone)]
 pub struct FleetBus {
@@ -177,7 +180,11 @@ impl FleetBus {
         self.lease_request(SysKind::LeaseRenew, &renew).await
     }
 
-    /// Releases a lease with a reason (final reasons settle the session).
+    /// Releases a lease with a reason (final reasons settle the session). Unanswered
+    /// releases (no coordinator leads for a moment, or the leader died holding the
+    /// request) are sent again, [`RELEASE_ATTEMPTS`] times in all, 100 ms apart and
+    /// doubling: a release is idempotent, and a lost one leaves the session waiting for its
+    /// lease to run out.
     pub async fn release(
         &self,
         address: &SessionAddress,
@@ -191,7 +198,17 @@ impl FleetBus {
             worker_id: self.worker.as_str().to_string(),
             reason: reason as i32,
         };
-        self.lease_request(SysKind::LeaseRelease, &release).await
+        let mut attempt = 1;
+        loop {
+            match self.lease_request(SysKind::LeaseRelease, &release).await {
+                Err(LeaseError::Unavailable(why)) if attempt < RELEASE_ATTEMPTS => {
+                    debug!(session = %address, epoch, attempt, %why, "release unanswered; sending it again");
+                    tokio::time::sleep(Duration::from_millis(100 << (attempt - 1).min(3))).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// The fencing step before a blob write: the coordinator accepts `version` only while

@@ -275,6 +275,16 @@ impl Run {
                 if store.is_fenced() {
                     return Some(End::Lost("a blob write was fenced off"));
                 }
+                if reason == "storage_error" {
+                    // Not fenced: the store or the coordinator did not answer (a leader
+                    // that died with the commit, S3 down). Nothing unsaved was sent; hand
+                    // the lease back to be granted again, as when the blob cannot be loaded.
+                    return Some(End::Release {
+                        status: SessionStatus::Starting,
+                        reason: ReasonCode::ConnectionLost,
+                        message: format!("the blob could not be saved: {detail}"),
+                    });
+                }
                 let code = bus_reason(&reason);
                 let status = match code {
                     ReasonCode::LoggedOut => SessionStatus::Stopped,

@@ -33,8 +33,19 @@ pub type Vault = SessionVault<Arc<dyn BlobStore>>;
 /// The format of the blob's plaintext.
 pub const BLOB_FORMAT: u32 = 1;
 
-/// How long one fenced commit may wait for the coordinator.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one fenced commit request may wait for the coordinator.
+const COMMIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many commit requests one write makes before it gives up. A request goes unanswered
+/// while no coordinator leads (NATS says "no responders" at once) or when the leader dies
+/// holding it; a later one reaches the new leader. Each attempt uses a fresh version number
+/// (an unanswered one may have been taken), and waits [`commit_backoff`] first. The lease
+/// bounds it too: once it runs out locally the write is fenced off.
+const COMMIT_ATTEMPTS: u32 = 6;
+
+/// The pause before commit attempt `attempt` (2, 3, …): 100 ms, doubling, at most 800 ms.
+fn commit_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64 << attempt.saturating_sub(2).min(3))
+}
 
 /// The plaintext inside a session blob.
 #[derive(Serialize, Deserialize)]
@@ -193,21 +204,41 @@ impl FleetStore {
             .map_err(StoreError::Serialize)?,
         );
         let mut saved = self.lock();
-        let n = saved.saves.saturating_add(1);
-        tracing::debug!(blob = %self.id, epoch = self.epoch, n, "committing a blob version");
-        let version = (self.epoch << 32) | u64::from(n);
         let condition = match &saved.version {
             Some(v) => SaveCondition::IfVersion(v.clone()),
             None => SaveCondition::CreateOnly,
         };
         let started = Instant::now();
         let result = self.runtime.block_on(async {
-            match tokio::time::timeout(COMMIT_TIMEOUT, self.fence.commit(self.epoch, version)).await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(FenceError::Fenced(why))) => return Err(Err(why)),
-                Ok(Err(FenceError::Unavailable(why))) => return Err(Ok(why)),
-                Err(_) => return Err(Ok("the commit timed out".to_string())),
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                // Never reuse a number: an unanswered commit may have been taken.
+                let n = saved.saves.saturating_add(1);
+                saved.saves = n;
+                let version = (self.epoch << 32) | u64::from(n);
+                tracing::debug!(blob = %self.id, epoch = self.epoch, n, attempt, "committing a blob version");
+                let why = match tokio::time::timeout(
+                    COMMIT_ATTEMPT_TIMEOUT,
+                    self.fence.commit(self.epoch, version),
+                )
+                .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(FenceError::Fenced(why))) => return Err(Err(why)),
+                    Ok(Err(FenceError::Unavailable(why))) => why,
+                    Err(_) => "the commit timed out".to_string(),
+                };
+                if attempt >= COMMIT_ATTEMPTS {
+                    return Err(Ok(why));
+                }
+                tracing::debug!(blob = %self.id, epoch = self.epoch, attempt, %why, "blob commit unanswered; trying again");
+                tokio::time::sleep(commit_backoff(attempt + 1)).await;
+                if !self.clock.is_live() {
+                    return Err(Err(format!(
+                        "the lease ran out while the commit went unanswered: {why}"
+                    )));
+                }
             }
             self.vault
                 .save(&self.id, self.epoch, &plaintext, &condition)
@@ -223,7 +254,6 @@ impl FleetStore {
         metrics::histogram!(m::BLOB_SAVE).record(started.elapsed());
         match result {
             Ok(new_version) => {
-                saved.saves = n;
                 saved.version = Some(new_version);
                 saved.logged_out = state.is_none();
                 Ok(())
@@ -231,11 +261,7 @@ impl FleetStore {
             // Not ours any more.
             Err(Err(why)) => Err(self.fence_off(why)),
             // Not written; the driver decides (it stops the session: nothing unsaved is sent).
-            Err(Ok(why)) => {
-                // The commit may have been taken: never reuse its number.
-                saved.saves = n;
-                Err(StoreError::Backend(why))
-            }
+            Err(Ok(why)) => Err(StoreError::Backend(why)),
         }
     }
 }
@@ -277,6 +303,8 @@ mod tests {
         epoch: u64,
         last: Mutex<u64>,
         calls: AtomicU32,
+        /// This many commits are taken but their answers lost (a leader that died).
+        unanswered: AtomicU32,
     }
 
     #[async_trait]
@@ -294,6 +322,13 @@ mod tests {
                 return Err(FenceError::Fenced("version not above".into()));
             }
             *last = version;
+            let lost = self
+                .unanswered
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if lost {
+                return Err(FenceError::Unavailable("no answer".into()));
+            }
             Ok(())
         }
     }
@@ -303,7 +338,48 @@ mod tests {
             epoch,
             last: Mutex::new(0),
             calls: AtomicU32::new(0),
+            unanswered: AtomicU32::new(0),
         })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unanswered_commit_is_tried_again_with_a_fresh_number_then_given_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vault = vault(tmp.path(), 1);
+        // The first commit is taken but its answer lost: the retry must not reuse n = 1.
+        let f = fence(3);
+        f.unanswered.store(1, Ordering::SeqCst);
+        let store = open(&vault, 3, f.clone(), clock(10_000)).await.unwrap();
+        save(&store, &session()).await.unwrap();
+        assert_eq!(f.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(*f.last.lock().unwrap(), (3 << 32) | 2);
+        assert!(!store.is_fenced());
+        let written = file(tmp.path());
+        // Never answered: a backend error after the last attempt, nothing written.
+        let f = fence(3);
+        f.unanswered.store(u32::MAX, Ordering::SeqCst);
+        let store = open(&vault, 3, f.clone(), clock(10_000)).await.unwrap();
+        let saved = save(&store, &session()).await;
+        assert!(matches!(saved, Err(StoreError::Backend(_))), "{saved:?}");
+        assert_eq!(f.calls.load(Ordering::SeqCst), COMMIT_ATTEMPTS);
+        assert_eq!(file(tmp.path()), written);
+        // A lease that runs out while the coordinator is silent: fenced off, no more asks.
+        let f = fence(3);
+        f.unanswered.store(u32::MAX, Ordering::SeqCst);
+        let store = open(&vault, 3, f.clone(), clock(700)).await.unwrap();
+        let saved = save(&store, &session()).await;
+        assert!(matches!(saved, Err(StoreError::Fenced(_))), "{saved:?}");
+        assert!(store.is_fenced());
+        assert!(f.calls.load(Ordering::SeqCst) < COMMIT_ATTEMPTS);
+        assert_eq!(file(tmp.path()), written);
+    }
+
+    #[test]
+    fn commit_backoff_doubles_from_100_ms_to_800_ms() {
+        let pauses: Vec<u64> = (2..=7)
+            .map(|a| commit_backoff(a).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 800, 800]);
     }
 
     fn clock(ms: u64) -> LeaseClock {
