@@ -115,6 +115,15 @@ pub enum RegistryError {
         committed: u64,
     },
     /// A row holds a value the registry never writes (a corrupted or foreign row).
+    /// A grant found the session held by another worker than expected (a concurrent grant
+    /// got there first): nothing was changed.
+    #[error("session {address} is leased already{}", .holder.as_ref().map(|h| format!(" (to {h})")).unwrap_or_default())]
+    AlreadyLeased {
+        /// The session.
+        address: SessionAddress,
+        /// Its holder now.
+        holder: Option<String>,
+    },
     #[error("registry row is invalid: {0}")]
     InvalidRow(String),
 }
@@ -492,28 +501,36 @@ impl Registry {
     }
 
     /// Grants the session to the live, non-draining worker with the fewest sessions
-    /// relative to its capacity (and room left), in one transaction. `None` when no worker
-    /// can take it. A worker is live if it heartbeated within `dead_after`.
+    /// relative to its capacity (and room left), in one transaction. `from` is the holder
+    /// the caller saw (`None`: unleased); it is never picked, and if the session is held by
+    /// anyone else by now (a concurrent grant won) nothing changes:
+    /// [`RegistryError::AlreadyLeased`]. `None` when no worker can take it. A worker is
+    /// live if it heartbeated within `dead_after`.
     pub async fn grant_to_least_loaded(
         &self,
         address: &SessionAddress,
-        exclude: Option<&WorkerId>,
+        from: Option<&WorkerId>,
         ttl: Duration,
         dead_after: Duration,
     ) -> Result<Option<Lease>, RegistryError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Lock the session row first so two grants for it do not both pick.
-        let exists = tx
+        let current = tx
             .query_opt(
-                "SELECT 1 FROM sessions WHERE tenant = $1 AND session = $2 FOR UPDATE",
+                "SELECT worker_id FROM sessions WHERE tenant = $1 AND session = $2 FOR UPDATE",
                 &[&address.tenant.as_str(), &address.session.as_str()],
             )
-            .await?;
-        if exists.is_none() {
-            return Err(RegistryError::UnknownSession(address.clone()));
+            .await?
+            .ok_or_else(|| RegistryError::UnknownSession(address.clone()))?;
+        let holder: Option<String> = current.try_get("worker_id")?;
+        if holder.as_deref() != from.map(WorkerId::as_str) {
+            return Err(RegistryError::AlreadyLeased {
+                address: address.clone(),
+                holder,
+            });
         }
-        let exclude = exclude.map(|w| w.as_str().to_string());
+        let exclude = from.map(|w| w.as_str().to_string());
         let pick = tx
             .query_opt(
                 "SELECT w.worker_id

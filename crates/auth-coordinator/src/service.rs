@@ -165,31 +165,20 @@ impl Coordinator {
             .nats
             .queue_subscribe(ALL_COMMANDS, COORDINATOR_QUEUE_GROUP.to_string())
             .await?;
-        let mut workers = self.nats.subscribe(ALL_FROM_WORKERS).await?;
+        let workers = self.nats.subscribe(ALL_FROM_WORKERS).await?;
         let mut events = self.nats.subscribe(ALL_EVENTS).await?;
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Workers' messages (heartbeats, renewals, releases, blob commits) have a loop of
-        // their own, so a long grant pass or a command waiting on a worker never holds up
-        // a commit or a renewal.
-        let (worker_tx, mut worker_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
-        let worker_loop = {
-            let this = self.clone();
-            tokio::spawn(async move {
-                while let Some(message) = worker_rx.recv().await {
-                    this.on_worker_message(&message).await;
-                }
-            })
-        };
+        // Workers' messages are read by a task of their own (a grant pass in this loop can
+        // take seconds) and handled in two loops: renewals, releases and blob commits in
+        // one, so a long grant pass or a command waiting on a worker never holds up a
+        // commit; heartbeats in the other, so hundreds of commits queued while a fleet
+        // starts never delay an acknowledgement past the time a worker trusts its leases.
+        let (stop_workers, workers_done) = tokio::sync::oneshot::channel::<()>();
+        let worker_side = self.spawn_worker_side(workers, workers_done);
         loop {
             tokio::select! {
                 Some(message) = commands.next() => self.spawn_command(message),
-                Some(message) = workers.next() => {
-                    if worker_tx.send(message).is_err() {
-                        tracing::error!("the worker message loop ended");
-                        break;
-                    }
-                }
                 Some(message) = events.next() => self.on_event(&message).await,
                 _ = tick.tick() => self.tick().await,
                 changed = role.changed() => {
@@ -205,12 +194,64 @@ impl Coordinator {
                 }
             }
         }
-        drop(worker_tx);
-        let _ = worker_loop.await;
+        let _ = stop_workers.send(());
+        let _ = worker_side.await;
         unsubscribe(commands).await;
-        unsubscribe(workers).await;
         unsubscribe(events).await;
         Ok(())
+    }
+
+    /// Reads workers' messages until `stop`, hands heartbeats to one loop and the rest to
+    /// another (each handles its messages one at a time, in arrival order), then
+    /// unsubscribes and waits for both loops to finish.
+    fn spawn_worker_side(
+        &self,
+        mut workers: Subscriber,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (worker_tx, worker_loop) = self.spawn_worker_loop();
+        let (heartbeat_tx, heartbeat_loop) = self.spawn_worker_loop();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = workers.next() => {
+                        let Some(message) = message else { break };
+                        let to = if is_heartbeat(message.subject.as_str()) {
+                            &heartbeat_tx
+                        } else {
+                            &worker_tx
+                        };
+                        if to.send(message).is_err() {
+                            tracing::error!("a worker message loop ended");
+                            break;
+                        }
+                    }
+                    _ = &mut stop => break,
+                }
+            }
+            drop(worker_tx);
+            drop(heartbeat_tx);
+            let _ = worker_loop.await;
+            let _ = heartbeat_loop.await;
+            unsubscribe(workers).await;
+        })
+    }
+
+    /// A task that handles workers' messages one at a time, in arrival order.
+    fn spawn_worker_loop(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<Message>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                this.on_worker_message(&message).await;
+            }
+        });
+        (tx, task)
     }
 
     /// Handles a command in a task of its own. Commands for one session run one at a time
@@ -278,7 +319,7 @@ impl Coordinator {
 
     async fn move_from_draining(&self) -> Result<(), RegistryError> {
         for old in self.registry.leases_on_draining(self.config.batch).await? {
-            let granted = self
+            let granted = match self
                 .registry
                 .grant_to_least_loaded(
                     &old.address,
@@ -286,7 +327,12 @@ impl Coordinator {
                     self.config.lease_ttl,
                     self.config.dead_after(),
                 )
-                .await?;
+                .await
+            {
+                // Released or moved meanwhile: nothing to move.
+                Err(RegistryError::AlreadyLeased { .. }) => continue,
+                other => other?,
+            };
             let Some(new) = granted else {
                 tracing::warn!(session = %old.address, "no worker to take a draining worker's session");
                 break;
@@ -311,7 +357,7 @@ impl Coordinator {
     /// Grants the session to the least loaded worker and offers it; false when no worker
     /// can take it.
     async fn grant(&self, address: &SessionAddress) -> Result<bool, RegistryError> {
-        let granted = self
+        let granted = match self
             .registry
             .grant_to_least_loaded(
                 address,
@@ -319,7 +365,12 @@ impl Coordinator {
                 self.config.lease_ttl,
                 self.config.dead_after(),
             )
-            .await?;
+            .await
+        {
+            // A start command and the tick both saw it unleased; the other one granted it.
+            Err(RegistryError::AlreadyLeased { .. }) => return Ok(true),
+            other => other?,
+        };
         match granted {
             Some(lease) => {
                 self.offer(&lease).await?;
@@ -1045,4 +1096,9 @@ fn lease_reply(result: Result<Lease, RegistryError>) -> internal::LeaseReply {
             lease_error(ErrorCode::Internal, e.to_string())
         }
     }
+}
+
+/// Whether a worker's message is a heartbeat (by its subject; a malformed subject is not).
+fn is_heartbeat(subject: &str) -> bool {
+    SysSubject::parse(subject).is_ok_and(|s| s.kind == SysKind::Heartbeat)
 }

@@ -309,6 +309,65 @@ async fn dead_workers_lose_their_leases_and_grants_go_to_the_least_loaded() {
     schema.drop_schema().await;
 }
 
+/// A start command and the tick may both see a session unleased and both grant it; the
+/// second must change nothing (it used to grant epoch + 1 over the first, and the worker
+/// then superseded a session it had just started).
+#[tokio::test]
+async fn a_grant_for_a_session_leased_meanwhile_changes_nothing() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::create(&url).await;
+    let registry = schema.registry().await;
+    let dead_after = Duration::from_secs(10);
+    for w in ["w1", "w2"] {
+        registry
+            .record_heartbeat(&worker(w), 10, false, "t")
+            .await
+            .expect("heartbeat");
+    }
+    let s = address("raced");
+    registry
+        .create_session(&s, &BTreeMap::new())
+        .await
+        .expect("create");
+    let first = registry
+        .grant_to_least_loaded(&s, None, TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("a worker");
+    let second = registry
+        .grant_to_least_loaded(&s, None, TTL, dead_after)
+        .await;
+    assert!(
+        matches!(&second, Err(RegistryError::AlreadyLeased { holder: Some(h), .. }) if h == first.worker.as_str()),
+        "{second:?}"
+    );
+    // Moving it off a holder it no longer has changes nothing either.
+    let other = if first.worker.as_str() == "w1" {
+        "w2"
+    } else {
+        "w1"
+    };
+    let moved = registry
+        .grant_to_least_loaded(&s, Some(&worker(other)), TTL, dead_after)
+        .await;
+    assert!(
+        matches!(moved, Err(RegistryError::AlreadyLeased { .. })),
+        "{moved:?}"
+    );
+    let record = registry.session(&s).await.expect("session");
+    assert_eq!(record.epoch, first.epoch);
+    assert_eq!(record.worker.as_ref(), Some(&first.worker));
+    // From the real holder it moves, to the other worker, at epoch + 1.
+    let next = registry
+        .grant_to_least_loaded(&s, Some(&first.worker), TTL, dead_after)
+        .await
+        .expect("move")
+        .expect("a worker");
+    assert_eq!(next.worker.as_str(), other);
+    assert_eq!(next.epoch, first.epoch + 1);
+    schema.drop_schema().await;
+}
+
 /// The expiry a holder is told is never after the moment its worker would count as dead:
 /// `expire_leases` ends a silent worker's leases before a long TTL runs out, so a worker
 /// that trusted the TTL could act on a lease that has moved.

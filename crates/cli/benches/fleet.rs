@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fleet_support::{eventually, Fleet, Seen, HEARTBEAT_MS, LEASE_TTL_S, MISSED_HEARTBEATS};
+use fleet_support::{
+    eventually, Fleet, Seen, HEARTBEAT_MS, LEASE_TTL_S, MISSED_HEARTBEATS, RENEW_MS,
+};
 use futures_util::StreamExt;
 use wafleet_bus_schema::v1::session_event::Payload;
 use wafleet_bus_schema::v1::SessionStatus;
@@ -492,7 +494,7 @@ fn main() {
         let started = Instant::now();
         println!(
             "pacing: heartbeat {HEARTBEAT_MS} ms x {MISSED_HEARTBEATS} missed = dead after {} ms; \
-             lease TTL {LEASE_TTL_S} s; worker renew 1000 ms",
+             lease TTL {LEASE_TTL_S} s; worker renew {RENEW_MS} ms",
             HEARTBEAT_MS * MISSED_HEARTBEATS as u64
         );
         let mut fleet = Fleet::start().await;

@@ -27,6 +27,8 @@ pub const TENANT: &str = "acme";
 /// The coordinator's pacing in these tests: 300 ms heartbeats.
 pub const HEARTBEAT_MS: u64 = 300;
 pub const LEASE_TTL_S: f64 = 6.0;
+/// The workers' own lease renewals (heartbeats renew every listed lease as well).
+pub const RENEW_MS: u64 = 3000;
 /// A worker silent this many heartbeats (2.4 s) is dead. A worker trusts its leases for
 /// that long after each acknowledged heartbeat, less 0.5 s: enough for a loaded 2-core
 /// machine and for a standby coordinator to take over before any lease lapses (with 5,
@@ -378,8 +380,9 @@ impl Fleet {
             &hex::encode(self.sim.root_public_key()),
             "--heartbeat-ms",
             &HEARTBEAT_MS.to_string(),
+            // Heartbeats renew every listed lease; these renewals are the fallback.
             "--renew-ms",
-            "1000",
+            &RENEW_MS.to_string(),
             "--http",
             "127.0.0.1:0",
             "--backoff-base-ms",

@@ -81,6 +81,9 @@ pub struct SessionSpec {
     /// The lease's local deadline (from the grant; the worker extends it on heartbeat
     /// acknowledgements).
     pub clock: LeaseClock,
+    /// The task of this session's older epoch, told to stop: waited for before anything
+    /// else, so its socket is closed before this one opens.
+    pub previous: Option<tokio::task::JoinHandle<()>>,
     /// The bus.
     pub bus: FleetBus,
     /// The blob vault.
@@ -397,12 +400,22 @@ async fn publisher(
 
 /// Runs one leased session until it ends; tells the worker through `ended`.
 pub async fn run(
-    spec: SessionSpec,
+    mut spec: SessionSpec,
     mut inbox: mpsc::Receiver<ToSession>,
     ended: mpsc::UnboundedSender<Ended>,
 ) {
     let address = spec.address.clone();
     let epoch = spec.grant.epoch;
+    if let Some(mut previous) = spec.previous.take() {
+        if tokio::time::timeout(Duration::from_secs(10), &mut previous)
+            .await
+            .is_err()
+        {
+            warn!(session = %address, epoch, "the superseded epoch did not end in 10 s: stopping it");
+            previous.abort();
+            let _ = previous.await;
+        }
+    }
     let clock = spec.clock.clone();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let publisher = tokio::spawn(publisher(

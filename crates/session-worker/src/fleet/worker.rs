@@ -172,7 +172,8 @@ impl Worker {
         let held = clocks.keys().map(HeldLease::to_bus).collect();
         let bus = self.bus.clone();
         let capacity = self.config.capacity;
-        let patience = self.config.heartbeat_interval * 3;
+        // A late acknowledgement still counts: its validity runs from the send.
+        let patience = self.config.request_timeout;
         tokio::spawn(async move {
             let sent = Instant::now();
             let ack =
@@ -343,27 +344,30 @@ impl Worker {
                     format!("epoch {} runs here", running.epoch),
                 );
             }
-            // The older lease ended at the coordinator: close it here before the new one
-            // connects, so there is never a second socket.
-            if let Some(old) = self.sessions.remove(&address) {
-                let _ = old.inbox.send(ToSession::Superseded).await;
-                if tokio::time::timeout(Duration::from_secs(10), old.task)
-                    .await
-                    .is_err()
-                {
-                    warn!(session = %address, "the superseded session did not end in 10 s");
-                }
-            }
         } else if self.sessions.len() >= self.config.capacity as usize {
             metrics::counter!(m::GRANTS_REFUSED, "reason" => "full").increment(1);
             return lease_err(ErrorCode::Unavailable, "the worker is full");
         }
+        // The older lease ended at the coordinator: tell its task, which closes its socket;
+        // the new task waits for it before it connects, so there is never a second socket
+        // (and this loop, which heartbeats, waits for nobody).
+        let previous = match self.sessions.remove(&address) {
+            Some(old) => {
+                let inbox = old.inbox;
+                tokio::spawn(async move {
+                    let _ = inbox.send(ToSession::Superseded).await;
+                });
+                Some(old.task)
+            }
+            None => None,
+        };
         let (inbox, rx) = mpsc::channel(16);
         let clock = LeaseClock::from_grant(&grant);
         let spec = SessionSpec {
             address: address.clone(),
             grant: grant.clone(),
             clock: clock.clone(),
+            previous,
             bus: self.bus.clone(),
             vault: Arc::clone(&self.vault),
             driver: self.config.driver.clone(),
