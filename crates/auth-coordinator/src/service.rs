@@ -15,7 +15,8 @@
 //!
 //! Commands for one session are handled one at a time, in arrival order, so a repeated
 //! command waits for the first one's outcome; commands for different sessions run side by
-//! side. Workers' messages have a loop of their own, so neither a command waiting on a
+//! side. Workers' messages are read by a task of their own and handled in two loops
+//! (heartbeats; renewals, releases and blob commits), so neither a command waiting on a
 //! worker nor a long grant pass holds up a heartbeat, a renewal or a blob commit.
 
 use std::sync::Arc;
