@@ -306,6 +306,9 @@ fn lease_from_row(address: &SessionAddress, row: &Row) -> Result<Lease, Registry
     })
 }
 
+/// Leases listed by a heartbeat as (tenant, session, epoch): (renewed, not held).
+pub type HeldRenewal = (Vec<(String, String, u64)>, Vec<(String, String, u64)>);
+
 /// The registry: a connection pool on one database schema.
 #[derive(Clone)]
 pub struct Registry {
@@ -793,15 +796,16 @@ impl Registry {
     }
 
     /// Renews the leases a heartbeat lists that `worker` still holds at those epochs, and
-    /// returns the listed ones it does not hold (fenced: it must drop them).
+    /// returns the listed ones split into those renewed and those it does not hold
+    /// (fenced: it must drop them), each in the order listed.
     pub async fn renew_held(
         &self,
         worker: &WorkerId,
         held: &[(String, String, u64)],
         ttl: Duration,
-    ) -> Result<Vec<(String, String, u64)>, RegistryError> {
+    ) -> Result<HeldRenewal, RegistryError> {
         if held.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let tenants: Vec<&str> = held.iter().map(|(t, _, _)| t.as_str()).collect();
         let sessions: Vec<&str> = held.iter().map(|(_, s, _)| s.as_str()).collect();
@@ -832,11 +836,7 @@ impl Registry {
             let session: String = row.try_get("session")?;
             renewed.insert((tenant, session, u64_of(row, "epoch")?));
         }
-        Ok(held
-            .iter()
-            .filter(|h| !renewed.contains(*h))
-            .cloned()
-            .collect())
+        Ok(held.iter().cloned().partition(|h| renewed.contains(h)))
     }
 
     /// Settles a session its worker gave up on for good (logged out, replaced, banned…):

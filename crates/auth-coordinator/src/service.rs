@@ -663,16 +663,14 @@ impl Coordinator {
             .renew_held(worker, &held, self.config.lease_ttl)
             .await
         {
-            Ok(stale) => {
-                let renewed = heartbeat
-                    .leases
-                    .iter()
-                    .filter(|l| {
-                        !stale
-                            .iter()
-                            .any(|(t, s, e)| *t == l.tenant && *s == l.session && *e == l.epoch)
+            Ok((renewed, stale)) => {
+                let renewed = renewed
+                    .into_iter()
+                    .map(|(tenant, session, epoch)| internal::HeldLease {
+                        tenant,
+                        session,
+                        epoch,
                     })
-                    .cloned()
                     .collect();
                 // Both clocks started no earlier than the worker sent the heartbeat.
                 let valid_for = self.config.lease_ttl.min(self.config.dead_after());

@@ -441,12 +441,14 @@ pub async fn run(
     );
 
     let end = drive(&spec, &mut run, &mut inbox).await;
-    let lost = matches!(end, End::Lost(_));
     let (release, answer) = match end {
         End::Lost(why) => {
             info!(session = %address, epoch, why, "lease lost: the session stopped without a word");
-            metrics::counter!(m::SESSIONS_ENDED, "reason" => "lease_lost").increment(1);
-            (None, None)
+            // Handed back once the socket is closed: if the coordinator still counts the
+            // lease as ours (it only lapsed here, e.g. heartbeats went unanswered while
+            // coordinators changed leader), the session is granted again now instead of at
+            // its expiry; if the lease has moved, the coordinator refuses and nothing changes.
+            (Some(ReasonCode::LeaseLost), None)
         }
         End::Revoked(reason, done) => {
             if reason == ReasonCode::Requested {
@@ -501,20 +503,6 @@ pub async fn run(
             Err(e) => {
                 warn!(session = %address, epoch, ?reason, error = %e, "lease release refused or unanswered")
             }
-        }
-    }
-    if lost {
-        // The socket is closed. If the coordinator still counts the lease as ours (it only
-        // lapsed here, e.g. heartbeats went unanswered while coordinators changed leader),
-        // this frees the session for a new grant now instead of at its expiry; if the lease
-        // has moved, the coordinator refuses and nothing changes.
-        match spec
-            .bus
-            .release(&address, epoch, ReasonCode::LeaseLost)
-            .await
-        {
-            Ok(_) => info!(session = %address, epoch, "lapsed lease handed back"),
-            Err(e) => debug!(session = %address, epoch, error = %e, "lapsed lease not handed back"),
         }
     }
     if let Some(done) = answer {

@@ -23,6 +23,7 @@ use wafleet_blob::{BlobStore, SaveCondition, SessionId as BlobId, SessionVault, 
 use wafleet_bus_schema::SessionAddress;
 use zeroize::Zeroizing;
 
+use super::bus::retry_pause;
 use super::lease::LeaseClock;
 use super::metrics as m;
 use crate::store::{SessionStore, StoreError, StoredSession};
@@ -38,14 +39,9 @@ const COMMIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many commit requests one write makes before it gives up. A request goes unanswered
 /// while no coordinator leads (NATS says "no responders" at once) or when the leader dies
 /// holding it; a later one reaches the new leader. Each attempt uses a fresh version number
-/// (an unanswered one may have been taken), and waits [`commit_backoff`] first. The lease
-/// bounds it too: once it runs out locally the write is fenced off.
+/// (an unanswered one may have been taken), after a [`retry_pause`]. The lease bounds it
+/// too: once it runs out locally the write is fenced off.
 const COMMIT_ATTEMPTS: u32 = 6;
-
-/// The pause before commit attempt `attempt` (2, 3, …): 100 ms, doubling, at most 800 ms.
-fn commit_backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64 << attempt.saturating_sub(2).min(3))
-}
 
 /// The plaintext inside a session blob.
 #[derive(Serialize, Deserialize)]
@@ -233,7 +229,7 @@ impl FleetStore {
                     return Err(Ok(why));
                 }
                 tracing::debug!(blob = %self.id, epoch = self.epoch, attempt, %why, "blob commit unanswered; trying again");
-                tokio::time::sleep(commit_backoff(attempt + 1)).await;
+                tokio::time::sleep(retry_pause(attempt)).await;
                 if !self.clock.is_live() {
                     return Err(Err(format!(
                         "the lease ran out while the commit went unanswered: {why}"
@@ -372,14 +368,6 @@ mod tests {
         assert!(store.is_fenced());
         assert!(f.calls.load(Ordering::SeqCst) < COMMIT_ATTEMPTS);
         assert_eq!(file(tmp.path()), written);
-    }
-
-    #[test]
-    fn commit_backoff_doubles_from_100_ms_to_800_ms() {
-        let pauses: Vec<u64> = (2..=7)
-            .map(|a| commit_backoff(a).as_millis() as u64)
-            .collect();
-        assert_eq!(pauses, [100, 200, 400, 800, 800, 800]);
     }
 
     fn clock(ms: u64) -> LeaseClock {
