@@ -568,7 +568,8 @@ impl Coordinator {
             | ReasonCode::KeepaliveTimeout
             | ReasonCode::RestartRequired
             | ReasonCode::LeaseLost
-            | ReasonCode::WorkerDraining => return,
+            | ReasonCode::WorkerDraining
+            | ReasonCode::BlobStoreUnavailable => return,
         };
         match self.registry.settle(address, status, reason).await {
             Ok(_) => {

@@ -89,6 +89,7 @@ pub fn install() -> Option<PrometheusHandle> {
         ReasonCode::WorkerDraining,
         ReasonCode::PairingFailed,
         ReasonCode::InternalFailure,
+        ReasonCode::BlobStoreUnavailable,
     ] {
         metrics::counter!(SESSIONS_ENDED, "reason" => super::reason::label(reason)).absolute(0);
     }
