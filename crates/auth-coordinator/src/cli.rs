@@ -23,13 +23,20 @@ Runs the wafleet auth-coordinator: the session registry in PostgreSQL, leases wi
 epochs over NATS, leader election. Flags fall back to the environment variables shown.
 
 Options:
-  --nats-url URL               WAFLEET_NATS_URL            default nats://127.0.0.1:4222
+  --nats-url URL[,URL...]      WAFLEET_NATS_URL            default nats://127.0.0.1:4222
+                                                           (several servers of a cluster,
+                                                           comma-separated)
   --pg-url URL                 WAFLEET_PG_URL              required
   --pg-schema NAME             WAFLEET_PG_SCHEMA           default: the server's (public)
   --heartbeat-interval SECS    WAFLEET_HEARTBEAT_INTERVAL  default 5
   --missed-heartbeats N        WAFLEET_MISSED_HEARTBEATS   default 3
   --lease-ttl SECS             WAFLEET_LEASE_TTL           default 30
   --worker-reply-timeout SECS  WAFLEET_WORKER_REPLY_TIMEOUT  default 5
+  --pg-grace-ms MS             WAFLEET_PG_GRACE_MS         default 45000: how long the
+                                                           leader keeps leading (degraded:
+                                                           heartbeats from memory, commands
+                                                           UNAVAILABLE) while PostgreSQL
+                                                           cannot be reached
   --blob-dir DIR               WAFLEET_BLOB_DIR            purge deleted sessions' blobs
                                                            from this filesystem store
   --s3-endpoint URL            WAFLEET_S3_ENDPOINT         ... or from this S3 store
@@ -141,8 +148,9 @@ pub enum Invocation {
     Help,
 }
 
-const FLAGS: [&str; 12] = [
+const FLAGS: [&str; 13] = [
     "--nats-url",
+    "--pg-grace-ms",
     "--pg-url",
     "--pg-schema",
     "--heartbeat-interval",
@@ -249,20 +257,42 @@ pub fn parse_args(
         setting("--worker-reply-timeout", "WAFLEET_WORKER_REPLY_TIMEOUT"),
         defaults.worker_reply_timeout,
     )?;
+    let pg_grace = match setting("--pg-grace-ms", "WAFLEET_PG_GRACE_MS") {
+        None => defaults.pg_grace,
+        Some(value) => match value.parse::<u64>() {
+            Ok(ms) if ms > 0 && ms < 1_000_000_000 => Duration::from_millis(ms),
+            _ => {
+                return Err(CliError::InvalidValue {
+                    name: "PostgreSQL grace",
+                    value,
+                    reason: "expected a positive number of milliseconds",
+                })
+            }
+        },
+    };
+    let nats_url = setting("--nats-url", "WAFLEET_NATS_URL")
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
+    if nats_servers(&nats_url).is_err() {
+        return Err(CliError::InvalidValue {
+            name: "NATS URL",
+            value: nats_url,
+            reason: "expected one or more comma-separated nats:// URLs",
+        });
+    }
     let pg_url = setting("--pg-url", "WAFLEET_PG_URL").ok_or(CliError::NoPgUrl)?;
     let mut registry = RegistryConfig::new(pg_url);
     registry.schema = setting("--pg-schema", "WAFLEET_PG_SCHEMA");
 
     let blobs = blob_settings(&flags, &env)?;
     Ok(Invocation::Run(Box::new(Settings {
-        nats_url: setting("--nats-url", "WAFLEET_NATS_URL")
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_string()),
+        nats_url,
         registry,
         coordinator: CoordinatorConfig {
             heartbeat_interval,
             missed_heartbeats,
             lease_ttl,
             worker_reply_timeout,
+            pg_grace,
             ..defaults
         },
         blobs,
@@ -304,6 +334,62 @@ fn blob_settings(
     }
 }
 
+/// The servers of a comma-separated `--nats-url` list.
+pub fn nats_servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, std::io::Error> {
+    let servers = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+    if servers.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no NATS server",
+        ));
+    }
+    Ok(servers)
+}
+
+/// The coordinator's NATS options: reconnect for ever, quickly (a node restart in a
+/// cluster must cost well under a worker's lease trust), retry the first connection too,
+/// and report connects and disconnects to `link` (the heard window restarts on every
+/// reconnect). The same options as `wafleet_bus_schema::nats` gives the workers, plus
+/// the event callback.
+pub fn nats_options(link: &crate::service::NatsLink) -> async_nats::ConnectOptions {
+    let link = link.clone();
+    async_nats::ConnectOptions::new()
+        .name("wafleet-coordinator")
+        .max_reconnects(None)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            // 0, 50, 100, 200, 250, 250… ms.
+            let ms = match attempts {
+                0 | 1 => 0,
+                n => 25u64 << (n.min(5) - 1),
+            };
+            Duration::from_millis(ms.min(250))
+        })
+        .event_callback(move |event| {
+            let link = link.clone();
+            async move { link.on_event(&event) }
+        })
+}
+
+/// Connects to the comma-separated servers in `urls` with [`nats_options`].
+pub async fn connect_nats(
+    urls: &str,
+    link: &crate::service::NatsLink,
+) -> Result<async_nats::Client, CliError> {
+    let servers = nats_servers(urls).map_err(|_| CliError::InvalidValue {
+        name: "NATS URL",
+        value: urls.to_string(),
+        reason: "expected one or more comma-separated nats:// URLs",
+    })?;
+    Ok(nats_options(link).connect(servers).await?)
+}
+
 /// Connects, serves until SIGTERM or SIGINT, hands leadership back.
 pub async fn run(settings: Settings) -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -324,16 +410,15 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         }
     }
     let registry = Registry::connect(&settings.registry).await?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("wafleet-coordinator")
-        .connect(settings.nats_url.as_str())
-        .await?;
-    let leadership = Leadership::start(
+    let link = crate::service::NatsLink::new();
+    let nats = connect_nats(&settings.nats_url, &link).await?;
+    let leadership = Leadership::start_with(
         settings.registry.pg_config()?,
-        settings.coordinator.heartbeat_interval,
+        settings.coordinator.leadership(),
     );
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let mut coordinator = Coordinator::new(registry, nats.clone(), settings.coordinator);
+    let mut coordinator =
+        Coordinator::new(registry, nats.clone(), settings.coordinator).with_nats_link(link);
     if let Some(store) = blobs {
         coordinator = coordinator.with_blob_store(store);
     }
@@ -446,7 +531,20 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(s.coordinator.pg_grace, Duration::from_secs(45));
         assert!(matches!(s.blobs, BlobSettings::None));
+        let s = settings(
+            &[
+                "--nats-url",
+                "nats://127.0.0.1:4001, nats://127.0.0.1:4002,nats://127.0.0.1:4003",
+                "--pg-grace-ms=1500",
+            ],
+            &[("WAFLEET_PG_URL", "p")],
+        );
+        assert_eq!(s.coordinator.pg_grace, Duration::from_millis(1500));
+        let servers = nats_servers(&s.nats_url).expect("servers");
+        assert_eq!(servers.len(), 3);
+        assert_eq!(servers[1].port(), 4002);
     }
 
     #[test]
@@ -465,6 +563,9 @@ mod tests {
             ["--heartbeat-interval", "soon"],
             ["--missed-heartbeats", "-1"],
             ["--worker-reply-timeout", "inf"],
+            ["--pg-grace-ms", "0"],
+            ["--pg-grace-ms", "1.5"],
+            ["--nats-url", " , "],
         ] {
             assert!(
                 matches!(

@@ -8,9 +8,10 @@
 use tokio_postgres::Client;
 
 /// The migrations in order: (version, SQL).
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE sessions (
     tenant            TEXT        NOT NULL,
     session           TEXT        NOT NULL,
@@ -57,7 +58,31 @@ CREATE TABLE command_replies (
 );
 CREATE INDEX command_replies_created ON command_replies (created_at);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- When the current lease was granted (reconciliation by heartbeat leaves young grants
+-- alone), the last worker that held the session (a new grant prefers it), and the grant
+-- backoff after releases for an unreachable blob store.
+ALTER TABLE sessions
+    ADD COLUMN granted_at             TIMESTAMPTZ,
+    ADD COLUMN last_worker_id         TEXT,
+    ADD COLUMN blob_unavailable_count INTEGER NOT NULL DEFAULT 0,
+    ADD COLUMN retry_after            TIMESTAMPTZ;
+
+-- The leader's horizon: who leads and when its leadership was last confirmed (NULL
+-- holder after a clean step-down). A new leader does not end silent workers' leases
+-- before the previous holder's heartbeat acknowledgements have surely run out.
+CREATE TABLE coordinator_leader (
+    id            INTEGER     PRIMARY KEY CHECK (id = 1),
+    holder        TEXT,
+    confirmed_at  TIMESTAMPTZ
+);
+INSERT INTO coordinator_leader (id) VALUES (1);
+"#,
+    ),
+];
 
 /// Applies the migrations that are not applied yet.
 pub async fn apply(client: &mut Client) -> Result<(), tokio_postgres::Error> {

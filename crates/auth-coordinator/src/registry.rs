@@ -61,6 +61,9 @@ impl RegistryConfig {
         if config.get_application_name().is_none() {
             config.application_name("wafleet-coordinator");
         }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_TIMEOUT);
+        }
         Ok(config)
     }
 }
@@ -71,12 +74,13 @@ pub enum RegistryError {
     /// The URL or schema is not usable.
     #[error("registry config: {0}")]
     Config(String),
-    /// No connection from the pool.
-    #[error("registry connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    /// The database cannot be reached (no connection from the pool, the connection broke,
+    /// the server is shutting down): a transient condition, answered `UNAVAILABLE`.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
     /// PostgreSQL refused or failed a statement.
     #[error("registry database: {0}")]
-    Database(#[from] tokio_postgres::Error),
+    Database(tokio_postgres::Error),
     /// No such session.
     #[error("no session {0}")]
     UnknownSession(SessionAddress),
@@ -114,7 +118,6 @@ pub enum RegistryError {
         /// The version committed before.
         committed: u64,
     },
-    /// A row holds a value the registry never writes (a corrupted or foreign row).
     /// A grant found the session held by another worker than expected (a concurrent grant
     /// got there first): nothing was changed.
     #[error("session {address} is leased already{}", .holder.as_ref().map(|h| format!(" (to {h})")).unwrap_or_default())]
@@ -124,9 +127,67 @@ pub enum RegistryError {
         /// Its holder now.
         holder: Option<String>,
     },
+    /// A row holds a value the registry never writes (a corrupted or foreign row).
     #[error("registry row is invalid: {0}")]
     InvalidRow(String),
 }
+
+impl RegistryError {
+    /// True when the database could not be reached (a transient condition).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RegistryError::Unavailable(_))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RegistryError {
+    /// Every pool error (no connection could be made or recycled in time, the pool is
+    /// closed) means the database is out of reach.
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        RegistryError::Unavailable(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for RegistryError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_connection_failure(&e) {
+            RegistryError::Unavailable(e.to_string())
+        } else {
+            RegistryError::Database(e)
+        }
+    }
+}
+
+/// Whether a statement failed because the connection did (closed, I/O, a connection
+/// exception, the server shutting down or starting) rather than because of the statement.
+pub fn is_connection_failure(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // Class 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
+        // cannot connect now.
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// How long a pool waits for, creates or recycles a connection before the registry
+/// counts as unavailable.
+const POOL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The first retry pause after a release for an unreachable blob store; it doubles with
+/// every such release in a row, up to [`BLOB_BACKOFF_CAP`].
+pub const BLOB_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest grant backoff after releases for an unreachable blob store.
+pub const BLOB_BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// A session row.
 #[derive(Debug, Clone, PartialEq)]
@@ -327,6 +388,10 @@ impl Registry {
         );
         let pool = Pool::builder(manager)
             .max_size(config.max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| RegistryError::Config(e.to_string()))?;
         let registry = Registry { pool };
@@ -484,7 +549,7 @@ impl Registry {
                 "UPDATE sessions SET epoch = epoch + 1, worker_id = $3,
                      lease_expires_at = now() + make_interval(secs => $4),
                      status = CASE WHEN status = $5 THEN $6 ELSE status END,
-                     updated_at = now()
+                     granted_at = now(), last_worker_id = $3, updated_at = now()
                  WHERE tenant = $1 AND session = $2
                  RETURNING worker_id, epoch, lease_expires_at",
                 &[
@@ -509,6 +574,10 @@ impl Registry {
     /// anyone else by now (a concurrent grant won) nothing changes:
     /// [`RegistryError::AlreadyLeased`]. `None` when no worker can take it. A worker is
     /// live if it heartbeated within `dead_after`.
+    ///
+    /// Sticky: an unleased session (`from` is `None`) goes back to the last worker that
+    /// held it when that worker is live, not draining and has room, whatever the load
+    /// elsewhere; a session moved off a draining worker goes to the least loaded.
     pub async fn grant_to_least_loaded(
         &self,
         address: &SessionAddress,
@@ -521,12 +590,15 @@ impl Registry {
         // Lock the session row first so two grants for it do not both pick.
         let current = tx
             .query_opt(
-                "SELECT worker_id FROM sessions WHERE tenant = $1 AND session = $2 FOR UPDATE",
+                "SELECT worker_id, last_worker_id FROM sessions
+                 WHERE tenant = $1 AND session = $2 FOR UPDATE",
                 &[&address.tenant.as_str(), &address.session.as_str()],
             )
             .await?
             .ok_or_else(|| RegistryError::UnknownSession(address.clone()))?;
         let holder: Option<String> = current.try_get("worker_id")?;
+        let last: Option<String> = current.try_get("last_worker_id")?;
+        let prefer = if from.is_none() { last } else { None };
         if holder.as_deref() != from.map(WorkerId::as_str) {
             return Err(RegistryError::AlreadyLeased {
                 address: address.clone(),
@@ -544,9 +616,10 @@ impl Registry {
                    AND w.worker_id IS DISTINCT FROM $2
                  GROUP BY w.worker_id, w.capacity
                  HAVING count(s.session) < w.capacity
-                 ORDER BY count(s.session)::float8 / w.capacity, w.worker_id
+                 ORDER BY COALESCE(w.worker_id = $3, FALSE) DESC,
+                     count(s.session)::float8 / w.capacity, w.worker_id
                  LIMIT 1",
-                &[&dead_after.as_secs_f64(), &exclude],
+                &[&dead_after.as_secs_f64(), &exclude, &prefer],
             )
             .await?;
         let Some(pick) = pick else {
@@ -559,7 +632,7 @@ impl Registry {
                     "UPDATE sessions SET epoch = epoch + 1, worker_id = $3,
                          lease_expires_at = now() + make_interval(secs => $4),
                          status = CASE WHEN status = $5 THEN $6 ELSE status END,
-                         updated_at = now()
+                         granted_at = now(), last_worker_id = $3, updated_at = now()
                      WHERE tenant = $1 AND session = $2
                      RETURNING worker_id, epoch, {}",
                     trusted_until("$7")
@@ -624,10 +697,31 @@ impl Registry {
         worker: &WorkerId,
         epoch: u64,
     ) -> Result<Lease, RegistryError> {
+        self.release_lease_as(address, worker, epoch, ReasonCode::Unspecified)
+            .await
+    }
+
+    /// [`Registry::release_lease`] for a release with `reason`. A release because the
+    /// blob store cannot be reached (`BLOB_STORE_UNAVAILABLE`) also backs the session's
+    /// next grant off: not before `now() + min(1 s × 2^(n-1), 10 s)`, n counting such
+    /// releases in a row (reset when the session reaches WORKING).
+    pub async fn release_lease_as(
+        &self,
+        address: &SessionAddress,
+        worker: &WorkerId,
+        epoch: u64,
+        reason: ReasonCode,
+    ) -> Result<Lease, RegistryError> {
+        let backoff = reason == ReasonCode::BlobStoreUnavailable;
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "UPDATE sessions s SET worker_id = NULL, lease_expires_at = NULL,
+                     blob_unavailable_count = CASE WHEN $5 THEN s.blob_unavailable_count + 1
+                         ELSE s.blob_unavailable_count END,
+                     retry_after = CASE WHEN $5 THEN now() + make_interval(secs =>
+                         LEAST($6 * power(2.0::float8, LEAST(s.blob_unavailable_count, 30)::float8), $7))
+                         ELSE s.retry_after END,
                      updated_at = now()
                  FROM (SELECT tenant, session, worker_id, lease_expires_at FROM sessions
                        WHERE tenant = $1 AND session = $2 FOR UPDATE) old
@@ -639,6 +733,9 @@ impl Registry {
                     &address.session.as_str(),
                     &worker.as_str(),
                     &epoch_to_sql(epoch)?,
+                    &backoff,
+                    &BLOB_BACKOFF_BASE.as_secs_f64(),
+                    &BLOB_BACKOFF_CAP.as_secs_f64(),
                 ],
             )
             .await?;
@@ -887,6 +984,8 @@ impl Registry {
         let updated = client
             .execute(
                 "UPDATE sessions SET status = $5, reason = $6, jid = COALESCE($7, jid),
+                     blob_unavailable_count = CASE WHEN $8 THEN 0 ELSE blob_unavailable_count END,
+                     retry_after = CASE WHEN $8 THEN NULL ELSE retry_after END,
                      updated_at = now()
                  WHERE tenant = $1 AND session = $2 AND worker_id = $3 AND epoch = $4",
                 &[
@@ -897,6 +996,7 @@ impl Registry {
                     &(status as i32),
                     &(reason as i32),
                     &jid,
+                    &(status == SessionStatus::Working),
                 ],
             )
             .await?;
@@ -922,9 +1022,30 @@ impl Registry {
     /// out, forgets the dead workers, and returns the ended leases. The sessions keep
     /// their epochs; the next grant uses a higher one.
     pub async fn expire_leases(&self, dead_after: Duration) -> Result<Vec<Lease>, RegistryError> {
+        self.expire_leases_after(dead_after, None).await
+    }
+
+    /// [`Registry::expire_leases`], but nothing at all before `horizon` (on the
+    /// database's clock): a new leader's bound on the trust its predecessor may have
+    /// given (see `leadership`).
+    pub async fn expire_leases_after(
+        &self,
+        dead_after: Duration,
+        horizon: Option<SystemTime>,
+    ) -> Result<Vec<Lease>, RegistryError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let secs = dead_after.as_secs_f64();
+        let due: bool = tx
+            .query_one(
+                "SELECT $1::timestamptz IS NULL OR now() >= $1::timestamptz",
+                &[&horizon],
+            )
+            .await?
+            .try_get(0)?;
+        if !due {
+            return Ok(Vec::new());
+        }
         let rows = tx
             .query(
                 "WITH dead AS (
@@ -962,13 +1083,63 @@ impl Registry {
         Ok(ended)
     }
 
-    /// Sessions that should run but have no lease.
+    /// Reconciliation by heartbeat: `worker` just heartbeated and its heartbeat lists
+    /// `held` (tenant, session, epoch). A worker lists a lease until its socket is closed,
+    /// so a lease the registry gives it that the list omits is one it holds no socket
+    /// for. Returns those granted more than `min_age` ago (younger grants may not have
+    /// reached a heartbeat yet); the caller releases them with
+    /// [`Registry::release_lease`] (epoch kept, so the release changes nothing if the
+    /// lease moved meanwhile) and grants them again, the same worker first
+    /// (`last_worker_id`).
+    pub async fn unlisted_leases(
+        &self,
+        worker: &WorkerId,
+        held: &[(String, String, u64)],
+        min_age: Duration,
+    ) -> Result<Vec<Lease>, RegistryError> {
+        let tenants: Vec<&str> = held.iter().map(|(t, _, _)| t.as_str()).collect();
+        let sessions: Vec<&str> = held.iter().map(|(_, s, _)| s.as_str()).collect();
+        let epochs = held
+            .iter()
+            .map(|(_, _, e)| epoch_to_sql(*e))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT tenant, session, worker_id, epoch, lease_expires_at FROM sessions
+                 WHERE worker_id = $1
+                   AND COALESCE(granted_at, '-infinity') < now() - make_interval(secs => $2)
+                   AND (tenant, session, epoch) NOT IN (
+                       SELECT * FROM unnest($3::text[], $4::text[], $5::int8[]))
+                 ORDER BY tenant, session",
+                &[
+                    &worker.as_str(),
+                    &min_age.as_secs_f64(),
+                    &tenants,
+                    &sessions,
+                    &epochs,
+                ],
+            )
+            .await?;
+        let mut unlisted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let [address] = addresses(std::slice::from_ref(row))?
+                .try_into()
+                .map_err(|_| RegistryError::InvalidRow("address".into()))?;
+            unlisted.push(lease_from_row(&address, row)?);
+        }
+        Ok(unlisted)
+    }
+
+    /// Sessions that should run but have no lease, and whose grant is not backed off
+    /// (see [`Registry::release_lease_as`]).
     pub async fn unleased_running(&self, limit: i64) -> Result<Vec<SessionAddress>, RegistryError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT tenant, session FROM sessions
                  WHERE desired_running AND worker_id IS NULL
+                   AND (retry_after IS NULL OR retry_after <= now())
                  ORDER BY updated_at LIMIT $1",
                 &[&limit],
             )

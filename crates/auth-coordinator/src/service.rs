@@ -19,8 +19,9 @@
 //! (heartbeats; renewals, releases and blob commits), so neither a command waiting on a
 //! worker nor a long grant pass holds up a heartbeat, a renewal or a blob commit.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Message, Subscriber};
 use futures_util::StreamExt;
@@ -40,7 +41,7 @@ use wafleet_bus_schema::{
 
 use wafleet_blob::BlobStore;
 
-use crate::leadership::Leadership;
+use crate::leadership::{LeaderState, Leadership, Role};
 use crate::registry::{Lease, Registry, RegistryError, StoredReply};
 
 /// How the coordinator paces the fleet.
@@ -58,6 +59,9 @@ pub struct CoordinatorConfig {
     pub reply_retention: Duration,
     /// How many sessions one tick grants or moves at most.
     pub batch: i64,
+    /// How long a leader that cannot reach PostgreSQL keeps leading (degraded) after its
+    /// last confirmed leadership check.
+    pub pg_grace: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -69,6 +73,7 @@ impl Default for CoordinatorConfig {
             worker_reply_timeout: Duration::from_secs(5),
             reply_retention: Duration::from_secs(25 * 3600),
             batch: 256,
+            pg_grace: Duration::from_secs(45),
         }
     }
 }
@@ -78,6 +83,100 @@ impl CoordinatorConfig {
     pub fn dead_after(&self) -> Duration {
         self.heartbeat_interval * self.missed_heartbeats.max(1)
     }
+
+    /// How long the leader must have led and been connected to NATS, without a break,
+    /// before it ends silent workers' leases or leases that ran out: a full dead-after
+    /// window plus one interval, so every live worker has been heard.
+    pub fn heard_window(&self) -> Duration {
+        self.dead_after() + self.heartbeat_interval
+    }
+
+    /// How old a grant must be before a heartbeat that omits it counts (the worker may
+    /// not have accepted it yet when it built that heartbeat): two heartbeat intervals
+    /// plus the reply timeout the grant offer waits for.
+    pub fn reconcile_after(&self) -> Duration {
+        self.heartbeat_interval * 2 + self.worker_reply_timeout
+    }
+
+    /// The leadership settings that go with this pacing.
+    pub fn leadership(&self) -> crate::leadership::LeadershipConfig {
+        crate::leadership::LeadershipConfig {
+            retry: self.heartbeat_interval,
+            pg_grace: self.pg_grace,
+            dead_after: self.dead_after(),
+            id: crate::leadership::default_id(),
+        }
+    }
+}
+
+/// The coordinator's NATS connection as its event callback reports it: connected since
+/// when, or disconnected. Cheap to clone; feed it with [`NatsLink::on_event`] from the
+/// client's `event_callback`.
+#[derive(Clone, Debug, Default)]
+pub struct NatsLink {
+    connected_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl NatsLink {
+    /// A link not connected yet.
+    pub fn new() -> Self {
+        NatsLink::default()
+    }
+
+    /// Takes a client event: `Connected` starts a new connected period (so a reconnect
+    /// restarts the heard window), `Disconnected` and `Closed` end it.
+    pub fn on_event(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::Connected => {
+                tracing::info!("NATS connected");
+                *self.lock() = Some(Instant::now());
+            }
+            async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                tracing::warn!(%event, "NATS connection lost");
+                *self.lock() = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Since when the connection has been up without a break; `None` while it is down.
+    pub fn connected_since(&self) -> Option<Instant> {
+        *self.lock()
+    }
+
+    /// Takes the client's state as polled: the fallback for a client without the event
+    /// callback, and a check that a missed event cannot leave the link up.
+    fn observe(&self, state: async_nats::connection::State) {
+        let mut since = self.lock();
+        match state {
+            async_nats::connection::State::Connected => {
+                if since.is_none() {
+                    *since = Some(Instant::now());
+                }
+            }
+            _ => *since = None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.connected_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the serving tasks share about the current term.
+#[derive(Default)]
+struct Term {
+    /// The leadership state, while leading.
+    leader: Option<(tokio::sync::watch::Receiver<LeaderState>, Duration)>,
+    /// The term number and when it started (the heard window's leadership half).
+    started: Option<(u64, Instant)>,
+    /// Per worker: the leases its last heartbeat renewed in the registry (acknowledged
+    /// from memory while the registry is unreachable).
+    renewed: HashMap<String, HashSet<(String, String, u64)>>,
+    /// Leases a heartbeat omitted: (worker, tenant, session, epoch) → first omission.
+    omitted: HashMap<(String, String, String, u64), Instant>,
 }
 
 /// The coordinator stopped with an error.
@@ -101,6 +200,12 @@ pub struct Coordinator {
     blobs: Option<Arc<dyn BlobStore>>,
     /// One lock per (tenant, session) with commands in flight.
     command_locks: Arc<std::sync::Mutex<CommandLocks>>,
+    /// The NATS connection's state.
+    link: NatsLink,
+    /// The current term.
+    term: Arc<Mutex<Term>>,
+    /// Asks the serving loop for a grant pass now (after a reconciliation).
+    grant_now: Arc<tokio::sync::Notify>,
 }
 
 type CommandLocks = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
@@ -115,7 +220,45 @@ impl Coordinator {
             config,
             blobs: None,
             command_locks: Arc::default(),
+            link: NatsLink::new(),
+            term: Arc::default(),
+            grant_now: Arc::default(),
         }
+    }
+
+    /// The same coordinator, following `link` (fed by the NATS client's event callback)
+    /// for its connection state. Without one, the client's state is polled every tick.
+    pub fn with_nats_link(mut self, link: NatsLink) -> Self {
+        self.link = link;
+        self
+    }
+
+    fn term(&self) -> std::sync::MutexGuard<'_, Term> {
+        self.term.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The leadership state and the grace, while serving as leader.
+    fn leader_state(&self) -> Option<(LeaderState, Duration)> {
+        self.term()
+            .leader
+            .as_ref()
+            .map(|(state, grace)| (*state.borrow(), *grace))
+    }
+
+    /// True while leading without a working database connection.
+    fn degraded(&self) -> bool {
+        self.leader_state().is_some_and(|(s, _)| s.degraded)
+    }
+
+    /// Whether the leader has led and been connected to NATS for the full heard window.
+    fn heard_enough(&self) -> bool {
+        let Some(connected) = self.link.connected_since() else {
+            return false;
+        };
+        let Some((_, started)) = self.term().started else {
+            return false;
+        };
+        connected.max(started).elapsed() >= self.config.heard_window()
     }
 
     /// The same coordinator, purging deleted sessions' blobs from `store` (the store the
@@ -146,7 +289,15 @@ impl Coordinator {
                 _ = shutdown.changed() => continue,
             }
             tracing::info!("leading: serving commands and workers");
-            let stop = self.lead(leadership.watch(), shutdown.clone()).await;
+            let stop = self
+                .lead(
+                    leadership.watch(),
+                    leadership.watch_state(),
+                    leadership.pg_grace(),
+                    shutdown.clone(),
+                )
+                .await;
+            *self.term() = Term::default();
             if let Err(e) = stop {
                 tracing::error!(error = %e, "serving failed; retrying");
                 tokio::time::sleep(self.config.heartbeat_interval).await;
@@ -159,9 +310,21 @@ impl Coordinator {
     /// Serves until leadership is lost or `shutdown` turns true.
     async fn lead(
         &self,
-        mut role: watch::Receiver<crate::leadership::Role>,
+        mut role: watch::Receiver<Role>,
+        mut state: watch::Receiver<LeaderState>,
+        pg_grace: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ServiceError> {
+        {
+            let now = *state.borrow_and_update();
+            let mut term = self.term();
+            *term = Term::default();
+            term.leader = Some((state.clone(), pg_grace));
+            term.started = Some((now.term, Instant::now()));
+            tracing::info!(term = now.term, horizon = ?now.horizon,
+                heard_window_ms = self.config.heard_window().as_millis() as u64,
+                "term started: silent workers' leases end only after the heard window");
+        }
         let mut commands = self
             .nats
             .queue_subscribe(ALL_COMMANDS, COORDINATOR_QUEUE_GROUP.to_string())
@@ -182,6 +345,21 @@ impl Coordinator {
                 Some(message) = commands.next() => self.spawn_command(message),
                 Some(message) = events.next() => self.on_event(&message).await,
                 _ = tick.tick() => self.tick().await,
+                _ = self.grant_now.notified() => self.grant_pass().await,
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        tracing::warn!("leadership ended: stopped serving");
+                        break;
+                    }
+                    let now = *state.borrow_and_update();
+                    let mut term = self.term();
+                    if term.started.is_some_and(|(n, _)| n != now.term) {
+                        tracing::info!(term = now.term, "leadership taken again: a new heard window");
+                        term.started = Some((now.term, Instant::now()));
+                        term.renewed.clear();
+                        term.omitted.clear();
+                    }
+                }
                 changed = role.changed() => {
                     if changed.is_err() || !role.borrow().is_leader() {
                         tracing::warn!("no longer leading: stopped serving");
@@ -222,7 +400,7 @@ impl Coordinator {
                         } else {
                             &worker_tx
                         };
-                        if to.send(message).is_err() {
+                        if to.send((Instant::now(), message)).is_err() {
                             tracing::error!("a worker message loop ended");
                             break;
                         }
@@ -242,14 +420,14 @@ impl Coordinator {
     fn spawn_worker_loop(
         &self,
     ) -> (
-        tokio::sync::mpsc::UnboundedSender<Message>,
+        tokio::sync::mpsc::UnboundedSender<(Instant, Message)>,
         tokio::task::JoinHandle<()>,
     ) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Message)>();
         let this = self.clone();
         let task = tokio::spawn(async move {
-            while let Some(message) = rx.recv().await {
-                this.on_worker_message(&message).await;
+            while let Some((received, message)) = rx.recv().await {
+                this.on_worker_message_received(&message, received).await;
             }
         });
         (tx, task)
@@ -285,17 +463,25 @@ impl Coordinator {
         });
     }
 
-    /// One pass over the fleet: expire, drain, grant.
+    /// One pass over the fleet: expire, drain, grant. Skipped while the database is
+    /// unreachable (degraded) or NATS is disconnected (offers would fail and churn);
+    /// leases end only once the heard window is full.
     pub async fn tick(&self) {
-        if let Err(e) = self.expire().await {
-            tracing::error!(error = %e, "expiring leases failed");
+        self.link.observe(self.nats.connection_state());
+        if self.degraded() {
+            tracing::debug!("degraded: no pass over the fleet");
+            return;
         }
-        if let Err(e) = self.move_from_draining().await {
-            tracing::error!(error = %e, "moving sessions off draining workers failed");
+        if self.link.connected_since().is_none() {
+            tracing::debug!("NATS disconnected: no pass over the fleet");
+            return;
         }
-        if let Err(e) = self.grant_unleased().await {
-            tracing::error!(error = %e, "granting sessions failed");
+        if self.heard_enough() {
+            if let Err(e) = self.expire().await {
+                tracing::error!(error = %e, "expiring leases failed");
+            }
         }
+        self.grant_pass().await;
         if let Err(e) = self
             .registry
             .prune_replies(self.config.reply_retention)
@@ -305,10 +491,25 @@ impl Coordinator {
         }
     }
 
+    /// Moves sessions off draining workers and grants the unleased ones (not while
+    /// degraded or disconnected from NATS).
+    async fn grant_pass(&self) {
+        if self.degraded() || self.link.connected_since().is_none() {
+            return;
+        }
+        if let Err(e) = self.move_from_draining().await {
+            tracing::error!(error = %e, "moving sessions off draining workers failed");
+        }
+        if let Err(e) = self.grant_unleased().await {
+            tracing::error!(error = %e, "granting sessions failed");
+        }
+    }
+
     async fn expire(&self) -> Result<(), RegistryError> {
+        let horizon = self.leader_state().and_then(|(s, _)| s.horizon);
         for lease in self
             .registry
-            .expire_leases(self.config.dead_after())
+            .expire_leases_after(self.config.dead_after(), horizon)
             .await?
         {
             tracing::info!(session = %lease.address, worker = %lease.worker, epoch = lease.epoch,
@@ -457,6 +658,12 @@ impl Coordinator {
 
     /// Handles a message from a worker.
     pub async fn on_worker_message(&self, message: &Message) {
+        self.on_worker_message_received(message, Instant::now())
+            .await
+    }
+
+    /// Handles a message from a worker that arrived at `received`.
+    async fn on_worker_message_received(&self, message: &Message, received: Instant) {
         let content_type = content_type_of(message.headers.as_ref());
         let decoded = decode_sys(message.subject.as_str(), &message.payload, content_type);
         let (subject, sys) = match decoded {
@@ -471,7 +678,22 @@ impl Coordinator {
         let worker = subject.worker;
         match sys {
             SysMessage::Heartbeat(heartbeat) => {
-                self.on_heartbeat(message, &worker, &heartbeat).await
+                self.on_heartbeat(message, &worker, &heartbeat, received)
+                    .await
+            }
+            SysMessage::Shutdown(_)
+            | SysMessage::LeaseRenew(_)
+            | SysMessage::LeaseRelease(_)
+            | SysMessage::BlobCommit(_)
+                if self.degraded() =>
+            {
+                // The registry cannot be reached: nothing can be decided. UNAVAILABLE is
+                // not a fencing answer; the worker keeps its lease and tries again.
+                let reply = lease_error(
+                    ErrorCode::Unavailable,
+                    "the registry is unavailable; try again".to_string(),
+                );
+                self.answer(message, &reply).await;
             }
             SysMessage::Shutdown(_) => {
                 tracing::info!(%worker, "worker announced shutdown: draining");
@@ -502,12 +724,27 @@ impl Coordinator {
             SysMessage::LeaseRelease(release) => {
                 let reply = match SessionAddress::new(&release.tenant, &release.session) {
                     Ok(address) => {
+                        let reason =
+                            ReasonCode::try_from(release.reason).unwrap_or(ReasonCode::Unspecified);
                         let released = self
                             .registry
-                            .release_lease(&address, &worker, release.epoch)
+                            .release_lease_as(&address, &worker, release.epoch, reason)
                             .await;
-                        if released.is_ok() {
-                            self.settle_released(&address, release.reason).await;
+                        match &released {
+                            Ok(_) => self.settle_released(&address, release.reason).await,
+                            // The lease at this very epoch ended already (reconciled or
+                            // expired) and was not granted again: a final reason still
+                            // settles the session (settle leaves a leased one alone).
+                            Err(RegistryError::Fenced { current, .. })
+                                if *current == release.epoch =>
+                            {
+                                self.settle_released(&address, release.reason).await
+                            }
+                            Err(_) => {}
+                        }
+                        if reason == ReasonCode::BlobStoreUnavailable && released.is_ok() {
+                            tracing::info!(session = %address, %worker, epoch = release.epoch,
+                                "released: blob store unavailable; the next grant is backed off");
                         }
                         lease_reply(released)
                     }
@@ -585,6 +822,9 @@ impl Coordinator {
     /// (events of other epochs are ignored).
     pub async fn on_event(&self, message: &Message) {
         use v1::session_event::Payload;
+        if self.degraded() {
+            return;
+        }
         let event = match decode_event_message(message) {
             Ok(event) => event,
             Err(e) => {
@@ -634,68 +874,180 @@ impl Coordinator {
     /// Records the heartbeat and renews the leases it lists, answers with the renewed ones
     /// and how long the worker may trust them (no answer when nothing was recorded: the
     /// worker then trusts its leases no longer than before), then revokes the listed leases
-    /// the worker no longer holds.
+    /// the worker no longer holds and reconciles the ones it omits.
+    ///
+    /// While the registry cannot be reached (degraded leadership, or the statement failed
+    /// as unavailable) the heartbeat is acknowledged from memory: the leases the worker's
+    /// last recorded heartbeat renewed that this one still lists, valid for no longer than
+    /// the grace left (see `leadership`).
     async fn on_heartbeat(
         &self,
         message: &Message,
         worker: &WorkerId,
         heartbeat: &internal::WorkerHeartbeat,
+        received: Instant,
     ) {
-        if let Err(e) = self
-            .registry
+        let held: Vec<(String, String, u64)> = heartbeat
+            .leases
+            .iter()
+            .map(|l| (l.tenant.clone(), l.session.clone(), l.epoch))
+            .collect();
+        if !self.degraded() {
+            match self.record_and_renew(worker, heartbeat, &held).await {
+                Ok((renewed, stale)) => {
+                    self.term().renewed.insert(
+                        worker.as_str().to_string(),
+                        renewed.iter().cloned().collect(),
+                    );
+                    self.acknowledge(message, renewed).await;
+                    for (tenant, session, epoch) in stale {
+                        let Ok(address) = SessionAddress::new(&tenant, &session) else {
+                            continue;
+                        };
+                        tracing::info!(%worker, session = %address, epoch, "worker runs a fenced lease: revoking");
+                        let lease = Lease {
+                            address,
+                            worker: worker.clone(),
+                            epoch,
+                            expires_at: std::time::SystemTime::now(),
+                        };
+                        self.revoke(&lease, ReasonCode::LeaseLost).await;
+                    }
+                    if let Err(e) = self.reconcile(worker, &held, received).await {
+                        tracing::error!(%worker, error = %e, "reconciling a worker's leases failed");
+                    }
+                    return;
+                }
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(%worker, error = %e, "registry unavailable: acknowledging the heartbeat from memory");
+                }
+                Err(e) => {
+                    tracing::error!(%worker, error = %e, "recording heartbeat failed");
+                    return;
+                }
+            }
+        }
+        let remembered: Vec<(String, String, u64)> = {
+            let term = self.term();
+            let Some(known) = term.renewed.get(worker.as_str()) else {
+                return;
+            };
+            held.iter()
+                .filter(|h| known.contains(*h))
+                .cloned()
+                .collect()
+        };
+        self.acknowledge(message, remembered).await;
+    }
+
+    async fn record_and_renew(
+        &self,
+        worker: &WorkerId,
+        heartbeat: &internal::WorkerHeartbeat,
+        held: &[(String, String, u64)],
+    ) -> Result<crate::registry::HeldRenewal, RegistryError> {
+        self.registry
             .record_heartbeat(
                 worker,
                 heartbeat.capacity,
                 heartbeat.draining,
                 &heartbeat.version,
             )
+            .await?;
+        self.registry
+            .renew_held(worker, held, self.config.lease_ttl)
             .await
-        {
-            tracing::error!(%worker, error = %e, "recording heartbeat failed");
-            return;
-        }
-        let held: Vec<(String, String, u64)> = heartbeat
-            .leases
-            .iter()
-            .map(|l| (l.tenant.clone(), l.session.clone(), l.epoch))
-            .collect();
-        match self
-            .registry
-            .renew_held(worker, &held, self.config.lease_ttl)
-            .await
-        {
-            Ok((renewed, stale)) => {
-                let renewed = renewed
-                    .into_iter()
-                    .map(|(tenant, session, epoch)| internal::HeldLease {
-                        tenant,
-                        session,
-                        epoch,
-                    })
-                    .collect();
-                // Both clocks started no earlier than the worker sent the heartbeat.
-                let valid_for = self.config.lease_ttl.min(self.config.dead_after());
-                let ack = internal::HeartbeatAck {
-                    renewed,
-                    valid_for_ms: u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX),
-                };
-                self.answer(message, &ack).await;
-                for (tenant, session, epoch) in stale {
-                    let Ok(address) = SessionAddress::new(&tenant, &session) else {
-                        continue;
-                    };
-                    tracing::info!(%worker, session = %address, epoch, "worker runs a fenced lease: revoking");
-                    let lease = Lease {
-                        address,
-                        worker: worker.clone(),
-                        epoch,
-                        expires_at: std::time::SystemTime::now(),
-                    };
-                    self.revoke(&lease, ReasonCode::LeaseLost).await;
-                }
+    }
+
+    /// Answers a heartbeat: `renewed`, valid for min(lease TTL, dead-after, the grace
+    /// left). Both clocks started no earlier than the worker sent the heartbeat. No
+    /// answer once the grace is spent.
+    async fn acknowledge(&self, message: &Message, renewed: Vec<(String, String, u64)>) {
+        let mut valid_for = self.config.lease_ttl.min(self.config.dead_after());
+        if let Some((state, grace)) = self.leader_state() {
+            let left = state.grace_left(grace);
+            if left.is_zero() {
+                tracing::warn!("leadership grace spent: heartbeat not acknowledged");
+                return;
             }
-            Err(e) => tracing::error!(%worker, error = %e, "renewing held leases failed"),
+            valid_for = valid_for.min(left);
         }
+        let renewed = renewed
+            .into_iter()
+            .map(|(tenant, session, epoch)| internal::HeldLease {
+                tenant,
+                session,
+                epoch,
+            })
+            .collect();
+        let ack = internal::HeartbeatAck {
+            renewed,
+            valid_for_ms: u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.answer(message, &ack).await;
+    }
+
+    /// Reconciliation by heartbeat: a lease the registry gives `worker`, granted long
+    /// enough ago, that two of its heartbeats in a row (at least half an interval apart)
+    /// omit is one it holds no socket for (it lists a lease until the socket is closed):
+    /// released, epoch kept, and granted again at once, the same worker first.
+    async fn reconcile(
+        &self,
+        worker: &WorkerId,
+        held: &[(String, String, u64)],
+        received: Instant,
+    ) -> Result<(), RegistryError> {
+        // A heartbeat that waited in the queue is as old as its arrival.
+        let min_age = self.config.reconcile_after() + received.elapsed();
+        let unlisted = self.registry.unlisted_leases(worker, held, min_age).await?;
+        let due: Vec<Lease> = {
+            let mut term = self.term();
+            let key = |l: &Lease| {
+                (
+                    worker.as_str().to_string(),
+                    l.address.tenant.as_str().to_string(),
+                    l.address.session.as_str().to_string(),
+                    l.epoch,
+                )
+            };
+            let now: HashSet<_> = unlisted.iter().map(key).collect();
+            term.omitted
+                .retain(|k, _| k.0 != worker.as_str() || now.contains(k));
+            let settle = self.config.heartbeat_interval / 2;
+            unlisted
+                .into_iter()
+                .filter(|l| {
+                    let first = *term.omitted.entry(key(l)).or_insert(received);
+                    received.saturating_duration_since(first) >= settle
+                })
+                .collect()
+        };
+        let mut released = 0;
+        for lease in due {
+            match self
+                .registry
+                .release_lease(&lease.address, &lease.worker, lease.epoch)
+                .await
+            {
+                Ok(_) => {
+                    released += 1;
+                    tracing::info!(session = %lease.address, %worker, epoch = lease.epoch,
+                        "reconciled: the holder's heartbeats omit the lease (no socket); granting it again");
+                }
+                Err(RegistryError::Fenced { .. } | RegistryError::UnknownSession(_)) => {}
+                Err(e) => return Err(e),
+            }
+            self.term().omitted.remove(&(
+                worker.as_str().to_string(),
+                lease.address.tenant.as_str().to_string(),
+                lease.address.session.as_str().to_string(),
+                lease.epoch,
+            ));
+        }
+        if released > 0 {
+            self.grant_now.notify_one();
+        }
+        Ok(())
     }
 
     async fn answer<M: BusMessage>(&self, request: &Message, reply: &M) {
@@ -725,6 +1077,11 @@ impl Coordinator {
     /// Handles a backend's command and answers it.
     pub async fn on_command(&self, message: &Message) {
         let reply = match decode_command_message(message) {
+            Ok(command) if self.degraded() => v1::CommandReply::with_error(
+                command.command_id(),
+                ErrorCode::Unavailable,
+                "the session registry is unavailable; try again",
+            ),
             Ok(command) => self.execute_once(&command).await,
             Err(e) => {
                 tracing::info!(subject = %message.subject, error = %e, "malformed command");
@@ -747,6 +1104,7 @@ impl Coordinator {
         match self.registry.stored_reply(tenant, command_id).await {
             Ok(Some(stored)) => return replay(command_id, &verb, &session, &payload_hash, &stored),
             Ok(None) => {}
+            Err(e) if e.is_unavailable() => return unavailable(command_id, e),
             Err(e) => return internal_error(command_id, e),
         }
         let reply = self.execute(command).await;
@@ -1031,6 +1389,15 @@ fn is_transient(code: i32) -> bool {
     .any(|c| *c as i32 == code)
 }
 
+fn unavailable(command_id: &str, error: impl std::fmt::Display) -> v1::CommandReply {
+    tracing::warn!(%error, "command not run: the registry is unavailable");
+    v1::CommandReply::with_error(
+        command_id,
+        ErrorCode::Unavailable,
+        format!("the session registry is unavailable ({error}); try again"),
+    )
+}
+
 fn internal_error(command_id: &str, error: impl std::fmt::Display) -> v1::CommandReply {
     tracing::error!(%error, "command failed inside the coordinator");
     v1::CommandReply::with_error(command_id, ErrorCode::Internal, error.to_string())
@@ -1058,6 +1425,7 @@ fn registry_error_reply(
                 address.session, address.tenant
             ),
         ),
+        e @ RegistryError::Unavailable(_) => unavailable(command_id, e),
         other => internal_error(command_id, other),
     }
 }
@@ -1091,6 +1459,10 @@ fn lease_reply(result: Result<Lease, RegistryError>) -> internal::LeaseReply {
             ErrorCode::Conflict,
             format!("blob version {version} is not above the committed {committed}"),
         ),
+        Err(e @ RegistryError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "lease operation: registry unavailable");
+            lease_error(ErrorCode::Unavailable, e.to_string())
+        }
         Err(e) => {
             tracing::error!(error = %e, "lease operation failed");
             lease_error(ErrorCode::Internal, e.to_string())

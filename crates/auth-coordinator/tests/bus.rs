@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use common::{eventually, nats_server_bin, pg_url, NatsServer, TestSchema};
 use futures_util::StreamExt;
+use wafleet_auth_coordinator::service::NatsLink;
 use wafleet_auth_coordinator::{Coordinator, CoordinatorConfig, Leadership, Registry};
 use wafleet_blob::{BlobStore, FsBlobStore, SaveCondition, StoreError};
 use wafleet_bus_schema::codec::{decode_reply, encode, ContentType};
@@ -28,6 +29,8 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Fleet {
     schema: TestSchema,
     nats: NatsServer,
+    /// Set when the fleet runs on a private PostgreSQL (outage tests).
+    pg: Option<Arc<common::PrivatePg>>,
     registry: Registry,
     backend: async_nats::Client,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -41,24 +44,52 @@ impl Fleet {
 
     /// A fleet whose coordinator purges deleted sessions' blobs from `blobs`.
     async fn start_with(blobs: Option<Arc<dyn BlobStore>>) -> Option<Fleet> {
-        let url = pg_url()?;
+        Fleet::start_full(blobs, None, |_| {}, |_, _| async {}).await
+    }
+
+    /// A fleet with `tweak`ed pacing, on `pg` (a private PostgreSQL) or the shared one;
+    /// `before` runs on the registry (and the NATS server) before the coordinator starts.
+    async fn start_full<F, Fut>(
+        blobs: Option<Arc<dyn BlobStore>>,
+        pg: Option<Arc<common::PrivatePg>>,
+        tweak: impl FnOnce(&mut CoordinatorConfig),
+        before: F,
+    ) -> Option<Fleet>
+    where
+        F: FnOnce(Registry, String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let url = match &pg {
+            Some(pg) => pg.url(),
+            None => pg_url()?,
+        };
         let bin = nats_server_bin()?;
         let schema = TestSchema::create(&url).await;
         let nats = NatsServer::start(&bin).await;
         let registry = schema.registry().await;
-        let config = CoordinatorConfig {
+        let mut config = CoordinatorConfig {
             heartbeat_interval: HEARTBEAT,
             missed_heartbeats: 3,
             lease_ttl: Duration::from_secs(10),
             worker_reply_timeout: Duration::from_secs(2),
             ..CoordinatorConfig::default()
         };
-        let mut coordinator = Coordinator::new(registry.clone(), nats.client().await, config);
+        tweak(&mut config);
+        before(registry.clone(), nats.url.clone()).await;
+        let link = NatsLink::new();
+        let mut coordinator = Coordinator::new(
+            registry.clone(),
+            nats.fast_client(&link).await,
+            config.clone(),
+        )
+        .with_nats_link(link);
         if let Some(blobs) = blobs {
             coordinator = coordinator.with_blob_store(blobs);
         }
-        let leadership =
-            Leadership::start(schema.config().pg_config().expect("pg config"), HEARTBEAT);
+        let leadership = Leadership::start_with(
+            schema.config().pg_config().expect("pg config"),
+            config.leadership(),
+        );
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let coordinator = tokio::spawn(async move {
             coordinator
@@ -70,6 +101,7 @@ impl Fleet {
         Some(Fleet {
             schema,
             nats,
+            pg,
             registry,
             backend,
             shutdown,
@@ -116,6 +148,7 @@ impl Fleet {
         let _ = self.coordinator.await;
         drop(self.nats);
         self.schema.drop_schema().await;
+        drop(self.pg);
     }
 }
 
@@ -139,15 +172,28 @@ struct TestWorker {
     client: async_nats::Client,
     leases: Arc<Mutex<BTreeMap<(String, String), u64>>>,
     draining: Arc<Mutex<bool>>,
+    /// While true, no heartbeats are sent.
+    paused: Arc<Mutex<bool>>,
+    /// Each heartbeat's send time and the acknowledgement it got.
+    acks: Arc<Mutex<Vec<(tokio::time::Instant, internal::HeartbeatAck)>>>,
+    /// Grants received.
+    grants: Arc<Mutex<Vec<(tokio::time::Instant, String, u64)>>>,
+    /// Release every accepted grant at once with this reason (a blob store outage).
+    release_on_grant: Arc<Mutex<Option<v1::ReasonCode>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl TestWorker {
     async fn start(nats: &NatsServer, name: &str, capacity: u32) -> TestWorker {
         let id = WorkerId::new(name).expect("worker id");
-        let client = nats.client().await;
+        // The workers' NATS options: fast reconnects.
+        let client = nats.fast_client(&NatsLink::new()).await;
         let leases: Arc<Mutex<BTreeMap<(String, String), u64>>> = Arc::default();
         let draining: Arc<Mutex<bool>> = Arc::default();
+        let paused: Arc<Mutex<bool>> = Arc::default();
+        let acks: Arc<Mutex<Vec<(tokio::time::Instant, internal::HeartbeatAck)>>> = Arc::default();
+        let grants: Arc<Mutex<Vec<(tokio::time::Instant, String, u64)>>> = Arc::default();
+        let release_on_grant: Arc<Mutex<Option<v1::ReasonCode>>> = Arc::default();
         let mut inbox = client
             .subscribe(subject::to_worker(&id))
             .await
@@ -156,6 +202,9 @@ impl TestWorker {
         let listener = {
             let client = client.clone();
             let leases = leases.clone();
+            let grants = grants.clone();
+            let release_on_grant = release_on_grant.clone();
+            let id = id.clone();
             tokio::spawn(async move {
                 while let Some(message) = inbox.next().await {
                     let content_type = message
@@ -175,10 +224,40 @@ impl TestWorker {
                     };
                     let reply: Option<Vec<u8>> = match sys {
                         SysMessage::LeaseGrant(grant) => {
-                            leases
-                                .lock()
-                                .expect("leases")
-                                .insert((grant.tenant.clone(), grant.session.clone()), grant.epoch);
+                            grants.lock().expect("grants").push((
+                                tokio::time::Instant::now(),
+                                grant.session.clone(),
+                                grant.epoch,
+                            ));
+                            let release = *release_on_grant.lock().expect("release");
+                            match release {
+                                None => {
+                                    leases.lock().expect("leases").insert(
+                                        (grant.tenant.clone(), grant.session.clone()),
+                                        grant.epoch,
+                                    );
+                                }
+                                Some(reason) => {
+                                    // Accept, then hand it back at once.
+                                    let release = internal::LeaseRelease {
+                                        tenant: grant.tenant.clone(),
+                                        session: grant.session.clone(),
+                                        epoch: grant.epoch,
+                                        worker_id: id.as_str().to_string(),
+                                        reason: reason as i32,
+                                    };
+                                    let subject =
+                                        SysSubject::new(id.clone(), SysKind::LeaseRelease)
+                                            .to_string();
+                                    let client = client.clone();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(Duration::from_millis(20)).await;
+                                        let payload = encode(&release, ContentType::Protobuf)
+                                            .expect("encode");
+                                        let _ = client.request(subject, payload.into()).await;
+                                    });
+                                }
+                            }
                             let reply = internal::LeaseReply {
                                 outcome: Some(internal::lease_reply::Outcome::Lease(grant)),
                             };
@@ -242,10 +321,16 @@ impl TestWorker {
             let client = client.clone();
             let leases = leases.clone();
             let draining = draining.clone();
+            let paused = paused.clone();
+            let acks = acks.clone();
             let id = id.clone();
             tokio::spawn(async move {
                 let subject = SysSubject::new(id.clone(), SysKind::Heartbeat).to_string();
                 loop {
+                    if *paused.lock().expect("paused") {
+                        tokio::time::sleep(HEARTBEAT).await;
+                        continue;
+                    }
                     let held = leases
                         .lock()
                         .expect("leases")
@@ -265,7 +350,20 @@ impl TestWorker {
                         version: "test".into(),
                     };
                     let payload = encode(&heartbeat, ContentType::Protobuf).expect("encode");
-                    let _ = client.publish(subject.clone(), payload.into()).await;
+                    // A request: the acknowledgement is kept (see `acks`).
+                    let sent = tokio::time::Instant::now();
+                    let (client, subject, acks) = (client.clone(), subject.clone(), acks.clone());
+                    tokio::spawn(async move {
+                        let request = client.request(subject, payload.into());
+                        if let Ok(Ok(reply)) = tokio::time::timeout(HEARTBEAT * 3, request).await {
+                            if let Ok(ack) = wafleet_bus_schema::decode::<internal::HeartbeatAck>(
+                                &reply.payload,
+                                ContentType::Protobuf,
+                            ) {
+                                acks.lock().expect("acks").push((sent, ack));
+                            }
+                        }
+                    });
                     tokio::time::sleep(HEARTBEAT).await;
                 }
             })
@@ -275,6 +373,10 @@ impl TestWorker {
             client,
             leases,
             draining,
+            paused,
+            acks,
+            grants,
+            release_on_grant,
             tasks: vec![listener, heartbeat],
         }
     }
@@ -285,6 +387,33 @@ impl TestWorker {
             .expect("leases")
             .get(&("acme".to_string(), session.to_string()))
             .copied()
+    }
+
+    /// Drops a lease without a word (its socket closed on its own, as after an outage
+    /// longer than the trust window): its heartbeats stop listing it.
+    fn forget(&self, session: &str) {
+        self.leases
+            .lock()
+            .expect("leases")
+            .remove(&("acme".to_string(), session.to_string()));
+    }
+
+    fn pause_heartbeats(&self, paused: bool) {
+        *self.paused.lock().expect("paused") = paused;
+    }
+
+    /// The acknowledgements of heartbeats sent at or after `since`.
+    fn acks_since(
+        &self,
+        since: tokio::time::Instant,
+    ) -> Vec<(tokio::time::Instant, internal::HeartbeatAck)> {
+        self.acks
+            .lock()
+            .expect("acks")
+            .iter()
+            .filter(|(sent, _)| *sent >= since)
+            .cloned()
+            .collect()
     }
 
     /// Dies: stops heartbeating and answering.
@@ -1121,5 +1250,346 @@ async fn delete_purges_the_blob_and_a_retry_purges_after_a_failure() {
     assert!(!retried.replayed);
     assert_eq!(error_code(&retried), Some(ErrorCode::UnknownSession));
     assert!(!fs.blob_path(&blob_id("del2")).exists(), "retry purged");
+    fleet.stop().await;
+}
+
+fn dead_after() -> Duration {
+    HEARTBEAT * 3
+}
+
+fn heard_window() -> Duration {
+    dead_after() + HEARTBEAT
+}
+
+/// Before any coordinator runs: `session` should run and is leased to `ghost`, a worker
+/// silent for longer than the dead-after window.
+async fn leased_to_a_silent_worker(registry: &Registry, session: &str) -> u64 {
+    let ghost = WorkerId::new("ghost").expect("worker");
+    registry
+        .record_heartbeat(&ghost, 10, false, "t")
+        .await
+        .expect("heartbeat");
+    let address = SessionAddress::new("acme", session).expect("address");
+    registry
+        .create_session(&address, &BTreeMap::new())
+        .await
+        .expect("create");
+    registry
+        .set_desired(&address, true, v1::ReasonCode::Requested)
+        .await
+        .expect("start");
+    let lease = registry
+        .grant_lease(&address, &ghost, Duration::from_secs(10))
+        .await
+        .expect("grant");
+    tokio::time::sleep(dead_after() + HEARTBEAT).await;
+    lease.epoch
+}
+
+/// Heard window, new leader: a coordinator that has just become leader has not heard the
+/// fleet yet, so it leaves a silent worker's lease alone for a full dead-after window
+/// plus an interval, then moves it.
+#[tokio::test]
+async fn a_new_leader_ends_silent_leases_only_after_a_heard_window() {
+    let Some(fleet) = Fleet::start_full(
+        None,
+        None,
+        |_| {},
+        |registry, _| async move {
+            leased_to_a_silent_worker(&registry, "quiet").await;
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let worker = TestWorker::start(&fleet.nats, "worker-1", 10).await;
+    // Without the window the first tick (at once) would end it.
+    while started.elapsed() < heard_window() * 3 / 4 {
+        assert_eq!(
+            holder(&fleet, "quiet").await.map(|(w, _)| w).as_deref(),
+            Some("ghost"),
+            "ended {:?} after the coordinator started",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let epoch = eventually(WAIT, "the session to move to worker-1", || async {
+        worker.epoch_of("quiet")
+    })
+    .await;
+    assert!(started.elapsed() >= heard_window() * 3 / 4);
+    assert_eq!(
+        holder(&fleet, "quiet").await,
+        Some(("worker-1".to_string(), epoch))
+    );
+    fleet.stop().await;
+}
+
+/// Heard window, NATS reconnect: NATS stops for longer than the dead-after window. While
+/// it is down the leader makes no grant pass (no churn of epochs); after it returns the
+/// leader waits a full window before ending anything, so a worker that comes back a
+/// little later than the coordinator keeps its lease at the same epoch.
+#[tokio::test]
+async fn a_nats_outage_moves_nothing_and_grants_nothing_while_down() {
+    let Some(mut fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "kept").await;
+    let epoch = eventually(WAIT, "the lease", || async { worker.epoch_of("kept") }).await;
+    // Heard for a while (so the window after the reconnect is what matters).
+    tokio::time::sleep(heard_window() * 2).await;
+
+    fleet.nats.stop().await;
+    worker.pause_heartbeats(true);
+    // A session to grant appears while NATS is down (written to the registry directly).
+    let waiting = SessionAddress::new("acme", "waiting").expect("address");
+    fleet
+        .registry
+        .create_session(&waiting, &BTreeMap::new())
+        .await
+        .expect("create");
+    fleet
+        .registry
+        .set_desired(&waiting, true, v1::ReasonCode::Requested)
+        .await
+        .expect("start");
+    let down = tokio::time::Instant::now();
+    while down.elapsed() < dead_after() * 2 {
+        let record = fleet.registry.session(&waiting).await.expect("session");
+        assert_eq!(record.epoch, 0, "granted while NATS was down");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    fleet.nats.restart().await;
+    let back = tokio::time::Instant::now();
+    // The worker comes back half a window after the server (its reconnect, its next
+    // heartbeat); the coordinator, reconnected at once, must not have ended its lease.
+    tokio::time::sleep(heard_window() / 2).await;
+    worker.pause_heartbeats(false);
+    while back.elapsed() < heard_window() * 3 {
+        assert_eq!(
+            holder(&fleet, "kept").await,
+            Some(("worker-0".to_string(), epoch)),
+            "the lease changed {:?} after NATS returned",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(worker.epoch_of("kept"), Some(epoch));
+    // And the waiting session is granted once NATS is back.
+    let granted = eventually(WAIT, "the waiting session's grant", || async {
+        worker.epoch_of("waiting")
+    })
+    .await;
+    assert_eq!(granted, 1, "one grant, no churn");
+    fleet.stop().await;
+}
+
+/// Reconciliation by heartbeat + sticky re-grant: a lease its holder's heartbeats stop
+/// listing (its socket closed on its own) is released and granted again at once, to the
+/// same worker (new epoch), though another worker is less loaded; the others stay.
+#[tokio::test]
+async fn a_lease_the_holders_heartbeats_omit_comes_back_on_the_same_worker() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let first = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    for s in ["o1", "o2"] {
+        create_and_start(&fleet, s).await;
+    }
+    let mut epochs = BTreeMap::new();
+    for s in ["o1", "o2"] {
+        let epoch = eventually(WAIT, "worker-0 to hold every session", || async {
+            first.epoch_of(s)
+        })
+        .await;
+        epochs.insert(s, epoch);
+    }
+    let second = TestWorker::start(&fleet.nats, "worker-1", 10).await;
+    // Past the age under which a grant may not be in a heartbeat yet.
+    tokio::time::sleep(HEARTBEAT * 2 + Duration::from_secs(2)).await;
+    first.forget("o1");
+    let forgotten = tokio::time::Instant::now();
+    let epoch = eventually(WAIT, "o1 granted again to worker-0", || async {
+        first.epoch_of("o1")
+    })
+    .await;
+    assert!(
+        forgotten.elapsed() < Duration::from_secs(3),
+        "reconciled after {:?} (the lease TTL is 10 s)",
+        forgotten.elapsed()
+    );
+    assert_eq!(epoch, epochs["o1"] + 1);
+    assert_eq!(
+        holder(&fleet, "o1").await,
+        Some(("worker-0".to_string(), epoch))
+    );
+    assert_eq!(second.epoch_of("o1"), None, "sticky: not the idle worker");
+    assert_eq!(
+        holder(&fleet, "o2").await,
+        Some(("worker-0".to_string(), epochs["o2"]))
+    );
+    fleet.stop().await;
+}
+
+/// Grant backoff: a session whose holder hands it back because the blob store cannot be
+/// reached is granted again after 1 s, then 2 s, … instead of on every tick.
+#[tokio::test]
+async fn blob_store_unavailable_releases_back_grants_off() {
+    let Some(fleet) = Fleet::start().await else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    *worker.release_on_grant.lock().expect("release") = Some(v1::ReasonCode::BlobStoreUnavailable);
+    create_and_start(&fleet, "store").await;
+    let first = eventually(WAIT, "the first grant", || async {
+        worker.grants.lock().expect("grants").first().map(|g| g.0)
+    })
+    .await;
+    tokio::time::sleep_until(first + Duration::from_millis(3600)).await;
+    let grants: Vec<tokio::time::Instant> = worker
+        .grants
+        .lock()
+        .expect("grants")
+        .iter()
+        .map(|g| g.0)
+        .collect();
+    // 0, ~1, ~3 s: three grants in 3.6 s (on every 200 ms tick it would be ~18).
+    assert!(
+        (2..=3).contains(&grants.len()),
+        "{} grants in 3.6 s",
+        grants.len()
+    );
+    for pair in grants.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(950),
+            "grants {:?} apart",
+            pair[1] - pair[0]
+        );
+    }
+    // A routine release afterwards is not backed off further than the pending pause.
+    *worker.release_on_grant.lock().expect("release") = None;
+    eventually(WAIT, "the session held", || async {
+        worker.epoch_of("store")
+    })
+    .await;
+    fleet.stop().await;
+}
+
+/// PostgreSQL outage on a private server: the leader keeps leading degraded for the
+/// grace: heartbeats are acknowledged from memory (never past the grace), commands get
+/// UNAVAILABLE; when the database returns everything works again and no lease moved. A
+/// longer outage ends the acknowledgements at the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_keeps_sessions_and_answers_unavailable() {
+    let Some(pg) = common::PrivatePg::start() else {
+        return;
+    };
+    let pg = Arc::new(pg);
+    let grace = Duration::from_secs(3);
+    let Some(fleet) = Fleet::start_full(
+        None,
+        Some(pg.clone()),
+        |c| c.pg_grace = grace,
+        |_, _| async {},
+    )
+    .await
+    else {
+        return;
+    };
+    let worker = TestWorker::start(&fleet.nats, "worker-0", 10).await;
+    create_and_start(&fleet, "pg1").await;
+    let epoch = eventually(WAIT, "the lease", || async { worker.epoch_of("pg1") }).await;
+    let listed = |ack: &internal::HeartbeatAck| ack.renewed.iter().any(|l| l.session == "pg1");
+
+    // A short outage, within the grace.
+    tokio::task::block_in_place(|| pg.stop());
+    let down = tokio::time::Instant::now();
+    let address = SessionAddress::new("acme", "pg1").expect("address");
+    assert!(
+        matches!(
+            fleet.registry.session(&address).await,
+            Err(wafleet_auth_coordinator::RegistryError::Unavailable(_))
+        ),
+        "a registry call while the database is down is Unavailable"
+    );
+    let reply = fleet
+        .command(
+            "pg2",
+            CommandVerb::Create,
+            r#"{"commandId": "create-pg2-down"}"#,
+        )
+        .await;
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::Unavailable),
+        "{reply:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let acks = worker.acks_since(down + Duration::from_millis(300));
+    assert!(
+        acks.len() >= 4,
+        "acknowledged from memory: {} acks",
+        acks.len()
+    );
+    for (sent, ack) in &acks {
+        assert!(listed(ack), "{ack:?}");
+        let trusted_until = *sent + Duration::from_millis(ack.valid_for_ms);
+        assert!(
+            trusted_until <= down + grace,
+            "trusted {:?} past the grace",
+            trusted_until - (down + grace)
+        );
+    }
+    tokio::task::block_in_place(|| pg.restart());
+    let reply = eventually(WAIT, "commands to work again", || async {
+        let reply = fleet
+            .command("pg2", CommandVerb::Create, r#"{"commandId": "create-pg2"}"#)
+            .await;
+        (error_code(&reply) != Some(ErrorCode::Unavailable)).then_some(reply)
+    })
+    .await;
+    assert_eq!(session_of(&reply).status, SessionStatus::Stopped as i32);
+    assert_eq!(
+        holder(&fleet, "pg1").await,
+        Some(("worker-0".to_string(), epoch))
+    );
+
+    // A long outage: acknowledgements end with the grace.
+    tokio::time::sleep(heard_window() * 2).await;
+    tokio::task::block_in_place(|| pg.stop());
+    let down = tokio::time::Instant::now();
+    tokio::time::sleep(grace + Duration::from_secs(2)).await;
+    let acks = worker.acks_since(down);
+    assert!(!acks.is_empty());
+    for (sent, ack) in &acks {
+        let trusted_until = *sent + Duration::from_millis(ack.valid_for_ms);
+        assert!(
+            trusted_until <= down + grace,
+            "trusted {:?} past the grace",
+            trusted_until - (down + grace)
+        );
+    }
+    assert!(
+        worker
+            .acks_since(down + grace + Duration::from_millis(200))
+            .is_empty(),
+        "acknowledged after the grace"
+    );
+    tokio::task::block_in_place(|| pg.restart());
+    eventually(WAIT, "acknowledgements again", || async {
+        let acks = worker.acks_since(tokio::time::Instant::now() - HEARTBEAT * 2);
+        acks.iter().any(|(_, ack)| listed(ack)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(heard_window() * 2).await;
+    assert_eq!(
+        holder(&fleet, "pg1").await,
+        Some(("worker-0".to_string(), epoch)),
+        "no lease moved"
+    );
     fleet.stop().await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{pg_url, TestSchema};
 use wafleet_auth_coordinator::registry::StoredReply;
 use wafleet_auth_coordinator::{Registry, RegistryError};
+use wafleet_bus_schema::v1::{ReasonCode, SessionStatus};
 use wafleet_bus_schema::{SessionAddress, WorkerId};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -38,7 +39,10 @@ async fn migrations_apply_once_even_when_two_coordinators_start_together() {
         )
         .await
         .expect("schema_migrations");
-    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows.len(),
+        wafleet_auth_coordinator::migrations::MIGRATIONS.len()
+    );
     schema.drop_schema().await;
 }
 
@@ -471,5 +475,306 @@ async fn command_replies_are_kept_once_per_tenant_and_id() {
             .expect("prune"),
         0
     );
+    schema.drop_schema().await;
+}
+
+async fn running(registry: &Registry, name: &str) -> SessionAddress {
+    let s = address(name);
+    registry
+        .create_session(&s, &BTreeMap::new())
+        .await
+        .expect("create");
+    registry
+        .set_desired(&s, true, ReasonCode::Requested)
+        .await
+        .expect("start");
+    s
+}
+
+/// Sticky re-grant: an unleased session goes back to the worker that held it last when
+/// that worker is live, not draining and has room, even if another is less loaded; a
+/// session moved off a draining worker goes to the least loaded one.
+#[tokio::test]
+async fn a_grant_prefers_the_last_holder_when_it_can_take_the_session() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::create(&url).await;
+    let registry = schema.registry().await;
+    let dead_after = Duration::from_secs(1);
+    let (busy, idle) = (worker("busy"), worker("idle"));
+    for (w, capacity) in [(&busy, 4), (&idle, 4)] {
+        registry
+            .record_heartbeat(w, capacity, false, "t")
+            .await
+            .expect("heartbeat");
+    }
+    // busy holds three sessions, idle none.
+    for i in 0..3 {
+        let s = running(&registry, &format!("load{i}")).await;
+        registry.grant_lease(&s, &busy, TTL).await.expect("grant");
+    }
+    let s = running(&registry, "sticky").await;
+    let first = registry.grant_lease(&s, &busy, TTL).await.expect("grant");
+    registry
+        .release_lease(&s, &busy, first.epoch)
+        .await
+        .expect("release");
+    let again = registry
+        .grant_to_least_loaded(&s, None, TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("a worker");
+    assert_eq!(again.worker, busy, "the last holder first: {again:?}");
+    assert_eq!(again.epoch, first.epoch + 1);
+
+    // Moving off a draining worker: the least loaded other one, never the last holder.
+    registry.mark_draining(&busy).await.expect("drain");
+    let moved = registry
+        .grant_to_least_loaded(&s, Some(&busy), TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("a worker");
+    assert_eq!(moved.worker, idle);
+
+    // idle is now the last holder; with no room (capacity 0) the grant goes elsewhere.
+    registry
+        .release_lease(&s, &idle, moved.epoch)
+        .await
+        .expect("release");
+    registry
+        .record_heartbeat(&idle, 0, false, "t")
+        .await
+        .expect("heartbeat");
+    let helper = worker("helper");
+    registry
+        .record_heartbeat(&helper, 10, false, "t")
+        .await
+        .expect("heartbeat");
+    let elsewhere = registry
+        .grant_to_least_loaded(&s, None, TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("a worker");
+    assert_eq!(elsewhere.worker, helper, "idle has no room: {elsewhere:?}");
+    registry
+        .release_lease(&s, &helper, elsewhere.epoch)
+        .await
+        .expect("release");
+    // helper goes silent: a grant may not prefer it.
+    registry
+        .record_heartbeat(&idle, 4, false, "t")
+        .await
+        .expect("heartbeat");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    registry
+        .record_heartbeat(&idle, 4, false, "t")
+        .await
+        .expect("heartbeat");
+    let live = registry
+        .grant_to_least_loaded(&s, None, TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("a worker");
+    assert_eq!(
+        live.worker, idle,
+        "the silent last holder is skipped: {live:?}"
+    );
+    schema.drop_schema().await;
+}
+
+/// Reconciliation's question: which of a worker's leases does its heartbeat omit? Only
+/// grants older than the given age count.
+#[tokio::test]
+async fn unlisted_leases_are_the_old_grants_a_heartbeat_omits() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::create(&url).await;
+    let registry = schema.registry().await;
+    let (w, other) = (worker("w"), worker("other"));
+    let mut leases = Vec::new();
+    for name in ["u1", "u2", "u3"] {
+        let s = running(&registry, name).await;
+        leases.push(registry.grant_lease(&s, &w, TTL).await.expect("grant"));
+    }
+    let elsewhere = running(&registry, "u4").await;
+    registry
+        .grant_lease(&elsewhere, &other, TTL)
+        .await
+        .expect("grant");
+    let listed = |l: &wafleet_auth_coordinator::Lease, epoch: u64| {
+        (
+            "acme".to_string(),
+            l.address.session.as_str().to_string(),
+            epoch,
+        )
+    };
+    let min_age = Duration::from_millis(600);
+    // Fresh grants: nothing counts yet.
+    let young = registry
+        .unlisted_leases(&w, &[listed(&leases[0], leases[0].epoch)], min_age)
+        .await
+        .expect("unlisted");
+    assert!(young.is_empty(), "{young:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // u1 listed at its epoch, u2 at an older one (not the lease the registry gives), u3
+    // not at all; u4 is another worker's.
+    let unlisted = registry
+        .unlisted_leases(
+            &w,
+            &[
+                listed(&leases[0], leases[0].epoch),
+                listed(&leases[1], leases[1].epoch - 1),
+            ],
+            min_age,
+        )
+        .await
+        .expect("unlisted");
+    let names: Vec<&str> = unlisted
+        .iter()
+        .map(|l| l.address.session.as_str())
+        .collect();
+    assert_eq!(names, ["u2", "u3"]);
+    assert!(unlisted.iter().all(|l| l.worker == w));
+    // Released by the caller, they keep their epochs and remember the holder.
+    for lease in &unlisted {
+        registry
+            .release_lease(&lease.address, &w, lease.epoch)
+            .await
+            .expect("release");
+    }
+    assert!(registry
+        .unlisted_leases(&w, &[], min_age)
+        .await
+        .expect("unlisted")
+        .iter()
+        .all(|l| l.address.session.as_str() == "u1"));
+    schema.drop_schema().await;
+}
+
+/// A release because the blob store cannot be reached backs the session's next grant off
+/// (1 s, 2 s, … capped at 10 s); other releases do not; WORKING resets the backoff.
+#[tokio::test]
+async fn blob_store_unavailable_releases_back_the_next_grant_off() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::create(&url).await;
+    let registry = schema.registry().await;
+    let w = worker("w");
+    let s = running(&registry, "blob").await;
+    let is_due = || async {
+        registry
+            .unleased_running(10)
+            .await
+            .expect("unleased")
+            .contains(&s)
+    };
+    let release = |reason: ReasonCode| {
+        let (registry, s, w) = (registry.clone(), s.clone(), w.clone());
+        async move {
+            let lease = registry.grant_lease(&s, &w, TTL).await.expect("grant");
+            registry
+                .release_lease_as(&s, &w, lease.epoch, reason)
+                .await
+                .expect("release");
+            lease
+        }
+    };
+    // A routine release: due at once.
+    release(ReasonCode::ConnectionLost).await;
+    assert!(is_due().await);
+
+    // First blob-store release: 1 s.
+    release(ReasonCode::BlobStoreUnavailable).await;
+    assert!(!is_due().await, "backed off right after the release");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!is_due().await, "still backed off at 0.7 s");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(is_due().await, "due after 1 s");
+
+    // Second in a row: 2 s.
+    release(ReasonCode::BlobStoreUnavailable).await;
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert!(!is_due().await, "the second backoff is longer than 1.4 s");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(is_due().await, "due after 2 s");
+
+    // The session reaches WORKING: the count starts again (1 s).
+    let lease = registry.grant_lease(&s, &w, TTL).await.expect("grant");
+    assert!(registry
+        .record_status(
+            &s,
+            &w,
+            lease.epoch,
+            SessionStatus::Working,
+            ReasonCode::Unspecified,
+            None
+        )
+        .await
+        .expect("status"));
+    registry
+        .release_lease_as(&s, &w, lease.epoch, ReasonCode::BlobStoreUnavailable)
+        .await
+        .expect("release");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(is_due().await, "reset by WORKING: 1 s again");
+
+    // The cap: after many in a row the pause is 10 s, not more.
+    let client = common::admin(&url).await;
+    client
+        .execute(
+            &format!(
+                "UPDATE {}.sessions SET blob_unavailable_count = 20",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .expect("count");
+    release(ReasonCode::BlobStoreUnavailable).await;
+    let pause: f64 = client
+        .query_one(
+            &format!(
+                "SELECT EXTRACT(EPOCH FROM retry_after - now())::float8 FROM {}.sessions
+                 WHERE session = 'blob'",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .expect("retry_after")
+        .get(0);
+    assert!((9.0..=10.0).contains(&pause), "capped at 10 s: {pause}");
+    schema.drop_schema().await;
+}
+
+/// The leader horizon: nothing ends before it, however silent the worker.
+#[tokio::test]
+async fn no_lease_ends_before_the_leader_horizon() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::create(&url).await;
+    let registry = schema.registry().await;
+    let w = worker("silent");
+    registry
+        .record_heartbeat(&w, 10, false, "t")
+        .await
+        .expect("heartbeat");
+    let s = running(&registry, "h1").await;
+    let lease = registry.grant_lease(&s, &w, TTL).await.expect("grant");
+    let dead_after = Duration::from_millis(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let horizon = std::time::SystemTime::now() + Duration::from_millis(800);
+    let early = registry
+        .expire_leases_after(dead_after, Some(horizon))
+        .await
+        .expect("expire");
+    assert!(early.is_empty(), "{early:?}");
+    assert_eq!(
+        registry.session(&s).await.expect("session").worker,
+        Some(w.clone())
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let ended = registry
+        .expire_leases_after(dead_after, Some(horizon))
+        .await
+        .expect("expire");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].epoch, lease.epoch);
     schema.drop_schema().await;
 }

@@ -121,33 +121,59 @@ where
     }
 }
 
-/// A nats-server of our own on a free loopback port, killed on drop.
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    listener.local_addr().expect("port").port()
+}
+
+/// A nats-server of our own on a free loopback port, killed on drop; it can be stopped
+/// and started again on the same port.
 pub struct NatsServer {
     pub url: String,
-    _child: tokio::process::Child,
+    bin: String,
+    port: u16,
+    child: Option<tokio::process::Child>,
 }
 
 impl NatsServer {
     pub async fn start(bin: &str) -> NatsServer {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            listener.local_addr().expect("port").port()
+        let port = free_port();
+        let mut server = NatsServer {
+            url: format!("nats://127.0.0.1:{port}"),
+            bin: bin.to_string(),
+            port,
+            child: None,
         };
-        let child = tokio::process::Command::new(bin)
+        server.restart().await;
+        server
+    }
+
+    /// Kills the server (as a crash or a network cut would end it).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the server again on its port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let port = self.port;
+        let child = tokio::process::Command::new(&self.bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("start nats-server");
-        let url = format!("nats://127.0.0.1:{port}");
+        self.child = Some(child);
         eventually(Duration::from_secs(10), "nats-server up", || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .ok()
         })
         .await;
-        NatsServer { url, _child: child }
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -155,4 +181,144 @@ impl NatsServer {
             .await
             .expect("connect to nats")
     }
+
+    /// A client with the coordinator's reconnect options (reconnects within ~250 ms of
+    /// the server's return), reporting to `link`.
+    pub async fn fast_client(
+        &self,
+        link: &wafleet_auth_coordinator::service::NatsLink,
+    ) -> async_nats::Client {
+        let client = wafleet_auth_coordinator::cli::connect_nats(&self.url, link)
+            .await
+            .expect("connect to nats");
+        client.flush().await.expect("flush");
+        client
+    }
+}
+
+/// A PostgreSQL server of our own (the machine's binaries, `initdb` into a temporary
+/// directory owned by the `postgres` user, a free port), to stop and start in outage
+/// tests. Never the machine's server. Stopped on drop.
+pub struct PrivatePg {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePg {
+    /// `None` (the test prints SKIPPED) when no PostgreSQL binaries are installed.
+    pub fn start() -> Option<PrivatePg> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+            .max();
+        let Some(bin) = bin else {
+            eprintln!("SKIPPED: no PostgreSQL binaries under /usr/lib/postgresql");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("wafleet-pg-{}", unique_schema()));
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let pg = PrivatePg {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        run_ok(
+            std::process::Command::new("chown")
+                .args(["postgres:postgres", pg.dir.to_str().expect("utf-8 dir")]),
+        );
+        pg.as_postgres(&[
+            pg.bin.join("initdb").to_str().expect("path"),
+            "-D",
+            pg.data().as_str(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        pg.pg_ctl_start();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_string_lossy().into_owned()
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).args(args);
+        run_ok(&mut command);
+    }
+
+    fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.to_string_lossy()
+        );
+        let log = self.dir.join("log").to_string_lossy().into_owned();
+        self.as_postgres(&[
+            self.bin.join("pg_ctl").to_str().expect("path"),
+            "-D",
+            self.data().as_str(),
+            "-o",
+            options.as_str(),
+            "-l",
+            log.as_str(),
+            "-w",
+            "start",
+        ]);
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=2",
+            self.port
+        )
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended).
+    pub fn stop(&self) {
+        self.as_postgres(&[
+            self.bin.join("pg_ctl").to_str().expect("path"),
+            "-D",
+            self.data().as_str(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
+    }
+
+    /// Starts it again.
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", self.data().as_str(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_ok(command: &mut std::process::Command) {
+    let out = command.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
