@@ -604,6 +604,17 @@ impl Coordinator {
         match refusal {
             None => {
                 tracing::info!(session = %lease.address, worker = %lease.worker, epoch = lease.epoch, "lease granted");
+                // Known held from now on: acknowledged from memory if the registry goes
+                // away before the worker's next heartbeat is recorded.
+                self.term()
+                    .renewed
+                    .entry(lease.worker.as_str().to_string())
+                    .or_default()
+                    .insert((
+                        lease.address.tenant.as_str().to_string(),
+                        lease.address.session.as_str().to_string(),
+                        lease.epoch,
+                    ));
                 Ok(())
             }
             Some(why) => {

@@ -59,6 +59,10 @@ impl Fleet {
         F: FnOnce(Registry, String) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let url = match &pg {
             Some(pg) => pg.url(),
             None => pg_url()?,
@@ -1504,6 +1508,15 @@ async fn a_postgres_outage_keeps_sessions_and_answers_unavailable() {
     create_and_start(&fleet, "pg1").await;
     let epoch = eventually(WAIT, "the lease", || async { worker.epoch_of("pg1") }).await;
     let listed = |ack: &internal::HeartbeatAck| ack.renewed.iter().any(|l| l.session == "pg1");
+    let begun = tokio::time::Instant::now();
+    eventually(WAIT, "an acknowledgement naming the lease", || async {
+        worker
+            .acks_since(begun)
+            .iter()
+            .any(|(_, ack)| listed(ack))
+            .then_some(())
+    })
+    .await;
 
     // A short outage, within the grace.
     tokio::task::block_in_place(|| pg.stop());
