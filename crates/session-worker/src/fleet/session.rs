@@ -842,9 +842,6 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
             }
         }
     };
-    // Commands still waiting on the driver are dropped: their callers hear that the
-    // session ended before answering.
-    drop(commands);
     // Close the socket before anything else is said or released: at once when the lease
     // is lost, else cleanly but never past the deadline.
     let close_by = match &end {
@@ -853,6 +850,16 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
     };
     let exit = driver.finish_by(close_by).await;
     debug!(session = %address, epoch, ?exit, "driver finished: the socket is closed");
+    // Commands still waiting on the driver get their answers now: the driver has ended,
+    // so each one resolves at once (a logout the driver confirmed as it ended, which is
+    // what ended it, answers its success; the others hear that the driver ended).
+    let answered = tokio::time::timeout(Duration::from_secs(1), async {
+        while commands.next().await.is_some() {}
+    })
+    .await;
+    if answered.is_err() {
+        warn!(session = %address, epoch, "commands still unanswered after the driver ended; dropped");
+    }
     if let End::Release {
         reason: ReasonCode::LoggedOut,
         ..
