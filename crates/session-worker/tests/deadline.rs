@@ -10,6 +10,11 @@
 //! The simulator's socket for the device must close before the coordinator's own view of
 //! the trust ends (the last answer + the validity it granted), no event may be published
 //! after that, and the heartbeats must list the lease for as long as the socket was open.
+//!
+//! The second test breaks the blob store (a directory store whose directory is replaced
+//! by a file): a session keeps its lease while it waits, says `BLOB_STORE_UNAVAILABLE`
+//! once, starts when the store is back, and hands the lease back with that reason only
+//! after the blob wait.
 
 mod support;
 
@@ -414,6 +419,174 @@ async fn the_socket_closes_at_the_lease_deadline_while_a_renewal_hangs() {
     let counters = sim.counters();
     assert!(counters.max_live_sockets_per_device <= 1, "{counters:?}");
     assert_eq!(counters.replaced_sent, 0);
+
+    let _ = shutdown_tx.send(true);
+    support::guard("the worker to stop", worker_task)
+        .await
+        .expect("the worker task")
+        .expect("the worker stops cleanly");
+    fake.abort();
+    event_task.abort();
+    sim.shutdown().await;
+    drop(nats);
+}
+
+/// A blob store outage keeps the lease: the session says `BLOB_STORE_UNAVAILABLE` once,
+/// retries, starts as soon as the store answers, and hands the lease back with that
+/// reason (not `CONNECTION_LOST`) only after the blob wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_blob_store_keeps_the_lease_until_the_blob_wait_ends() {
+    let nats = start_nats().await;
+    let sim = simulator_with_phone(SimConfig::default()).await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let blob_dir = tmp.path().join("blobs");
+    std::fs::create_dir(&blob_dir).unwrap();
+    let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(&blob_dir).expect("blob dir"));
+    let vault = Arc::new(SessionVault::new(
+        store,
+        Arc::new(Keyring::new(MasterKey::from_bytes([7; 32]))),
+    ));
+    // The store is down: its directory is a file.
+    let store_down = |down: bool| {
+        if down {
+            std::fs::remove_dir_all(&blob_dir).unwrap();
+            std::fs::write(&blob_dir, b"down").unwrap();
+        } else {
+            std::fs::remove_file(&blob_dir).unwrap();
+            std::fs::create_dir(&blob_dir).unwrap();
+        }
+    };
+    store_down(true);
+
+    let worker_id = WorkerId::new("outage-w1").unwrap();
+    let gives_up = SessionAddress::new("acme", "outage1").unwrap();
+    let recovers = SessionAddress::new("acme", "outage2").unwrap();
+    let blob_wait = Duration::from_millis(2500);
+    let mut config = WorkerConfig::new(worker_id.clone());
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.request_timeout = Duration::from_secs(2);
+    config.pacing.renew_every = Duration::from_millis(700);
+    config.pacing.blob_wait = blob_wait;
+    config.driver = config_for(&sim, "outage");
+
+    let coordinator = async_nats::connect(&nats.url).await.expect("connect");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let fake = tokio::spawn(fake_coordinator(
+        coordinator.clone(),
+        worker_id.clone(),
+        gives_up.clone(),
+        1,
+        Arc::new(AtomicBool::new(true)),
+        Arc::clone(&seen),
+    ));
+    let mut event_sub = coordinator
+        .subscribe("wafleet.v1.acme.evt.session.*.*")
+        .await
+        .expect("subscribe to events");
+    let events: Arc<Mutex<Vec<(Instant, v1::SessionEvent)>>> = Arc::default();
+    let event_task = tokio::spawn({
+        let events = Arc::clone(&events);
+        async move {
+            while let Some(message) = event_sub.next().await {
+                let event = decode_event_message(&message).expect("a valid event");
+                events.lock().unwrap().push((Instant::now(), event));
+            }
+        }
+    });
+    coordinator.flush().await.expect("flush");
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let worker = Worker::new(config, client, vault, Arc::new(Health::default()));
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+    let worker_task = tokio::spawn(worker.run_with_ready(shutdown, ready_tx));
+    support::guard("the worker to be ready", ready.wait_for(|r| *r))
+        .await
+        .expect("the worker runs");
+
+    let offer = |address: &SessionAddress| {
+        let payload = encode(&grant(address, &worker_id, 1), ContentType::Protobuf).unwrap();
+        coordinator.request_with_headers(
+            SysSubject::new(worker_id.clone(), SysKind::LeaseGrant).to_string(),
+            headers(),
+            payload.into(),
+        )
+    };
+    let waiting = (
+        SessionStatus::Starting as i32,
+        ReasonCode::BlobStoreUnavailable as i32,
+    );
+    let statuses = |session: &str| -> Vec<(i32, i32)> {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.session == session)
+            .filter_map(|(_, e)| match &e.payload {
+                Some(Payload::Status(s)) => Some((s.status, s.reason)),
+                _ => None,
+            })
+            .collect()
+    };
+    let shows_qr = |session: &str| {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, e)| e.session == session && matches!(e.payload, Some(Payload::Qr(_))))
+    };
+
+    // An outage shorter than the blob wait: the session waits, then starts.
+    offer(&recovers).await.expect("the grant is answered");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        statuses("outage2")
+            .iter()
+            .filter(|s| **s == waiting)
+            .count(),
+        1,
+        "{:?}",
+        statuses("outage2")
+    );
+    assert!(!shows_qr("outage2"));
+    store_down(false);
+    support::eventually("the session to start once the store answers", || {
+        shows_qr("outage2")
+    })
+    .await;
+    assert!(
+        seen.lock().unwrap().releases.is_empty(),
+        "the lease was kept"
+    );
+
+    // A longer one: the lease goes back after the blob wait, with the store's reason.
+    store_down(true);
+    let granted_at = Instant::now();
+    offer(&gives_up).await.expect("the grant is answered");
+    support::guard("the release", async {
+        while seen.lock().unwrap().releases.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let releases = seen.lock().unwrap().releases.clone();
+    assert_eq!(releases.len(), 1, "only the session that gave up");
+    let (released_at, reason) = releases[0];
+    assert_eq!(reason, ReasonCode::BlobStoreUnavailable as i32);
+    let waited = released_at.duration_since(granted_at);
+    assert!(
+        waited >= blob_wait && waited <= blob_wait + Duration::from_millis(1500),
+        "released after {waited:?} (blob wait {blob_wait:?})"
+    );
+    assert_eq!(
+        statuses("outage1")
+            .iter()
+            .filter(|s| **s == waiting)
+            .count(),
+        1,
+        "{:?}",
+        statuses("outage1")
+    );
+    assert!(!shows_qr("outage1"));
 
     let _ = shutdown_tx.send(true);
     support::guard("the worker to stop", worker_task)

@@ -739,8 +739,10 @@ async fn load_blob(
         } else {
             debug!(session = %address, epoch, %why, attempt, "blob store still unreachable");
         }
-        let retry_at = tokio::time::Instant::now() + blob_retry_pause(attempt);
-        if retry_at > give_up_at {
+        let now = tokio::time::Instant::now();
+        // The last attempt is made when the wait ends.
+        let retry_at = (now + blob_retry_pause(attempt)).min(give_up_at);
+        if now >= give_up_at {
             warn!(session = %address, epoch, %why, attempts = attempt, "blob store unreachable; handing the lease back");
             return Err(End::Release {
                 status: SessionStatus::Starting,
