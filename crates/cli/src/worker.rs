@@ -27,13 +27,22 @@ pub struct WorkerArgs {
     /// How many sessions this worker holds at most.
     #[arg(long, default_value_t = 100)]
     capacity: u32,
-    /// The NATS server.
+    /// The NATS servers, comma-separated (every node of the cluster, e.g.
+    /// `nats://nats-0:4222,nats://nats-1:4222,nats://nats-2:4222`); `--nats` is the old name.
     #[arg(
-        long,
+        long = "nats-url",
+        alias = "nats",
         env = "WAFLEET_NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
     nats: String,
+    /// Connect only to the --nats-url servers, ignoring the ones the cluster advertises.
+    #[arg(long)]
+    nats_ignore_discovered_servers: bool,
+    /// How long a session waits for an unreachable blob store (retrying its load) before
+    /// it hands its lease back with BLOB_STORE_UNAVAILABLE, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    blob_wait_ms: u64,
     /// Keep blobs in this directory instead of S3 (one-machine use; same encryption).
     #[arg(long)]
     blob_dir: Option<PathBuf>,
@@ -100,6 +109,7 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(50));
     config.pacing.renew_every = Duration::from_millis(args.renew_ms.max(50));
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    config.pacing.blob_wait = Duration::from_millis(args.blob_wait_ms);
     config.driver.server = match (&args.server, &args.root_key) {
         (Some(url), Some(key)) => ServerConfig {
             url: url.clone(),
@@ -114,6 +124,7 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     let options = ServeOptions {
         config,
         nats_url: args.nats.clone(),
+        nats_ignore_discovered_servers: args.nats_ignore_discovered_servers,
         blobs,
         keyring,
         http_addr: args.http,

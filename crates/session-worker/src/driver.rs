@@ -388,6 +388,28 @@ impl SessionDriver {
         self.join().await
     }
 
+    /// Stops the driver and waits for it to end, but no later than `by`: then its task is
+    /// aborted, which drops the socket at once (the TCP connection closes without a
+    /// WebSocket close frame) even if the driver was waiting for a blob save. A save that
+    /// runs on a blocking thread then finishes on its own; the store must refuse to write
+    /// what it may no longer write (the fleet store checks the lease again).
+    pub async fn finish_by(self, by: tokio::time::Instant) -> DriverExit {
+        self.stop();
+        let mut task = self.task;
+        match tokio::time::timeout_at(by, &mut task).await {
+            Ok(Ok(exit)) => exit,
+            Ok(Err(e)) => DriverExit::Failed {
+                reason: "internal_error".into(),
+                detail: format!("driver task ended abnormally: {e}"),
+            },
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+                DriverExit::Stopped
+            }
+        }
+    }
+
     /// Waits for the driver to end by itself (a terminal failure) or by [`SessionDriver::stop`].
     pub async fn join(self) -> DriverExit {
         match self.task.await {

@@ -29,6 +29,11 @@ pub const EVENT_PUBLISH_LAG: &str = "wafleet_worker_event_publish_lag_seconds";
 pub const EVENTS_FAILED: &str = "wafleet_worker_events_failed_total";
 /// Counter: lease grants refused, by `reason`.
 pub const GRANTS_REFUSED: &str = "wafleet_worker_grants_refused_total";
+/// Counter: blob store operations that failed because the store did not answer, by `op`
+/// (`load`, `save`); a refused conditional write (fencing) is not counted.
+pub const BLOB_STORE_ERRORS: &str = "wafleet_worker_blob_store_errors_total";
+/// Gauge: leased sessions waiting for the blob store to answer before they can start.
+pub const WAITING_FOR_BLOB_STORE: &str = "wafleet_worker_sessions_waiting_for_blob_store";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -67,8 +72,20 @@ pub fn install() -> Option<PrometheusHandle> {
         GRANTS_REFUSED,
         "Lease grants this worker refused, by reason"
     );
+    metrics::describe_counter!(
+        BLOB_STORE_ERRORS,
+        "Blob store loads and saves that failed because the store did not answer, by op"
+    );
+    metrics::describe_gauge!(
+        WAITING_FOR_BLOB_STORE,
+        "Leased sessions waiting for the blob store before they can start"
+    );
     // Every series an alert may read exists from the start (at zero), so a scrape of an
     // idle worker already shows them.
+    for op in ["load", "save"] {
+        metrics::counter!(BLOB_STORE_ERRORS, "op" => op).absolute(0);
+    }
+    metrics::gauge!(WAITING_FOR_BLOB_STORE).set(0.0);
     for status in ["starting", "scan_qr_code", "working"] {
         metrics::gauge!(SESSIONS, "status" => status).set(0.0);
     }

@@ -44,8 +44,12 @@ pub enum BlobBackend {
 pub struct ServeOptions {
     /// The worker's settings.
     pub config: WorkerConfig,
-    /// The NATS server.
+    /// The NATS servers, comma-separated (the nodes of a cluster; the client moves to
+    /// another when one goes away).
     pub nats_url: String,
+    /// Use only the servers of `nats_url`, not those the cluster advertises (a worker
+    /// pinned to some nodes, e.g. to cut it off alone in a test).
+    pub nats_ignore_discovered_servers: bool,
     /// The blob store.
     pub blobs: BlobBackend,
     /// The master keys.
@@ -75,9 +79,23 @@ pub async fn serve(
         }
     };
     let vault = Arc::new(SessionVault::new(store, Arc::new(options.keyring)));
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("wafleet-worker {}", options.config.worker_id))
-        .connect(&options.nats_url)
+    // Fast reconnects, forever, in the background (the fleet's shared options): a NATS
+    // node restart costs a reconnect to another node, well within the lease trust.
+    let mut nats = wafleet_bus_schema::nats::connect_options(format!(
+        "wafleet-worker {}",
+        options.config.worker_id
+    ))
+    .event_callback(|event| async move {
+        match event {
+            async_nats::Event::Connected => info!("NATS connected"),
+            async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+            other => tracing::debug!(event = %other, "NATS event"),
+        }
+    });
+    if options.nats_ignore_discovered_servers {
+        nats = nats.ignore_discovered_servers();
+    }
+    let client = wafleet_bus_schema::nats::connect_with(&options.nats_url, nats)
         .await
         .map_err(|e| format!("NATS {}: {e}", options.nats_url))?;
     let handle = metrics::install();

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use wafleet_bus_schema::internal::v1 as internal;
@@ -19,7 +21,7 @@ use wafleet_bus_schema::time::{proto_duration, timestamp};
 use wafleet_bus_schema::v1::{self, session_event::Payload, ErrorCode, ReasonCode, SessionStatus};
 use wafleet_bus_schema::SessionAddress;
 
-use super::bus::FleetBus;
+use super::bus::{FleetBus, LeaseError};
 use super::lease::LeaseClock;
 use super::metrics as m;
 use super::reason::bus_reason;
@@ -67,9 +69,16 @@ pub struct SessionPacing {
     pub renew_every: Duration,
     /// How many times an event publish is tried before it counts as failed.
     pub publish_attempts: u32,
-    /// How many times an unreachable blob store is retried before the lease is handed
-    /// back.
-    pub blob_attempts: u32,
+    /// How long a session keeps its lease while the blob store does not answer its load
+    /// (retrying at [`blob_retry_pause`]) before it hands the lease back with
+    /// `BLOB_STORE_UNAVAILABLE`.
+    pub blob_wait: Duration,
+}
+
+/// The pause after failed blob load attempt `attempt` (1, 2, …): 250 ms, doubling, at most
+/// 1 s.
+pub fn blob_retry_pause(attempt: u32) -> Duration {
+    Duration::from_millis(250u64 << attempt.saturating_sub(1).min(2))
 }
 
 /// Everything a session task needs.
@@ -145,6 +154,7 @@ struct Run {
     sequence: u64,
     events: mpsc::UnboundedSender<(v1::SessionEvent, Instant)>,
     status: SessionStatus,
+    reason: ReasonCode,
     qr_count: u32,
 }
 
@@ -173,6 +183,7 @@ impl Run {
             metrics::gauge!(m::SESSIONS, "status" => new).increment(1.0);
         }
         self.status = status;
+        self.reason = reason;
         self.emit(Payload::Status(v1::SessionStatusChanged {
             status: status as i32,
             reason: reason as i32,
@@ -279,12 +290,17 @@ impl Run {
                     return Some(End::Lost("a blob write was fenced off"));
                 }
                 if reason == "storage_error" {
-                    // Not fenced: the store or the coordinator did not answer (a leader
-                    // that died with the commit, S3 down). Nothing unsaved was sent; hand
-                    // the lease back to be granted again, as when the blob cannot be loaded.
+                    // Not fenced: the store or the coordinator did not answer (S3 down, a
+                    // leader that died with the commit). Nothing unsaved was sent; hand the
+                    // lease back to be granted again, as when the blob cannot be loaded.
+                    let reason = if store.store_unreachable() {
+                        ReasonCode::BlobStoreUnavailable
+                    } else {
+                        ReasonCode::ConnectionLost
+                    };
                     return Some(End::Release {
                         status: SessionStatus::Starting,
-                        reason: ReasonCode::ConnectionLost,
+                        reason,
                         message: format!("the blob could not be saved: {detail}"),
                     });
                 }
@@ -303,11 +319,63 @@ impl Run {
         None
     }
 
-    async fn on_command(
-        &mut self,
-        command: Forwarded,
-        control: &DriverControl,
-    ) -> (v1::CommandReply, Option<End>) {
+    /// A forwarded command. Stop is answered at once and ends the run; the others talk to
+    /// the driver (a logout waits up to 10 s for the server) and come back as a future
+    /// that owns everything it needs, so the run goes on meanwhile (the lease deadline
+    /// above all).
+    fn on_command(&self, command: Forwarded, control: &DriverControl) -> CommandStep {
+        match command {
+            Forwarded::Stop(stop) => CommandStep::Done(
+                Box::new(v1::CommandReply::with_session(
+                    stop.command_id,
+                    self.info(SessionStatus::Stopped, ReasonCode::Requested),
+                )),
+                End::Release {
+                    status: SessionStatus::Stopped,
+                    reason: ReasonCode::Requested,
+                    message: "stopped by a command".into(),
+                },
+            ),
+            Forwarded::Logout(logout) => {
+                let control = control.clone();
+                let stopped = self.info(SessionStatus::Stopped, ReasonCode::LoggedOut);
+                CommandStep::Pending(Box::pin(async move {
+                    match control.logout().await {
+                        // The driver ends with `logged_out`; the run ends on that event.
+                        Ok(()) => v1::CommandReply::with_session(logout.command_id, stopped),
+                        Err(e) => v1::CommandReply::with_error(
+                            logout.command_id,
+                            control_error_code(&e),
+                            e.to_string(),
+                        ),
+                    }
+                }))
+            }
+            Forwarded::RequestPairingCode(request) => {
+                let control = control.clone();
+                CommandStep::Pending(Box::pin(async move {
+                    match control.request_pairing_code(&request.phone_number).await {
+                        Ok(issued) => v1::CommandReply::with_pairing_code(
+                            request.command_id,
+                            v1::PairingCodeIssued {
+                                code: issued.code.expose().to_string(),
+                                expires_at: Some(timestamp(unix_ms_time(issued.expires_at))),
+                            },
+                        ),
+                        Err(e) => v1::CommandReply::with_error(
+                            request.command_id,
+                            control_error_code(&e),
+                            e.to_string(),
+                        ),
+                    }
+                }))
+            }
+        }
+    }
+
+    /// A command that arrives before the driver runs (the blob is loading): Stop ends the
+    /// run; the others are refused as unavailable for now.
+    fn on_early_command(&self, command: Forwarded) -> (v1::CommandReply, Option<End>) {
         match command {
             Forwarded::Stop(stop) => (
                 v1::CommandReply::with_session(
@@ -320,48 +388,26 @@ impl Run {
                     message: "stopped by a command".into(),
                 }),
             ),
-            Forwarded::Logout(logout) => match control.logout().await {
-                // The driver ends with `logged_out`; the run ends on that event.
-                Ok(()) => (
-                    v1::CommandReply::with_session(
-                        logout.command_id,
-                        self.info(SessionStatus::Stopped, ReasonCode::LoggedOut),
-                    ),
-                    None,
-                ),
-                Err(e) => (
-                    v1::CommandReply::with_error(
-                        logout.command_id,
-                        control_error_code(&e),
-                        e.to_string(),
-                    ),
-                    None,
-                ),
-            },
-            Forwarded::RequestPairingCode(request) => {
-                match control.request_pairing_code(&request.phone_number).await {
-                    Ok(issued) => (
-                        v1::CommandReply::with_pairing_code(
-                            request.command_id,
-                            v1::PairingCodeIssued {
-                                code: issued.code.expose().to_string(),
-                                expires_at: Some(timestamp(unix_ms_time(issued.expires_at))),
-                            },
-                        ),
-                        None,
-                    ),
-                    Err(e) => (
-                        v1::CommandReply::with_error(
-                            request.command_id,
-                            control_error_code(&e),
-                            e.to_string(),
-                        ),
-                        None,
-                    ),
-                }
-            }
+            Forwarded::Logout(c) => (Self::still_loading(c.command_id), None),
+            Forwarded::RequestPairingCode(c) => (Self::still_loading(c.command_id), None),
         }
     }
+
+    fn still_loading(command_id: String) -> v1::CommandReply {
+        v1::CommandReply::with_error(
+            command_id,
+            ErrorCode::Unavailable,
+            "the session is starting (its blob is loading); try again",
+        )
+    }
+}
+
+/// What [`Run::on_command`] made of a command.
+enum CommandStep {
+    /// Answered; the run ends.
+    Done(Box<v1::CommandReply>, End),
+    /// Answered when the future completes.
+    Pending(BoxFuture<'static, v1::CommandReply>),
 }
 
 /// The reply code for a refused control request.
@@ -431,6 +477,7 @@ pub async fn run(
         sequence: 0,
         events: events_tx,
         status: SessionStatus::Unspecified,
+        reason: ReasonCode::Unspecified,
         qr_count: 0,
     };
     info!(session = %address, epoch, "lease accepted: starting the session");
@@ -464,12 +511,14 @@ pub async fn run(
             (None, done)
         }
         End::Drain => {
-            run.emit(Payload::Disconnected(v1::Disconnected {
-                reason: ReasonCode::WorkerDraining as i32,
-                will_reconnect: true,
-                retry_in: None,
-                message: "the worker is shutting down; another worker takes over".into(),
-            }));
+            if clock.is_live() {
+                run.emit(Payload::Disconnected(v1::Disconnected {
+                    reason: ReasonCode::WorkerDraining as i32,
+                    will_reconnect: true,
+                    retry_in: None,
+                    message: "the worker is shutting down; another worker takes over".into(),
+                }));
+            }
             (Some(ReasonCode::WorkerDraining), None)
         }
         End::Release {
@@ -478,7 +527,10 @@ pub async fn run(
             message,
         } => {
             if clock.is_live() {
-                run.set_status(status, reason, message);
+                // Said once: a session that waited for the blob store said so already.
+                if (run.status, run.reason) != (status, reason) {
+                    run.set_status(status, reason, message);
+                }
                 (Some(reason), None)
             } else {
                 (None, None)
@@ -511,58 +563,221 @@ pub async fn run(
     let _ = ended.send(Ended { address, epoch });
 }
 
-/// Loads the blob, starts the driver and runs until something ends the session.
+/// Keeps the lease renewed (the fallback to heartbeat renewals) without ever blocking the
+/// task: a renewal is a future of its own, polled as one branch of the task's `select!`,
+/// and at most one is in flight.
+struct Renewals {
+    every: tokio::time::Interval,
+    in_flight: Option<BoxFuture<'static, Result<internal::LeaseGrant, LeaseError>>>,
+    bus: FleetBus,
+    address: SessionAddress,
+    epoch: u64,
+}
+
+impl Renewals {
+    fn new(spec: &SessionSpec) -> Renewals {
+        let start = tokio::time::Instant::now() + spec.pacing.renew_every;
+        let mut every = tokio::time::interval_at(start, spec.pacing.renew_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Renewals {
+            every,
+            in_flight: None,
+            bus: spec.bus.clone(),
+            address: spec.address.clone(),
+            epoch: spec.grant.epoch,
+        }
+    }
+
+    /// Waits for the next tick (then sends a renewal) or for the renewal's answer (then
+    /// applies it to `clock`). Cancel-safe: a renewal in flight stays in flight. `Some`
+    /// when the coordinator refused the renewal: the lease is gone.
+    async fn step(&mut self, clock: &LeaseClock) -> Option<End> {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            self.every.tick().await;
+            let (bus, address, epoch) = (self.bus.clone(), self.address.clone(), self.epoch);
+            self.in_flight = Some(Box::pin(async move { bus.renew(&address, epoch).await }));
+            return None;
+        };
+        let answer = in_flight.await;
+        self.in_flight = None;
+        match answer {
+            Ok(grant) => clock.renewed(&grant),
+            Err(e) if e.is_fenced() => {
+                clock.expire();
+                return Some(End::Lost("the coordinator refused the renewal"));
+            }
+            Err(e) => {
+                debug!(session = %self.address, epoch = self.epoch, error = %e, "lease renewal unanswered; the lease stays until its deadline")
+            }
+        }
+        None
+    }
+}
+
+/// Waits until the local deadline has passed (the deadline may move forward meanwhile:
+/// heartbeat acknowledgements and renewals extend it).
+async fn lease_runs_out(clock: &LeaseClock) {
+    loop {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(clock.deadline())).await;
+        if !clock.is_live() {
+            return;
+        }
+    }
+}
+
+/// Counts a session waiting for the blob store in the gauge while it lives.
+struct WaitingForBlobStore;
+
+impl WaitingForBlobStore {
+    fn start() -> WaitingForBlobStore {
+        metrics::gauge!(m::WAITING_FOR_BLOB_STORE).increment(1.0);
+        WaitingForBlobStore
+    }
+}
+
+impl Drop for WaitingForBlobStore {
+    fn drop(&mut self) {
+        metrics::gauge!(m::WAITING_FOR_BLOB_STORE).decrement(1.0);
+    }
+}
+
+/// What the task hears while its driver does not run yet: the lease's end, revokes,
+/// drain, supersession, commands (Stop ends the run, others are refused for now).
+async fn lease_or_message(
+    run: &Run,
+    inbox: &mut mpsc::Receiver<ToSession>,
+    renewals: &mut Renewals,
+) -> End {
+    loop {
+        tokio::select! {
+            biased;
+            _ = lease_runs_out(&run.clock) => return End::Lost("the lease ran out while the blob loaded"),
+            message = inbox.recv() => match message {
+                Some(ToSession::Revoke { reason, done }) => return End::Revoked(reason, Some(done)),
+                Some(ToSession::Drain) | None => return End::Drain,
+                Some(ToSession::Superseded) => return End::Lost("a newer grant superseded this epoch"),
+                Some(ToSession::Command { command, reply }) => {
+                    let (answer, end) = run.on_early_command(command);
+                    let _ = reply.send(answer);
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+            },
+            end = renewals.step(&run.clock) => {
+                if let Some(end) = end {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// Loads the session's blob, keeping the lease while the store does not answer: retries
+/// at [`blob_retry_pause`] for up to `pacing.blob_wait`, all the while listening to the
+/// lease (deadline, revoke, drain, supersession, Stop). The first failure is published as
+/// `STARTING` / `BLOB_STORE_UNAVAILABLE`; giving up hands the lease back with that reason.
+async fn load_blob(
+    spec: &SessionSpec,
+    run: &mut Run,
+    inbox: &mut mpsc::Receiver<ToSession>,
+    renewals: &mut Renewals,
+    fence: &Arc<dyn BlobFence>,
+) -> Result<Arc<FleetStore>, End> {
+    let address = &spec.address;
+    let epoch = spec.grant.epoch;
+    let id = blob_id(address).map_err(|e| End::Release {
+        status: SessionStatus::Failed,
+        reason: ReasonCode::InternalFailure,
+        message: format!("no blob id for {address}: {e}"),
+    })?;
+    let give_up_at = tokio::time::Instant::now() + spec.pacing.blob_wait;
+    let mut waiting: Option<WaitingForBlobStore> = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let open = FleetStore::open(
+            Arc::clone(&spec.vault),
+            id.clone(),
+            epoch,
+            Arc::clone(fence),
+            run.clock.clone(),
+        );
+        let opened = tokio::select! {
+            biased;
+            end = lease_or_message(run, inbox, renewals) => return Err(end),
+            opened = open => opened,
+        };
+        let why = match opened {
+            Ok(store) => {
+                if waiting.is_some() {
+                    info!(session = %address, epoch, attempt, "blob store answered: the session starts");
+                }
+                return Ok(Arc::new(store));
+            }
+            Err(OpenError::Rejected(why)) => {
+                warn!(session = %address, epoch, %why, "session blob rejected; left as it is");
+                return Err(End::Release {
+                    status: SessionStatus::Failed,
+                    reason: ReasonCode::BlobRejected,
+                    message: why,
+                });
+            }
+            Err(OpenError::Unavailable(why)) => why,
+        };
+        metrics::counter!(m::BLOB_STORE_ERRORS, "op" => "load").increment(1);
+        if waiting.is_none() {
+            warn!(session = %address, epoch, %why, wait_ms = spec.pacing.blob_wait.as_millis() as u64, "blob store unreachable; keeping the lease and retrying");
+            waiting = Some(WaitingForBlobStore::start());
+            if run.clock.is_live() {
+                run.set_status(
+                    SessionStatus::Starting,
+                    ReasonCode::BlobStoreUnavailable,
+                    format!("waiting for the blob store: {why}"),
+                );
+            }
+        } else {
+            debug!(session = %address, epoch, %why, attempt, "blob store still unreachable");
+        }
+        let now = tokio::time::Instant::now();
+        // The last attempt is made when the wait ends.
+        let retry_at = (now + blob_retry_pause(attempt)).min(give_up_at);
+        if now >= give_up_at {
+            warn!(session = %address, epoch, %why, attempts = attempt, "blob store unreachable; handing the lease back");
+            return Err(End::Release {
+                status: SessionStatus::Starting,
+                reason: ReasonCode::BlobStoreUnavailable,
+                message: format!("the blob store did not answer: {why}"),
+            });
+        }
+        tokio::select! {
+            biased;
+            end = lease_or_message(run, inbox, renewals) => return Err(end),
+            _ = tokio::time::sleep_until(retry_at) => {}
+        }
+    }
+}
+
+/// Loads the blob, starts the driver and runs until something ends the session; returns
+/// once the socket is closed.
+///
+/// Nothing the task awaits can hold up the lease deadline: renewals ([`Renewals`]) and
+/// forwarded commands are futures of their own, polled as branches of one `select!`
+/// whose first branch is the deadline. When the lease is lost (the deadline passed, a
+/// renewal or a write was refused, a newer epoch was granted) the socket is dropped at
+/// once ([`SessionDriver::finish_by`] now), even if the driver is in a blob save waiting
+/// for a commit; otherwise the driver closes it cleanly, but no later than the deadline.
 async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToSession>) -> End {
     let address = &spec.address;
     let epoch = spec.grant.epoch;
-    let id = match blob_id(address) {
-        Ok(id) => id,
-        Err(e) => {
-            return End::Release {
-                status: SessionStatus::Failed,
-                reason: ReasonCode::InternalFailure,
-                message: format!("no blob id for {address}: {e}"),
-            }
-        }
-    };
     let fence: Arc<dyn BlobFence> = Arc::new(BusFence {
         bus: spec.bus.clone(),
         address: address.clone(),
     });
-    let mut attempt = 0;
-    let store = loop {
-        attempt += 1;
-        match FleetStore::open(
-            Arc::clone(&spec.vault),
-            id.clone(),
-            epoch,
-            Arc::clone(&fence),
-            run.clock.clone(),
-        )
-        .await
-        {
-            Ok(store) => break Arc::new(store),
-            Err(OpenError::Rejected(why)) => {
-                warn!(session = %address, epoch, %why, "session blob rejected; left as it is");
-                return End::Release {
-                    status: SessionStatus::Failed,
-                    reason: ReasonCode::BlobRejected,
-                    message: why,
-                };
-            }
-            Err(OpenError::Unavailable(why)) if attempt >= spec.pacing.blob_attempts => {
-                warn!(session = %address, epoch, %why, "blob store unreachable; handing the lease back");
-                return End::Release {
-                    status: SessionStatus::Starting,
-                    reason: ReasonCode::ConnectionLost,
-                    message: format!("blob store unreachable: {why}"),
-                };
-            }
-            Err(OpenError::Unavailable(why)) => {
-                debug!(session = %address, epoch, %why, attempt, "blob store unreachable; retrying");
-                tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
-            }
-        }
+    let mut renewals = Renewals::new(spec);
+    let store = match load_blob(spec, run, inbox, &mut renewals, &fence).await {
+        Ok(store) => store,
+        Err(end) => return end,
     };
     if !run.clock.is_live() {
         return End::Lost("the lease ran out while the blob loaded");
@@ -585,11 +800,31 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
         }
     };
     let control = driver.control();
-    let mut renew = tokio::time::interval(spec.pacing.renew_every);
-    renew.tick().await;
+    let mut commands: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
     let end = loop {
-        let deadline = tokio::time::Instant::from_std(run.clock.deadline());
         tokio::select! {
+            biased;
+            _ = lease_runs_out(&run.clock) => break End::Lost("the lease ran out"),
+            message = inbox.recv() => match message {
+                Some(ToSession::Revoke { reason, done }) => break End::Revoked(reason, Some(done)),
+                Some(ToSession::Drain) | None => break End::Drain,
+                Some(ToSession::Superseded) => break End::Lost("a newer grant superseded this epoch"),
+                Some(ToSession::Command { command, reply }) => match run.on_command(command, &control) {
+                    CommandStep::Done(answer, end) => {
+                        let _ = reply.send(*answer);
+                        break end;
+                    }
+                    CommandStep::Pending(answer) => commands.push(Box::pin(async move {
+                        let _ = reply.send(answer.await);
+                    })),
+                },
+            },
+            Some(()) = commands.next(), if !commands.is_empty() => {}
+            end = renewals.step(&run.clock) => {
+                if let Some(end) = end {
+                    break end;
+                }
+            }
             event = driver.next_event() => {
                 if !run.clock.is_live() {
                     break End::Lost("the lease ran out");
@@ -607,36 +842,26 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
                     },
                 }
             }
-            message = inbox.recv() => match message {
-                Some(ToSession::Revoke { reason, done }) => break End::Revoked(reason, Some(done)),
-                Some(ToSession::Drain) | None => break End::Drain,
-                Some(ToSession::Superseded) => break End::Lost("a newer grant superseded this epoch"),
-                Some(ToSession::Command { command, reply }) => {
-                    let (answer, end) = run.on_command(command, &control).await;
-                    let _ = reply.send(answer);
-                    if let Some(end) = end {
-                        break end;
-                    }
-                }
-            },
-            _ = renew.tick() => match spec.bus.renew(address, epoch).await {
-                Ok(grant) => run.clock.renewed(&grant),
-                Err(e) if e.is_fenced() => {
-                    run.clock.expire();
-                    break End::Lost("the coordinator refused the renewal");
-                }
-                Err(e) => debug!(session = %address, epoch, error = %e, "lease renewal unanswered; the lease stays until its deadline"),
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                if !run.clock.is_live() {
-                    break End::Lost("the lease ran out");
-                }
-            }
         }
     };
-    // Close the socket before anything else is said or released.
-    let exit = driver.finish().await;
-    debug!(session = %address, epoch, ?exit, "driver finished");
+    // Close the socket before anything else is said or released: at once when the lease
+    // is lost, else cleanly but never past the deadline.
+    let close_by = match &end {
+        End::Lost(_) => tokio::time::Instant::now(),
+        _ => tokio::time::Instant::from_std(run.clock.deadline()),
+    };
+    let exit = driver.finish_by(close_by).await;
+    debug!(session = %address, epoch, ?exit, "driver finished: the socket is closed");
+    // Commands still waiting on the driver get their answers now: the driver has ended,
+    // so each one resolves at once (a logout the driver confirmed as it ended, which is
+    // what ended it, answers its success; the others hear that the driver ended).
+    let answered = tokio::time::timeout(Duration::from_secs(1), async {
+        while commands.next().await.is_some() {}
+    })
+    .await;
+    if answered.is_err() {
+        warn!(session = %address, epoch, "commands still unanswered after the driver ended; dropped");
+    }
     if let End::Release {
         reason: ReasonCode::LoggedOut,
         ..
@@ -653,4 +878,17 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
         }
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_loads_are_retried_from_250_ms_doubling_to_1_s() {
+        let pauses: Vec<u64> = (1..=6)
+            .map(|a| blob_retry_pause(a).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [250, 500, 1000, 1000, 1000, 1000]);
+    }
 }

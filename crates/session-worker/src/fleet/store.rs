@@ -107,6 +107,17 @@ pub struct FleetStore {
     clock: LeaseClock,
     saved: Mutex<Saved>,
     fenced: AtomicBool,
+    store_unreachable: AtomicBool,
+}
+
+/// Why a write was not made although it was not fenced off.
+enum Failure {
+    /// The coordinator answered none of the commit requests.
+    CommitUnanswered(String),
+    /// The commit was accepted; the blob store did not take the write.
+    StoreUnreachable(String),
+    /// The blob could not be sealed.
+    Other(String),
 }
 
 impl std::fmt::Debug for FleetStore {
@@ -164,7 +175,14 @@ impl FleetStore {
                 logged_out: false,
             }),
             fenced: AtomicBool::new(false),
+            store_unreachable: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a save failed because the blob store did not answer (not fenced: the commit
+    /// was accepted, the write was not made).
+    pub fn store_unreachable(&self) -> bool {
+        self.store_unreachable.load(Ordering::SeqCst)
     }
 
     /// Whether a save was refused because the lease or the blob is not ours any more.
@@ -226,7 +244,7 @@ impl FleetStore {
                     Err(_) => "the commit timed out".to_string(),
                 };
                 if attempt >= COMMIT_ATTEMPTS {
-                    return Err(Ok(why));
+                    return Err(Ok(Failure::CommitUnanswered(why)));
                 }
                 tracing::debug!(blob = %self.id, epoch = self.epoch, attempt, %why, "blob commit unanswered; trying again");
                 tokio::time::sleep(retry_pause(attempt)).await;
@@ -236,15 +254,24 @@ impl FleetStore {
                     )));
                 }
             }
+            // The commit may have been answered after the lease ran out here (a slow
+            // coordinator): nothing is written past the local deadline.
+            if !self.clock.is_live() {
+                return Err(Err(
+                    "the lease ran out while the commit was answered".to_string()
+                ));
+            }
             self.vault
                 .save(&self.id, self.epoch, &plaintext, &condition)
                 .await
-                .map_err(|e| {
-                    if e.is_condition_failed() {
+                .map_err(|e| match e {
+                    e if e.is_condition_failed() => {
                         Err(format!("another writer changed the blob: {e}"))
-                    } else {
-                        Ok(e.to_string())
                     }
+                    wafleet_blob::VaultError::Store(e) => {
+                        Ok(Failure::StoreUnreachable(e.to_string()))
+                    }
+                    e => Ok(Failure::Other(e.to_string())),
                 })
         });
         metrics::histogram!(m::BLOB_SAVE).record(started.elapsed());
@@ -257,7 +284,17 @@ impl FleetStore {
             // Not ours any more.
             Err(Err(why)) => Err(self.fence_off(why)),
             // Not written; the driver decides (it stops the session: nothing unsaved is sent).
-            Err(Ok(why)) => Err(StoreError::Backend(why)),
+            Err(Ok(Failure::CommitUnanswered(why) | Failure::Other(why))) => {
+                Err(StoreError::Backend(why))
+            }
+            Err(Ok(Failure::StoreUnreachable(why))) => {
+                metrics::counter!(m::BLOB_STORE_ERRORS, "op" => "save").increment(1);
+                self.store_unreachable.store(true, Ordering::SeqCst);
+                warn!(blob = %self.id, epoch = self.epoch, error = %why, "blob store unreachable: the save failed");
+                Err(StoreError::Backend(format!(
+                    "blob store unreachable: {why}"
+                )))
+            }
         }
     }
 }
@@ -301,12 +338,16 @@ mod tests {
         calls: AtomicU32,
         /// This many commits are taken but their answers lost (a leader that died).
         unanswered: AtomicU32,
+        /// How long the coordinator takes to answer.
+        answer_after_ms: std::sync::atomic::AtomicU64,
     }
 
     #[async_trait]
     impl BlobFence for Fence {
         async fn commit(&self, epoch: u64, version: u64) -> Result<(), FenceError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            let delay = Duration::from_millis(self.answer_after_ms.load(Ordering::SeqCst));
+            tokio::time::sleep(delay).await;
             let mut last = self.last.lock().unwrap();
             if epoch != self.epoch {
                 return Err(FenceError::Fenced(format!(
@@ -335,7 +376,51 @@ mod tests {
             last: Mutex::new(0),
             calls: AtomicU32::new(0),
             unanswered: AtomicU32::new(0),
+            answer_after_ms: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_answered_after_the_deadline_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vault = vault(tmp.path(), 1);
+        let f = fence(3);
+        // The local deadline is 1000 - 500 ms away; the accepting answer comes after it.
+        f.answer_after_ms.store(800, Ordering::SeqCst);
+        let store = open(&vault, 3, f.clone(), clock(1_000)).await.unwrap();
+        let saved = save(&store, &session()).await;
+        assert!(matches!(saved, Err(StoreError::Fenced(_))), "{saved:?}");
+        assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+        assert!(store.is_fenced());
+        assert!(!store.store_unreachable());
+        assert!(FsBlobStore::new(tmp.path())
+            .unwrap()
+            .load(&id())
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_does_not_take_the_write_is_unreachable_not_fenced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("blobs");
+        std::fs::create_dir(&dir).unwrap();
+        let vault = vault(&dir, 1);
+        let f = fence(3);
+        let store = open(&vault, 3, f.clone(), clock(10_000)).await.unwrap();
+        // The store goes away: its directory is replaced by a file.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"not a directory").unwrap();
+        let saved = save(&store, &session()).await;
+        assert!(matches!(saved, Err(StoreError::Backend(_))), "{saved:?}");
+        assert!(store.store_unreachable());
+        assert!(!store.is_fenced());
+        assert_eq!(
+            f.calls.load(Ordering::SeqCst),
+            1,
+            "committed once, then the write failed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,7 +57,7 @@ impl WorkerConfig {
             pacing: SessionPacing {
                 renew_every: Duration::from_secs(10),
                 publish_attempts: 10,
-                blob_attempts: 4,
+                blob_wait: Duration::from_secs(30),
             },
             driver: DriverConfig::default(),
         }
@@ -74,6 +74,10 @@ pub enum WorkerError {
     #[error("event stream: {0}")]
     Stream(String),
 }
+
+/// How many times the worker asks for the event stream at start before it gives up (about
+/// a minute while NATS does not answer).
+const STREAM_ATTEMPTS: u32 = 20;
 
 struct Running {
     epoch: u64,
@@ -140,6 +144,14 @@ impl Worker {
         }
     }
 
+    /// The leases this worker holds, as heartbeats and the shutdown announcement list
+    /// them: every lease whose session task has not ended. A task ends only after its
+    /// socket is closed (and its events flushed and the lease released), so a heartbeat
+    /// lists a lease for as long as its socket may be open; the coordinator relies on that
+    /// ("the holder is alive and its heartbeat omits epoch E => it holds no socket at E").
+    /// The one lease dropped from the list earlier is an epoch superseded by a newer grant
+    /// of the same session to this worker: the newer epoch is listed instead, and its task
+    /// opens no socket before the older one has closed.
     fn held(&self) -> Vec<internal::HeldLease> {
         self.sessions
             .iter()
@@ -156,6 +168,7 @@ impl Worker {
     /// Sends a heartbeat without holding up the loop; its acknowledgement extends the
     /// local deadline of every lease it renewed (see [`LeaseClock::extend_to`]). No answer
     /// extends nothing: the leases then lapse here when the coordinator may move them.
+    /// It lists the same leases as [`Worker::held`].
     fn heartbeat(&self) {
         tracing::trace!(leases = self.sessions.len(), "heartbeat");
         let clocks: HashMap<HeldLease, LeaseClock> = self
@@ -225,10 +238,20 @@ impl Worker {
             .client()
             .subscribe(subject::to_worker(&self.config.worker_id))
             .await?;
-        self.bus
-            .ensure_event_stream()
-            .await
-            .map_err(WorkerError::Stream)?;
+        // The client connects in the background (NATS may not be up yet): wait for the
+        // stream until it answers or the worker is told to stop.
+        let mut tries = 0u32;
+        while let Err(e) = self.bus.ensure_event_stream().await {
+            tries += 1;
+            if tries >= STREAM_ATTEMPTS {
+                return Err(WorkerError::Stream(e));
+            }
+            warn!(error = %e, tries, "the event stream is not reachable yet; trying again");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.health.ready.store(true, Ordering::SeqCst);
