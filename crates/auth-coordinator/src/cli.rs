@@ -334,47 +334,23 @@ fn blob_settings(
     }
 }
 
-/// The servers of a comma-separated `--nats-url` list.
-pub fn nats_servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, std::io::Error> {
-    let servers = urls
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::parse)
-        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-    if servers.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "no NATS server",
-        ));
-    }
-    Ok(servers)
+/// The servers of a comma-separated `--nats-url` list (the workers' parser).
+pub fn nats_servers(
+    urls: &str,
+) -> Result<Vec<async_nats::ServerAddr>, wafleet_bus_schema::nats::ServerListError> {
+    wafleet_bus_schema::nats::server_addrs(urls)
 }
 
-/// The coordinator's NATS options: reconnect for ever, quickly (a node restart in a
-/// cluster must cost well under a worker's lease trust), retry the first connection too,
-/// and report connects and disconnects to `link` (the heard window restarts on every
-/// reconnect). The same options as `wafleet_bus_schema::nats` gives the workers, plus
-/// the event callback.
+/// The coordinator's NATS options: the fleet's (`wafleet_bus_schema::nats::connect_options`:
+/// reconnect for ever, quickly, so a node restart in a cluster costs well under a
+/// worker's lease trust; retry the first connection too), plus reporting connects and
+/// disconnects to `link` (the heard window restarts on every reconnect).
 pub fn nats_options(link: &crate::service::NatsLink) -> async_nats::ConnectOptions {
     let link = link.clone();
-    async_nats::ConnectOptions::new()
-        .name("wafleet-coordinator")
-        .max_reconnects(None)
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempts| {
-            // 0, 50, 100, 200, 250, 250… ms.
-            let ms = match attempts {
-                0 | 1 => 0,
-                n => 25u64 << (n.min(5) - 1),
-            };
-            Duration::from_millis(ms.min(250))
-        })
-        .event_callback(move |event| {
-            let link = link.clone();
-            async move { link.on_event(&event) }
-        })
+    wafleet_bus_schema::nats::connect_options("wafleet-coordinator").event_callback(move |event| {
+        let link = link.clone();
+        async move { link.on_event(&event) }
+    })
 }
 
 /// Connects to the comma-separated servers in `urls` with [`nats_options`].
