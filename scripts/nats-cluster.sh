@@ -15,6 +15,9 @@
 #                             worker off by giving it only node 3 and stopping node 3)
 #   --kill                    stop-node/restart-node/stop: SIGKILL instead of SIGTERM
 #   --down-ms MS              restart-node: stay down this long before starting again
+#   --no-wait-leader          start: return once every node accepts clients, without
+#                             waiting for the JetStream meta leader (after all nodes were
+#                             killed, the election takes seconds more)
 #
 # start         starts every node that is not running (idempotent), waits until each
 #               accepts connections and the cluster has a JetStream meta leader, prints the
@@ -39,9 +42,10 @@ DIR=""
 NO_ADVERTISE=false
 SIGNAL=TERM
 DOWN_MS=0
+WAIT_LEADER=true
 
 usage() {
-  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -67,6 +71,7 @@ while [ $# -gt 0 ]; do
     --dir=*) DIR="${1#--dir=}"; shift ;;
     --no-advertise) NO_ADVERTISE=true; shift ;;
     --kill) SIGNAL=KILL; shift ;;
+    --no-wait-leader) WAIT_LEADER=false; shift ;;
     --down-ms) [ $# -ge 2 ] || usage; DOWN_MS="$2"; shift 2 ;;
     --down-ms=*) DOWN_MS="${1#--down-ms=}"; shift ;;
     *) usage ;;
@@ -202,11 +207,21 @@ stop_node() {
 # would say so, but the nodes run without one; a node without a meta leader answers
 # $JS.API.INFO with an error. Waiting for all three nodes' routes is close enough: poll the
 # log for the meta leader election.
+# Only log lines written after this start count (a restart appends to the same logs).
+declare -a LOG_OFFSET=(0 0 0)
+note_log_offsets() {
+  local n
+  for n in 1 2 3; do
+    LOG_OFFSET[$((n - 1))]="$(stat -c %s "$(log_file "$n")" 2>/dev/null || echo 0)"
+  done
+}
+
 wait_meta_leader() {
   local i n
   for i in $(seq 1 150); do
     for n in 1 2 3; do
-      if grep -q -E "JetStream cluster new metadata leader|Self is new JetStream cluster metadata leader" "$(log_file "$n")" 2>/dev/null; then
+      if tail -c "+$((LOG_OFFSET[n - 1] + 1))" "$(log_file "$n")" 2>/dev/null \
+        | grep -q -E "JetStream cluster new metadata leader|Self is new JetStream cluster metadata leader"; then
         return 0
       fi
     done
@@ -238,12 +253,18 @@ lock() {
 case "$ACTION" in
   start)
     lock
+    all_running=true
+    for n in 1 2 3; do running_pid "$n" >/dev/null || all_running=false; done
+    note_log_offsets
     # Start all three before waiting: a lone node cannot elect a JetStream leader.
     for n in 1 2 3; do start_node "$n" & done
     wait_ok=0
     for job in $(jobs -p); do wait "$job" || wait_ok=1; done
     [ "$wait_ok" = 0 ] || { log "a node failed to start"; exit 1; }
-    wait_meta_leader
+    # Already running: the leader was elected when they started.
+    if [ "$all_running" = false ] && [ "$WAIT_LEADER" = true ]; then
+      wait_meta_leader
+    fi
     urls
     ;;
   stop)
