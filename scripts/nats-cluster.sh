@@ -102,6 +102,13 @@ urls() {
 pid_file() { echo "$DIR/n$1.pid"; }
 log_file() { echo "$DIR/n$1.log"; }
 
+# A process that exists and is not a zombie (nothing may reap the detached servers).
+alive() {
+  local state
+  state="$(sed -n 's/^[0-9]* (.*) \([A-Z]\).*/\1/p' "/proc/$1/stat" 2>/dev/null)"
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 running_pid() {
   local f pid
   f="$(pid_file "$1")"
@@ -109,6 +116,7 @@ running_pid() {
   pid="$(tr -dc '0-9' < "$f")"
   [ -n "$pid" ] || return 1
   [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "nats-server" ] || return 1
+  alive "$pid" || return 1
   echo "$pid"
 }
 
@@ -180,27 +188,41 @@ start_node() {
   log "node $n up (pid $(running_pid "$n")) on $(url_of "$n")"
 }
 
-stop_node() {
-  local n="$1" pid i
-  if ! pid="$(running_pid "$n")"; then
-    rm -f "$(pid_file "$n")"
-    return 0
-  fi
+# Signals node N (no wait); prints its pid, nothing when it does not run.
+signal_node() {
+  local n="$1" pid
+  pid="$(running_pid "$n")" || return 0
   kill "-$SIGNAL" "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
-    [ -d "/proc/$pid" ] || break
-    sleep 0.1
+  echo "$pid"
+}
+
+# Waits until node N's process `pid` is gone (SIGKILL after 10 s).
+wait_gone() {
+  local n="$1" pid="$2" i
+  for i in $(seq 1 200); do
+    alive "$pid" || break
+    sleep 0.05
   done
-  if [ -d "/proc/$pid" ]; then
+  if alive "$pid"; then
     log "node $n (pid $pid) still there after 10 s; SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for i in $(seq 1 50); do
-      [ -d "/proc/$pid" ] || break
+      alive "$pid" || break
       sleep 0.1
     done
   fi
   rm -f "$(pid_file "$n")"
   log "node $n stopped (pid $pid, SIG$SIGNAL)"
+}
+
+stop_node() {
+  local pid
+  pid="$(signal_node "$1")"
+  if [ -z "$pid" ]; then
+    rm -f "$(pid_file "$1")"
+    return 0
+  fi
+  wait_gone "$1" "$pid"
 }
 
 # JetStream is usable once the cluster elected a meta leader: /healthz on a monitor port
@@ -269,7 +291,15 @@ case "$ACTION" in
     ;;
   stop)
     lock
-    for n in 1 2 3; do stop_node "$n"; done
+    # All three at once (all of NATS down), then wait for each.
+    pids=("$(signal_node 1)" "$(signal_node 2)" "$(signal_node 3)")
+    for n in 1 2 3; do
+      if [ -n "${pids[$((n - 1))]}" ]; then
+        wait_gone "$n" "${pids[$((n - 1))]}"
+      else
+        rm -f "$(pid_file "$n")"
+      fi
+    done
     ;;
   start-node) lock; start_node "$NODE" ;;
   stop-node) lock; stop_node "$NODE" ;;

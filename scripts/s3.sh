@@ -64,6 +64,13 @@ else
 fi
 endpoint="http://127.0.0.1:$port"
 
+# Exists and is not a zombie (nothing may reap a detached weed).
+alive() {
+  local state
+  state="$(sed -n 's/^[0-9]* (.*) \([A-Z]\).*/\1/p' "/proc/$1/stat" 2>/dev/null)"
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 running_pid() {
   [ -f "$pidfile" ] || return 1
   local pid
@@ -160,13 +167,13 @@ stop() {
     kill -TERM "$pid" 2>/dev/null || true
   fi
   for _ in $(seq 1 20); do
-    kill -0 "$pid" 2>/dev/null || break
+    alive "$pid" || break
     sleep 0.5
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
     for _ in $(seq 1 20); do
-      kill -0 "$pid" 2>/dev/null || break
+      alive "$pid" || break
       sleep 0.25
     done
   fi

@@ -345,39 +345,58 @@ impl Scene {
             .map(|e| (e.wall, e.event.epoch, e.event.worker_id.clone()))
     }
 
-    /// Waits (up to [`SETTLE`]) until every session's row and newest status say WORKING.
+    /// Waits (up to [`SETTLE`]) until every session is WORKING: its row says WORKING on
+    /// a worker, its newest status event says WORKING at the row's epoch (events published
+    /// during an outage may reach the backend late), and its device has a live socket.
     async fn every_session_working(&mut self, label: &str) -> HashMap<String, Lease> {
         let deadline = tokio::time::Instant::now() + SETTLE;
         loop {
             let rows = registry(&self.fleet).await;
+            let live = self.fleet.sim.counters().live_sockets;
             let not_working: Vec<String> = self
                 .sessions
                 .iter()
                 .filter(|s| {
-                    let row_ok = rows
-                        .get(*s)
-                        .is_some_and(|r| r.status == SessionStatus::Working as i32);
-                    let event_ok = self
-                        .fleet
-                        .last_status(s)
-                        .and_then(|e| e.status())
-                        .is_some_and(|(st, _)| st == SessionStatus::Working);
-                    !(row_ok && event_ok)
+                    let Some(row) = rows.get(*s) else {
+                        return true;
+                    };
+                    let row_ok =
+                        row.status == SessionStatus::Working as i32 && row.worker.is_some();
+                    let event_ok = self.fleet.last_status(s).is_some_and(|e| {
+                        e.event.epoch == row.epoch as u64
+                            && e.status().map(|x| x.0) == Some(SessionStatus::Working)
+                    });
+                    let socket_ok = live.get(&self.devices[*s]).copied().unwrap_or(0) == 1;
+                    !(row_ok && event_ok && socket_ok)
                 })
                 .map(|s| {
                     let row = rows
                         .get(s)
-                        .map(|r| format!("row {} epoch {}", status_name(r.status), r.epoch))
+                        .map(|r| {
+                            format!(
+                                "row {} epoch {} on {:?}",
+                                status_name(r.status),
+                                r.epoch,
+                                r.worker
+                            )
+                        })
                         .unwrap_or_else(|| "no row".into());
                     let last = self
                         .fleet
                         .last_status(s)
-                        .and_then(|e| e.status())
-                        .map(|(st, reason)| {
-                            format!("{}/{}", st.as_str_name(), reason.as_str_name())
+                        .and_then(|e| {
+                            e.status().map(|(st, reason)| {
+                                format!(
+                                    "{}/{} at epoch {}",
+                                    st.as_str_name(),
+                                    reason.as_str_name(),
+                                    e.event.epoch
+                                )
+                            })
                         })
                         .unwrap_or_default();
-                    format!("{s} ({row}, last event {last})")
+                    let sockets = live.get(&self.devices[s]).copied().unwrap_or(0);
+                    format!("{s} ({row}, last event {last}, {sockets} live sockets)")
                 })
                 .collect();
             if not_working.is_empty() {

@@ -274,6 +274,11 @@ impl Default for FleetSetup {
 }
 
 pub struct Fleet {
+    // Fields drop in this order: the private services stop before their temp dir (their
+    // pid files) goes.
+    pub cluster: Option<NatsCluster>,
+    pub private_pg: Option<PrivatePg>,
+    pub private_s3: Option<PrivateS3>,
     _turn: tokio::sync::MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     /// The (first) NATS server.
@@ -289,9 +294,6 @@ pub struct Fleet {
     /// Extra flags for workers started from now on.
     pub worker_extra: Vec<String>,
     _nats: Option<Proc>,
-    pub cluster: Option<NatsCluster>,
-    pub private_pg: Option<PrivatePg>,
-    pub private_s3: Option<PrivateS3>,
     pub pg_url: String,
     pub schema: String,
     pub s3: S3Config,
