@@ -645,6 +645,25 @@ impl Scene {
     /// Prints the timeline and the table, stops the fleet, and fails with every broken
     /// must-show.
     async fn finish(self) {
+        // Every login after the fault, and every instant a device was seen with two live
+        // sockets, go on the timeline.
+        for s in &self.sessions {
+            for at in self.sockets.logins_after(&self.devices[s], self.fault) {
+                let worker = self
+                    .working_after(s, at - Duration::from_millis(500))
+                    .map(|w| w.2)
+                    .unwrap_or_default();
+                self.timeline.at(at, &format!("{s}: logged in ({worker})"));
+            }
+            for change in self.sockets.of(&self.devices[s]) {
+                if change.value >= 2 {
+                    self.timeline.at(
+                        change.at,
+                        &format!("{s}: {} live sockets at once", change.value),
+                    );
+                }
+            }
+        }
         let rows = registry(&self.fleet).await;
         let counters = self.fleet.sim.counters();
         let mut report = self.timeline.render();

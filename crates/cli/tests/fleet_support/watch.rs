@@ -16,24 +16,43 @@ pub struct Change<T> {
     pub value: T,
 }
 
-/// The simulator's live logged-in sockets per device, sampled every `every`.
+/// The simulator's live logged-in sockets per device, sampled every `every`, and its
+/// login count per device (a login between two samples still shows as a new count).
 pub struct SocketWatch {
     pub changes: Arc<Mutex<Vec<Change<usize>>>>,
+    pub logins: Arc<Mutex<Vec<Change<u64>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SocketWatch {
     pub fn start(sim: &Simulator, every: Duration) -> SocketWatch {
         let changes: Arc<Mutex<Vec<Change<usize>>>> = Arc::default();
+        let logins: Arc<Mutex<Vec<Change<u64>>>> = Arc::default();
         let sink = Arc::clone(&changes);
+        let login_sink = Arc::clone(&logins);
         let sim = sim.clone();
         let task = tokio::spawn(async move {
             let mut last: HashMap<String, usize> = HashMap::new();
+            let mut last_logins: HashMap<String, u64> = sim.counters().logins;
             loop {
                 let now = SystemTime::now();
+                let counters = sim.counters();
                 let mut current: HashMap<String, usize> =
                     last.keys().map(|d| (d.clone(), 0)).collect();
-                current.extend(sim.counters().live_sockets);
+                current.extend(counters.live_sockets);
+                {
+                    let mut out = login_sink.lock().expect("login changes");
+                    for (device, n) in &counters.logins {
+                        if last_logins.get(device) != Some(n) {
+                            out.push(Change {
+                                at: now,
+                                key: device.clone(),
+                                value: *n,
+                            });
+                        }
+                    }
+                }
+                last_logins = counters.logins;
                 {
                     let mut out = sink.lock().expect("socket changes");
                     for (device, n) in &current {
@@ -50,7 +69,11 @@ impl SocketWatch {
                 tokio::time::sleep(every).await;
             }
         });
-        SocketWatch { changes, task }
+        SocketWatch {
+            changes,
+            logins,
+            task,
+        }
     }
 
     /// Changes of one device, in order.
@@ -61,6 +84,17 @@ impl SocketWatch {
             .iter()
             .filter(|c| c.key == device)
             .cloned()
+            .collect()
+    }
+
+    /// When the device logged in after `from` (to the sampling interval).
+    pub fn logins_after(&self, device: &str, from: SystemTime) -> Vec<SystemTime> {
+        self.logins
+            .lock()
+            .expect("login changes")
+            .iter()
+            .filter(|c| c.key == device && c.at >= from)
+            .map(|c| c.at)
             .collect()
     }
 
