@@ -89,6 +89,31 @@ else
   fi
 fi
 
+# --- the NATS cluster's config (deploy/k8s/nats.yaml) loads in nats-server ----------
+if [ -f "$work/rendered.yaml" ] && grep -q 'name: nats-config' "$work/rendered.yaml"; then
+  nats_bin="$(bash scripts/nats.sh bin 2>/dev/null || true)"
+  if [ -z "$nats_bin" ]; then
+    skip "nats-server not installable: deploy/k8s/nats.yaml's nats.conf not checked"
+  elif ! python3 - "$work/rendered.yaml" "$work/nats.conf" <<'PY' 2>"$work/natsconf.err"
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == "nats-config":
+        open(sys.argv[2], "w").write(doc["data"]["nats.conf"])
+        break
+else:
+    sys.exit("no ConfigMap nats-config")
+PY
+  then
+    cat "$work/natsconf.err" >&2
+    fail "extract nats.conf from the rendered manifests"
+  elif POD_NAME=nats-0 "$nats_bin" -t -c "$work/nats.conf" >"$work/natsconf.out" 2>&1; then
+    ok "nats-server -t accepts the cluster's nats.conf"
+  else
+    cat "$work/natsconf.out" >&2
+    fail "nats-server -t rejects deploy/k8s/nats.yaml's nats.conf"
+  fi
+fi
+
 # --- promtool check rules ----------------------------------------------------------
 if [ -z "$promtool_bin" ]; then
   skip "promtool not found and not installable (needs root and apt-get): rules and metrics not checked"
@@ -107,8 +132,13 @@ else
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   key="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
   mkdir -p "$work/blobs"
+  # --nats-url (a list of servers) where the worker knows it, else the older --nats.
+  nats_flag=--nats
+  if "$bin" worker --help 2>/dev/null | grep -q -- '--nats-url'; then
+    nats_flag=--nats-url
+  fi
   WAFLEET_MASTER_KEY="$key" "$bin" worker --worker-id check-deploy --blob-dir "$work/blobs" \
-    --nats "$WAFLEET_NATS_URL" --http "127.0.0.1:$port" >"$work/worker.out" 2>"$work/worker.err" &
+    "$nats_flag" "$WAFLEET_NATS_URL" --http "127.0.0.1:$port" >"$work/worker.out" 2>"$work/worker.err" &
   worker_pid=$!
   ready=""
   for _ in $(seq 1 300); do

@@ -3,7 +3,8 @@
 # bound to 127.0.0.1 only, with the bucket `wafleet-sessions`.
 #
 #   bash scripts/s3.sh start  [--port P] [--dir D]   install if needed, start, create the bucket, print the endpoint
-#   bash scripts/s3.sh stop   [--port P] [--dir D]   SIGTERM, then SIGKILL after a grace period
+#   bash scripts/s3.sh stop   [--port P] [--dir D] [--kill]   SIGTERM, then SIGKILL after a
+#                                                 grace period (--kill: SIGKILL at once)
 #   bash scripts/s3.sh status [--port P] [--dir D]   "running <endpoint>" (exit 0) or "stopped" (exit 1)
 #   bash scripts/s3.sh endpoint [--port P]           print the endpoint, e.g. http://127.0.0.1:18333
 #
@@ -13,6 +14,10 @@
 # Credentials are test/test (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), what
 # wafleet_blob::S3Config::from_env defaults to. Tests: export
 # WAFLEET_S3_ENDPOINT=$(bash scripts/s3.sh endpoint).
+# --data D2 keeps this instance's data, log and pid file under D2 instead (the venv stays
+# under D): tests run a private instance on a free port with --data in their temp dir,
+# stop it (--kill) and start it again on the same data. A restarted server answers 500
+# for a few seconds until its volume server registers.
 set -euo pipefail
 
 SEAWEEDFS_VERSION=4.48
@@ -21,7 +26,7 @@ ACCESS_KEY=test
 SECRET_KEY=test
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -30,22 +35,41 @@ command=${1:-}
 shift
 port=${WAFLEET_S3_PORT:-18333}
 dir=""
+data_dir=""
+kill_now=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) port=${2:?--port needs a value}; shift 2 ;;
     --port=*) port=${1#--port=}; shift ;;
     --dir) dir=${2:?--dir needs a value}; shift 2 ;;
     --dir=*) dir=${1#--dir=}; shift ;;
+    --data) data_dir=${2:?--data needs a value}; shift 2 ;;
+    --data=*) data_dir=${1#--data=}; shift ;;
+    --kill) kill_now=true; shift ;;
     *) usage ;;
   esac
 done
 case "$port" in ''|*[!0-9]*) echo "s3.sh: bad port '$port'" >&2; exit 2 ;; esac
 dir=$(realpath -m "${dir:-${WAFLEET_STATE_DIR:-/var/tmp/wafleet}/s3}")
 venv="$dir/venv"
-data="$dir/data-$port"
-log="$dir/weed-$port.log"
-pidfile="$dir/weed-$port.pid"
+if [ -n "$data_dir" ]; then
+  data_dir=$(realpath -m "$data_dir")
+  data="$data_dir/data-$port"
+  log="$data_dir/weed-$port.log"
+  pidfile="$data_dir/weed-$port.pid"
+else
+  data="$dir/data-$port"
+  log="$dir/weed-$port.log"
+  pidfile="$dir/weed-$port.pid"
+fi
 endpoint="http://127.0.0.1:$port"
+
+# Exists and is not a zombie (nothing may reap a detached weed).
+alive() {
+  local state
+  state="$(sed -n 's/^[0-9]* (.*) \([A-Z]\).*/\1/p' "/proc/$1/stat" 2>/dev/null)"
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
 
 running_pid() {
   [ -f "$pidfile" ] || return 1
@@ -102,7 +126,7 @@ start() {
   rm -f "$pidfile"
   # A new session (setsid -f), so the caller's Ctrl-C or exit leaves it running; the
   # inner shell writes its own pid, then becomes weed.
-  (cd "$dir" && AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY setsid -f bash -c 'echo $$ >"$0"; exec "$@"' \
+  (cd "$(dirname "$data")" && AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY setsid -f bash -c 'echo $$ >"$0"; exec "$@"' \
     "$pidfile" "$venv/bin/weed" mini \
       -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
       -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
@@ -137,15 +161,19 @@ stop() {
     rm -f "$pidfile"
     return
   fi
-  kill -TERM "$pid" 2>/dev/null || true
+  if [ "$kill_now" = true ]; then
+    kill -KILL "$pid" 2>/dev/null || true
+  else
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
   for _ in $(seq 1 20); do
-    kill -0 "$pid" 2>/dev/null || break
+    alive "$pid" || break
     sleep 0.5
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
     for _ in $(seq 1 20); do
-      kill -0 "$pid" 2>/dev/null || break
+      alive "$pid" || break
       sleep 0.25
     done
   fi

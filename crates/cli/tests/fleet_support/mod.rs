@@ -3,8 +3,15 @@
 //! `scripts/services.sh up` runs, the simulator in-process, and `wafleet coordinator` /
 //! `wafleet worker` as child processes (so they can be killed with SIGKILL or paused with
 //! SIGSTOP). A backend client sends commands and records every event.
+//!
+//! [`Fleet::start_with`] swaps in private instances for the fault tests: a 3-node NATS
+//! cluster (`scripts/nats-cluster.sh`), a private PostgreSQL server and a private S3
+//! server, each stoppable and restartable (see [`services`]).
 
 #![allow(dead_code)]
+
+pub mod services;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,13 +21,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use services::{Caps, NatsCluster, PrivatePg, PrivateS3};
+
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use wafleet_blob::{BlobStore, S3BlobStore, S3Config, SessionId as BlobId};
 use wafleet_bus_schema::codec::{decode_reply, ContentType};
 use wafleet_bus_schema::nats::decode_event_message;
 use wafleet_bus_schema::v1::{self, session_event::Payload, SessionStatus};
-use wafleet_bus_schema::{CommandVerb, SessionAddress, CONTENT_TYPE_HEADER, CONTENT_TYPE_JSON};
+use wafleet_bus_schema::{
+    CommandVerb, EventStreamConfig, SessionAddress, CONTENT_TYPE_HEADER, CONTENT_TYPE_JSON,
+    EVENT_STREAM,
+};
 use wafleet_sim::{SimConfig, Simulator};
 
 pub const TENANT: &str = "acme";
@@ -66,10 +78,7 @@ fn unique(prefix: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    services::free_port()
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `within`.
@@ -183,7 +192,28 @@ fn spawn(name: &str, args: &[String], env: &[(&str, String)], dir: &std::path::P
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub at: Instant,
+    /// When the worker produced it (the event's timestamp; the receipt time without one).
+    pub wall: SystemTime,
     pub event: v1::SessionEvent,
+}
+
+impl Seen {
+    fn received(event: v1::SessionEvent) -> Seen {
+        let wall = event
+            .timestamp
+            .as_ref()
+            .and_then(|t| {
+                let secs = u64::try_from(t.seconds).ok()?;
+                let nanos = u32::try_from(t.nanos).ok()?;
+                UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+            })
+            .unwrap_or_else(SystemTime::now);
+        Seen {
+            at: Instant::now(),
+            wall,
+            event,
+        }
+    }
 }
 
 impl Seen {
@@ -213,11 +243,57 @@ impl Seen {
 /// and workers) at once on a 2-core machine starve each other's heartbeats.
 static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// What [`Fleet::start_with`] runs.
+#[derive(Debug, Clone)]
+pub struct FleetSetup {
+    /// A 3-node NATS cluster (`scripts/nats-cluster.sh`) instead of one private server; the
+    /// event stream is created with 3 replicas and the backend reads events from it (an
+    /// ordered consumer that resumes after outages), so no event is lost to a reconnect.
+    pub nats_cluster: bool,
+    /// The cluster's nodes do not tell clients about the other nodes (partition tests);
+    /// the backend then connects to nodes 1 and 2 only.
+    pub nats_no_advertise: bool,
+    /// A private PostgreSQL server (stoppable) instead of a schema on the shared one.
+    pub private_pg: bool,
+    /// A private S3 server (stoppable) instead of a prefix on the shared one.
+    pub private_s3: bool,
+    /// Coordinators started at once.
+    pub coordinators: usize,
+}
+
+impl Default for FleetSetup {
+    fn default() -> Self {
+        FleetSetup {
+            nats_cluster: false,
+            nats_no_advertise: false,
+            private_pg: false,
+            private_s3: false,
+            coordinators: 1,
+        }
+    }
+}
+
 pub struct Fleet {
+    // Fields drop in this order: the private services stop before their temp dir (their
+    // pid files) goes.
+    pub cluster: Option<NatsCluster>,
+    pub private_pg: Option<PrivatePg>,
+    pub private_s3: Option<PrivateS3>,
     _turn: tokio::sync::MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
+    /// The (first) NATS server.
     pub nats_url: String,
-    _nats: Proc,
+    /// Every NATS server (one, or the cluster's three).
+    pub nats_urls: Vec<String>,
+    /// The servers coordinators started from now on are given (default: all).
+    pub coordinator_urls: Vec<String>,
+    /// The servers workers started from now on are given (default: all).
+    pub worker_urls: Vec<String>,
+    /// Extra flags for coordinators started from now on.
+    pub coordinator_extra: Vec<String>,
+    /// Extra flags for workers started from now on.
+    pub worker_extra: Vec<String>,
+    _nats: Option<Proc>,
     pub pg_url: String,
     pub schema: String,
     pub s3: S3Config,
@@ -235,35 +311,65 @@ pub struct Fleet {
 impl Fleet {
     /// NATS, a schema, an S3 prefix, the simulator and one coordinator.
     pub async fn start() -> Fleet {
+        Fleet::start_with(FleetSetup::default()).await
+    }
+
+    /// A fleet on the services `setup` asks for.
+    pub async fn start_with(setup: FleetSetup) -> Fleet {
         let turn = ONE_FLEET.lock().await;
-        let nats_bin = required_env("WAFLEET_NATS_SERVER");
-        let pg_url = required_env("WAFLEET_PG_URL");
-        let s3_endpoint = required_env("WAFLEET_S3_ENDPOINT");
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let nats_dir = dir.path().join("nats");
-        std::fs::create_dir_all(&nats_dir).expect("nats dir");
-        let nats = {
-            let log = dir.path().join("nats.log");
-            let child = Command::new(&nats_bin)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(&nats_dir)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("nats log"))
-                .spawn()
-                .expect("start nats-server");
-            Proc {
-                name: "nats".into(),
-                child,
-                stdout: Arc::default(),
-                log,
-            }
+        let (nats, cluster, nats_urls) = if setup.nats_cluster {
+            let cluster = tokio::task::block_in_place(|| {
+                NatsCluster::start(&dir.path().join("nats"), setup.nats_no_advertise)
+            });
+            let urls = cluster.urls();
+            (None, Some(cluster), urls)
+        } else {
+            let (proc, url) = Self::single_nats(dir.path());
+            (Some(proc), None, vec![url])
         };
-        let nats_url = format!("nats://127.0.0.1:{port}");
-        let backend = eventually(Duration::from_secs(10), "nats-server up", || async {
-            async_nats::connect(&nats_url).await.ok()
-        })
-        .await;
+        let nats_url = nats_urls[0].clone();
+        let (private_pg, pg_url) = if setup.private_pg {
+            // The postgres user runs the server: it must reach the directory.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod temp dir");
+            let pg = tokio::task::block_in_place(|| PrivatePg::start(&dir.path().join("pg")));
+            let url = pg.url.clone();
+            (Some(pg), url)
+        } else {
+            (None, required_env("WAFLEET_PG_URL"))
+        };
+        let (private_s3, s3_endpoint) = if setup.private_s3 {
+            let s3 = tokio::task::block_in_place(|| PrivateS3::start(&dir.path().join("s3")));
+            let endpoint = s3.endpoint.clone();
+            (Some(s3), endpoint)
+        } else {
+            (None, required_env("WAFLEET_S3_ENDPOINT"))
+        };
+        let backend = if setup.nats_cluster {
+            let options = || {
+                async_nats::ConnectOptions::new()
+                    .max_reconnects(None)
+                    .reconnect_delay_callback(|n| {
+                        Duration::from_millis((100 * n as u64).clamp(100, 500))
+                    })
+            };
+            let urls = if setup.nats_no_advertise {
+                nats_urls[..2].to_vec()
+            } else {
+                nats_urls.clone()
+            };
+            eventually(Duration::from_secs(20), "NATS cluster up", || async {
+                options().connect(urls.clone()).await.ok()
+            })
+            .await
+        } else {
+            eventually(Duration::from_secs(10), "nats-server up", || async {
+                async_nats::connect(&nats_url).await.ok()
+            })
+            .await
+        };
         let schema = unique("fleet_t");
         let (client, connection) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
             .await
@@ -283,28 +389,49 @@ impl Fleet {
             .await
             .expect("simulator");
         let events = Arc::new(Mutex::new(Vec::new()));
-        let mut subscription = backend
-            .subscribe(format!("wafleet.v1.{TENANT}.evt.>"))
-            .await
-            .expect("subscribe to events");
         let sink = Arc::clone(&events);
-        let event_task = tokio::spawn(async move {
-            while let Some(message) = subscription.next().await {
-                match decode_event_message(&message) {
-                    Ok(event) => sink.lock().expect("events").push(Seen {
-                        at: Instant::now(),
-                        event,
-                    }),
-                    Err(e) => panic!("a worker published an invalid event: {e}"),
-                }
+        let event_task = if setup.nats_cluster {
+            // The stream first, with a replica on every node (workers leave an existing
+            // stream as it is); then read it from the start, resuming after outages.
+            let js = async_nats::jetstream::new(backend.clone());
+            let config = EventStreamConfig {
+                replicas: 3,
+                ..EventStreamConfig::default()
             }
-        });
+            .to_nats();
+            eventually(Duration::from_secs(30), "the R3 event stream", || async {
+                js.get_or_create_stream(config.clone()).await.ok()
+            })
+            .await;
+            tokio::spawn(collect_from_stream(js, sink))
+        } else {
+            let mut subscription = backend
+                .subscribe(format!("wafleet.v1.{TENANT}.evt.>"))
+                .await
+                .expect("subscribe to events");
+            tokio::spawn(async move {
+                while let Some(message) = subscription.next().await {
+                    match decode_event_message(&message) {
+                        Ok(event) => sink.lock().expect("events").push(Seen::received(event)),
+                        Err(e) => panic!("a worker published an invalid event: {e}"),
+                    }
+                }
+            })
+        };
         backend.flush().await.expect("flush");
         let mut fleet = Fleet {
             _turn: turn,
             dir,
             nats_url,
+            coordinator_urls: nats_urls.clone(),
+            worker_urls: nats_urls.clone(),
+            nats_urls,
+            coordinator_extra: Vec::new(),
+            worker_extra: Vec::new(),
             _nats: nats,
+            cluster,
+            private_pg,
+            private_s3,
             pg_url,
             schema,
             s3,
@@ -316,31 +443,57 @@ impl Fleet {
             worker_log: None,
             event_task,
         };
-        fleet.start_coordinator();
+        for _ in 0..setup.coordinators {
+            fleet.start_coordinator();
+        }
         fleet
+    }
+
+    /// One nats-server with JetStream on a free port, storing under `dir`.
+    fn single_nats(dir: &std::path::Path) -> (Proc, String) {
+        let nats_bin = required_env("WAFLEET_NATS_SERVER");
+        let port = free_port();
+        let nats_dir = dir.join("nats");
+        std::fs::create_dir_all(&nats_dir).expect("nats dir");
+        let log = dir.join("nats.log");
+        let child = Command::new(&nats_bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&nats_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("nats log"))
+            .spawn()
+            .expect("start nats-server");
+        let proc = Proc {
+            name: "nats".into(),
+            child,
+            stdout: Arc::default(),
+            log,
+        };
+        (proc, format!("nats://127.0.0.1:{port}"))
     }
 
     pub fn start_coordinator(&mut self) {
         let name = format!("coordinator-{}", self.coordinators.len());
         let heartbeat = format!("{}", HEARTBEAT_MS as f64 / 1000.0);
-        let args: Vec<String> = [
-            "coordinator",
-            "--nats-url",
-            &self.nats_url,
-            "--pg-url",
-            &self.pg_url,
-            "--pg-schema",
-            &self.schema,
-            "--heartbeat-interval",
-            &heartbeat,
-            "--missed-heartbeats",
-            &MISSED_HEARTBEATS.to_string(),
-            "--lease-ttl",
-            &LEASE_TTL_S.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = vec!["coordinator".to_string()];
+        args.extend(Caps::get().coordinator_nats_args(&self.coordinator_urls));
+        args.extend(
+            [
+                "--pg-url",
+                &self.pg_url,
+                "--pg-schema",
+                &self.schema,
+                "--heartbeat-interval",
+                &heartbeat,
+                "--missed-heartbeats",
+                &MISSED_HEARTBEATS.to_string(),
+                "--lease-ttl",
+                &LEASE_TTL_S.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(self.coordinator_extra.iter().cloned());
         // The coordinator purges deleted sessions' blobs: the same bucket and prefix.
         let env = self.s3_env();
         let proc = spawn(&name, &args, &env, self.dir.path());
@@ -366,31 +519,45 @@ impl Fleet {
 
     /// Starts `wafleet worker` with extra flags (e.g. `--blob-dir DIR`).
     pub async fn start_worker_with(&mut self, id: &str, capacity: u32, key: &str, extra: &[&str]) {
-        let mut args: Vec<String> = [
-            "worker",
-            "--worker-id",
-            id,
-            "--capacity",
-            &capacity.to_string(),
-            "--nats",
-            &self.nats_url,
-            "--server",
-            &self.sim.ws_url(),
-            "--root-key",
-            &hex::encode(self.sim.root_public_key()),
-            "--heartbeat-ms",
-            &HEARTBEAT_MS.to_string(),
-            // Heartbeats renew every listed lease; these renewals are the fallback.
-            "--renew-ms",
-            &RENEW_MS.to_string(),
-            "--http",
-            "127.0.0.1:0",
-            "--backoff-base-ms",
-            "100",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let urls = self.worker_urls.clone();
+        self.start_worker_on(id, capacity, key, &urls, extra).await
+    }
+
+    /// Starts `wafleet worker` given only the NATS servers `urls`, with extra flags.
+    pub async fn start_worker_on(
+        &mut self,
+        id: &str,
+        capacity: u32,
+        key: &str,
+        urls: &[String],
+        extra: &[&str],
+    ) {
+        let mut args: Vec<String> = vec!["worker".to_string()];
+        args.extend(Caps::get().worker_nats_args(urls));
+        args.extend(
+            [
+                "--worker-id",
+                id,
+                "--capacity",
+                &capacity.to_string(),
+                "--server",
+                &self.sim.ws_url(),
+                "--root-key",
+                &hex::encode(self.sim.root_public_key()),
+                "--heartbeat-ms",
+                &HEARTBEAT_MS.to_string(),
+                // Heartbeats renew every listed lease; these renewals are the fallback.
+                "--renew-ms",
+                &RENEW_MS.to_string(),
+                "--http",
+                "127.0.0.1:0",
+                "--backoff-base-ms",
+                "100",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(self.worker_extra.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut env = self.s3_env();
         env.push(("WAFLEET_MASTER_KEY", key.to_string()));
@@ -648,5 +815,47 @@ impl Fleet {
                 .await;
         }
         self.sim.shutdown().await;
+    }
+}
+
+/// Reads the event stream from the start into `sink`, with an ordered consumer that is
+/// made again (from the next sequence) whenever it fails: events published while the
+/// backend was cut off are read once it is back.
+async fn collect_from_stream(js: async_nats::jetstream::Context, sink: Arc<Mutex<Vec<Seen>>>) {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let mut next = 1u64;
+    loop {
+        let messages = match js.get_stream(EVENT_STREAM).await {
+            Ok(stream) => match stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: format!("wafleet.v1.{TENANT}.evt.>"),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: next,
+                    },
+                    ..OrderedConfig::default()
+                })
+                .await
+            {
+                Ok(consumer) => consumer.messages().await.ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(mut messages) = messages {
+            while let Some(item) = messages.next().await {
+                let Ok(message) = item else { break };
+                if let Ok(info) = message.info() {
+                    if info.stream_sequence < next {
+                        continue;
+                    }
+                    next = info.stream_sequence + 1;
+                }
+                match decode_event_message(&message.message) {
+                    Ok(event) => sink.lock().expect("events").push(Seen::received(event)),
+                    Err(e) => panic!("a worker published an invalid event: {e}"),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
