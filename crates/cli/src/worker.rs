@@ -43,6 +43,11 @@ pub struct WorkerArgs {
     /// it hands its lease back with BLOB_STORE_UNAVAILABLE, in ms.
     #[arg(long, default_value_t = 30_000)]
     blob_wait_ms: u64,
+    /// Replicas of the event stream WAFLEET_EVENTS when this worker creates it (3 on a
+    /// 3-node NATS cluster, so a node restart loses no event; an existing stream is left
+    /// as it is).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    stream_replicas: u32,
     /// Keep blobs in this directory instead of S3 (one-machine use; same encryption).
     #[arg(long)]
     blob_dir: Option<PathBuf>,
@@ -110,6 +115,7 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     config.pacing.renew_every = Duration::from_millis(args.renew_ms.max(50));
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     config.pacing.blob_wait = Duration::from_millis(args.blob_wait_ms);
+    config.stream_replicas = args.stream_replicas as usize;
     config.driver.server = match (&args.server, &args.root_key) {
         (Some(url), Some(key)) => ServerConfig {
             url: url.clone(),

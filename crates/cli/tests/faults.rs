@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::HeaderMap;
-use fleet_support::services::Caps;
 use fleet_support::watch::{Lease, RegistryWatch, SocketWatch, Timeline};
 use fleet_support::{eventually, Fleet, FleetSetup, HEARTBEAT_MS, MASTER_KEY, MISSED_HEARTBEATS};
 use wafleet_bus_schema::codec::{decode_reply, ContentType};
@@ -182,13 +181,8 @@ impl Scene {
         coordinators: usize,
         workers: &[WorkerPlan],
     ) -> Scene {
-        let caps = Caps::get();
-        if caps.coordinator_pg_grace {
-            fleet.coordinator_extra = vec!["--pg-grace-ms".into(), "45000".into()];
-        }
-        if caps.worker_blob_wait {
-            fleet.worker_extra = vec!["--blob-wait-ms".into(), "30000".into()];
-        }
+        fleet.coordinator_extra = vec!["--pg-grace-ms".into(), "45000".into()];
+        fleet.worker_extra = vec!["--blob-wait-ms".into(), "30000".into()];
         for _ in 0..coordinators {
             fleet.start_coordinator();
         }

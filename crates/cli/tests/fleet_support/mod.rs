@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use services::{Caps, NatsCluster, PrivatePg, PrivateS3};
+use services::{NatsCluster, PrivatePg, PrivateS3};
 
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
@@ -476,7 +476,7 @@ impl Fleet {
         let name = format!("coordinator-{}", self.coordinators.len());
         let heartbeat = format!("{}", HEARTBEAT_MS as f64 / 1000.0);
         let mut args: Vec<String> = vec!["coordinator".to_string()];
-        args.extend(Caps::get().coordinator_nats_args(&self.coordinator_urls));
+        args.extend(["--nats-url".to_string(), self.coordinator_urls.join(",")]);
         args.extend(
             [
                 "--pg-url",
@@ -533,7 +533,7 @@ impl Fleet {
         extra: &[&str],
     ) {
         let mut args: Vec<String> = vec!["worker".to_string()];
-        args.extend(Caps::get().worker_nats_args(urls));
+        args.extend(["--nats-url".to_string(), urls.join(",")]);
         args.extend(
             [
                 "--worker-id",

@@ -3,15 +3,9 @@
 //! machine's binaries, initdb on a free port), a SeaweedFS S3 server (`scripts/s3.sh
 //! --data`). Each is stopped when dropped. Never the shared NATS (14222), S3 (18333) or
 //! the machine's PostgreSQL (5432).
-//!
-//! Also [`Caps`]: which of the flags issue 11 adds the built `wafleet` binary knows, so the
-//! harness passes them only where they exist (`--nats-url` with a list, `--blob-wait-ms`,
-//! `--pg-grace-ms`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts")
@@ -303,89 +297,5 @@ impl Drop for PrivateS3 {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-    }
-}
-
-/// Which of issue 11's flags the built `wafleet` knows. Until the worker and coordinator
-/// branches land they do not exist, and passing them would make the processes refuse to
-/// start; the fault tests then run with what there is (and fail on the must-shows).
-/// `WAFLEET_FAULTS_ALL_FLAGS=1` passes them regardless.
-#[derive(Debug, Clone, Copy)]
-pub struct Caps {
-    /// `wafleet worker --nats-url URL[,URL…]` (else `--nats URL`, one server).
-    pub worker_nats_url_list: bool,
-    /// `wafleet worker --blob-wait-ms`.
-    pub worker_blob_wait: bool,
-    /// `wafleet coordinator --pg-grace-ms` (taken as the sign that `--nats-url` takes a
-    /// list too: the coordinator branch adds both).
-    pub coordinator_pg_grace: bool,
-}
-
-impl Caps {
-    pub fn get() -> Caps {
-        static CAPS: OnceLock<Caps> = OnceLock::new();
-        *CAPS.get_or_init(Caps::probe)
-    }
-
-    fn probe() -> Caps {
-        if std::env::var("WAFLEET_FAULTS_ALL_FLAGS").is_ok_and(|v| v == "1") {
-            return Caps {
-                worker_nats_url_list: true,
-                worker_blob_wait: true,
-                coordinator_pg_grace: true,
-            };
-        }
-        let help = Command::new(env!("CARGO_BIN_EXE_wafleet"))
-            .args(["worker", "--help"])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        // The coordinator refuses an unknown flag before it reads anything else; without a
-        // PostgreSQL URL it then stops at once ("needs --pg-url").
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wafleet"))
-            .args(["coordinator", "--pg-grace-ms", "1000"])
-            .env_remove("WAFLEET_PG_URL")
-            .env("WAFLEET_NATS_URL", "nats://127.0.0.1:1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run wafleet coordinator");
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let output = child.wait_with_output().expect("coordinator probe");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let caps = Caps {
-            worker_nats_url_list: help.contains("--nats-url"),
-            worker_blob_wait: help.contains("--blob-wait-ms"),
-            coordinator_pg_grace: !stderr.contains("unknown argument"),
-        };
-        eprintln!("wafleet flags of issue 11 in this build: {caps:?}");
-        caps
-    }
-
-    /// The worker's NATS flag for these servers.
-    pub fn worker_nats_args(&self, urls: &[String]) -> Vec<String> {
-        if self.worker_nats_url_list {
-            vec!["--nats-url".into(), urls.join(",")]
-        } else {
-            vec!["--nats".into(), urls[0].clone()]
-        }
-    }
-
-    /// The coordinator's NATS flag for these servers.
-    pub fn coordinator_nats_args(&self, urls: &[String]) -> Vec<String> {
-        if self.coordinator_pg_grace {
-            vec!["--nats-url".into(), urls.join(",")]
-        } else {
-            vec!["--nats-url".into(), urls[0].clone()]
-        }
     }
 }

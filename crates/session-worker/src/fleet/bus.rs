@@ -121,10 +121,15 @@ impl FleetBus {
         &self.worker
     }
 
-    /// Creates the event stream if it does not exist (an existing one is left as it is).
-    pub async fn ensure_event_stream(&self) -> Result<(), String> {
+    /// Creates the event stream with `replicas` replicas if it does not exist (an existing
+    /// one is left as it is).
+    pub async fn ensure_event_stream(&self, replicas: usize) -> Result<(), String> {
+        let config = EventStreamConfig {
+            replicas: replicas.max(1),
+            ..EventStreamConfig::default()
+        };
         self.js
-            .get_or_create_stream(EventStreamConfig::default().to_nats())
+            .get_or_create_stream(config.to_nats())
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     pub pacing: SessionPacing,
     /// The driver settings for every session (server, root key, timing).
     pub driver: DriverConfig,
+    /// Replicas of the event stream when this worker creates it (an existing stream is
+    /// left as it is).
+    pub stream_replicas: usize,
 }
 
 impl WorkerConfig {
@@ -60,6 +63,7 @@ impl WorkerConfig {
                 blob_wait: Duration::from_secs(30),
             },
             driver: DriverConfig::default(),
+            stream_replicas: 1,
         }
     }
 }
@@ -241,7 +245,11 @@ impl Worker {
         // The client connects in the background (NATS may not be up yet): wait for the
         // stream until it answers or the worker is told to stop.
         let mut tries = 0u32;
-        while let Err(e) = self.bus.ensure_event_stream().await {
+        while let Err(e) = self
+            .bus
+            .ensure_event_stream(self.config.stream_replicas)
+            .await
+        {
             tries += 1;
             if tries >= STREAM_ATTEMPTS {
                 return Err(WorkerError::Stream(e));
