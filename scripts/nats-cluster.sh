@@ -30,7 +30,7 @@
 # urls          prints nats://127.0.0.1:P1,nats://127.0.0.1:P2,nats://127.0.0.1:P3.
 #
 # Nodes are named n1..n3 in cluster "wafleet"; JetStream stores under D/nN. The event
-# stream should be created with 3 replicas in a cluster (EventStreamConfig::replicas).
+# stream should be created with 3 replicas in a cluster (workers: --stream-replicas 3).
 set -euo pipefail
 
 NATS_VERSION=2.15.1
