@@ -296,6 +296,20 @@ pub struct StoredReply {
 const SESSION_COLUMNS: &str = "tenant, session, status, reason, desired_running, worker_id, \
      epoch, lease_expires_at, blob_version, blob_epoch, jid, metadata, created_at, updated_at";
 
+/// A heartbeat's held leases as the three arrays an `unnest` joins on: tenants,
+/// sessions, epochs.
+type HeldColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<i64>);
+
+fn held_columns(held: &[(String, String, u64)]) -> Result<HeldColumns<'_>, RegistryError> {
+    let tenants = held.iter().map(|(t, _, _)| t.as_str()).collect();
+    let sessions = held.iter().map(|(_, s, _)| s.as_str()).collect();
+    let epochs = held
+        .iter()
+        .map(|(_, _, e)| epoch_to_sql(*e))
+        .collect::<Result<Vec<i64>, _>>()?;
+    Ok((tenants, sessions, epochs))
+}
+
 fn epoch_to_sql(epoch: u64) -> Result<i64, RegistryError> {
     i64::try_from(epoch).map_err(|_| RegistryError::InvalidRow(format!("epoch {epoch} too large")))
 }
@@ -904,12 +918,7 @@ impl Registry {
         if held.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let tenants: Vec<&str> = held.iter().map(|(t, _, _)| t.as_str()).collect();
-        let sessions: Vec<&str> = held.iter().map(|(_, s, _)| s.as_str()).collect();
-        let epochs = held
-            .iter()
-            .map(|(_, _, e)| epoch_to_sql(*e))
-            .collect::<Result<Vec<i64>, _>>()?;
+        let (tenants, sessions, epochs) = held_columns(held)?;
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -1097,12 +1106,7 @@ impl Registry {
         held: &[(String, String, u64)],
         min_age: Duration,
     ) -> Result<Vec<Lease>, RegistryError> {
-        let tenants: Vec<&str> = held.iter().map(|(t, _, _)| t.as_str()).collect();
-        let sessions: Vec<&str> = held.iter().map(|(_, s, _)| s.as_str()).collect();
-        let epochs = held
-            .iter()
-            .map(|(_, _, e)| epoch_to_sql(*e))
-            .collect::<Result<Vec<i64>, _>>()?;
+        let (tenants, sessions, epochs) = held_columns(held)?;
         let client = self.pool.get().await?;
         let rows = client
             .query(

@@ -416,6 +416,12 @@ impl Scene {
     }
 
     /// 0 QR after the fault, 0 `replaced`, at most one socket per device at every instant.
+    /// A fault that must cost nothing: 0 sockets dropped, 0 epochs changed.
+    fn untouched(&mut self, rows: &HashMap<String, Lease>, label: &str) {
+        self.no_socket_dropped(label);
+        self.no_epoch_changed(rows, label);
+    }
+
     fn common_checks(&mut self) {
         let qr: Vec<String> = self
             .sessions
@@ -636,9 +642,12 @@ impl Scene {
         out
     }
 
-    /// Prints the timeline and the table, stops the fleet, and fails with every broken
-    /// must-show.
-    async fn finish(self) {
+    /// The checks every fault ends with (0 QR, 0 `replaced`, one socket per device, bus
+    /// commands answered), then prints the timeline and the table, stops the fleet, and
+    /// fails with every broken must-show.
+    async fn finish(mut self) {
+        self.common_checks();
+        self.commands_work().await;
         // Every login after the fault, and every instant a device was seen with two live
         // sockets, go on the timeline.
         for s in &self.sessions {
@@ -735,10 +744,7 @@ async fn fault_one_nats_node_restarted_costs_no_socket_and_no_epoch() {
         .every_session_working("after the rolling restart")
         .await;
     let label = "NATS node restart";
-    scene.no_socket_dropped(label);
-    scene.no_epoch_changed(&rows, label);
-    scene.common_checks();
-    scene.commands_work().await;
+    scene.untouched(&rows, label);
     scene.finish().await;
 }
 
@@ -774,8 +780,6 @@ async fn fault_all_of_nats_down_10s_closes_sockets_in_trust_and_brings_them_back
     scene.sockets_closed_within(DEAD_AFTER, label);
     scene.no_session_moved(&rows, label);
     scene.working_within(recovered, BACK_WITHIN, label);
-    scene.common_checks();
-    scene.commands_work().await;
     scene.finish().await;
 }
 
@@ -813,8 +817,6 @@ async fn fault_the_only_coordinator_down_15s_closes_sockets_in_trust_and_brings_
     scene.sockets_closed_within(DEAD_AFTER, label);
     scene.no_session_moved(&rows, label);
     scene.working_within(recovered, BACK_WITHIN, label);
-    scene.common_checks();
-    scene.commands_work().await;
     scene.finish().await;
 }
 
@@ -855,10 +857,7 @@ async fn fault_the_leader_killed_with_a_standby_costs_no_socket_and_no_epoch() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let rows = scene.every_session_working("after the takeover").await;
     let label = "leader killed with a standby";
-    scene.no_socket_dropped(label);
-    scene.no_epoch_changed(&rows, label);
-    scene.common_checks();
-    scene.commands_work().await;
+    scene.untouched(&rows, label);
     scene.finish().await;
 }
 
@@ -972,8 +971,6 @@ async fn fault_s3_down_30s_during_a_failover_backs_off_and_recovers() {
         format!("{label}: w-a's sessions are on w-b: not {moved_to_b:?}"),
     );
     scene.working_within(recovered, BACK_WITHIN, label);
-    scene.common_checks();
-    scene.commands_work().await;
     scene.finish().await;
 }
 
@@ -1018,10 +1015,7 @@ async fn fault_postgres_down_30s_keeps_sessions_running_and_commands_say_unavail
         .every_session_working("after PostgreSQL came back")
         .await;
     let label = "PG down 30 s";
-    scene.no_socket_dropped(label);
-    scene.no_epoch_changed(&rows, label);
-    scene.common_checks();
-    scene.commands_work().await;
+    scene.untouched(&rows, label);
     scene.finish().await;
 }
 
@@ -1102,8 +1096,6 @@ async fn fault_a_worker_cut_off_from_nats_alone_its_sessions_move_never_two_sock
             scene.timeline.at(open, &format!("{s}: socket open again"));
         }
     }
-    scene.common_checks();
-    scene.commands_work().await;
     scene.finish().await;
 }
 
