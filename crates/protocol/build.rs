@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/cert.proto",
     "proto/adv.proto",
     "proto/companion_reg.proto",
+    "proto/e2e.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,6 +9,7 @@
 //! - [`cert`]: the Noise server `CertChain` (package `WACert`).
 //! - [`adv`]: companion identity messages (package `WAAdv`).
 //! - [`companion_reg`]: `DeviceProps` and `ClientPairingProps` (package `WAWebProtobufsCompanionReg`).
+//! - [`e2e`]: the end-to-end encrypted message content `Message` (package `WAWebProtobufsE2E`).
 
 /// Package `WAWebProtobufsWa6`: handshake and login messages.
 #[allow(clippy::all, missing_docs)]
@@ -35,6 +36,12 @@ pub mod companion_reg {
         env!("OUT_DIR"),
         "/wa_web_protobufs_companion_reg.rs"
     ));
+}
+
+/// Package `WAWebProtobufsE2E`: end-to-end encrypted message content (`waE2E.Message`).
+#[allow(clippy::all, missing_docs)]
+pub mod e2e {
+    include!(concat!(env!("OUT_DIR"), "/wa_web_protobufs_e2e.rs"));
 }
 
 pub use adv::{
