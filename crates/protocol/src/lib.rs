@@ -15,6 +15,8 @@
 //! - [`adv`]: the account-signed device identity of `pair-success` (both sides).
 //! - [`pairing_code`]: pairing-code linking's key derivation and wrapping; phone numbers.
 //! - [`qr`]: the linking QR code's text.
+//! - [`message`]: end-to-end message content: `waE2E.Message` decode into typed content,
+//!   text encoding, plaintext padding, message ids.
 //! - [`xeddsa`]: XEdDSA signatures with libsignal's sign-bit convention.
 //! - [`client`]: the companion's linking and login state machine (QR, pairing code,
 //!   pair-success, stream errors, prekeys, keepalive).
@@ -25,6 +27,7 @@ pub mod cert;
 pub mod client;
 pub mod frame;
 pub mod jid;
+pub mod message;
 pub mod noise;
 pub mod pairing_code;
 pub mod proto;
