@@ -1,11 +1,13 @@
 //! End-to-end message content: the decrypted plaintext of a `<message>`'s `<enc>`.
 //!
-//! Inbound, a Signal plaintext is `waE2E.Message || pad` ([`unpad`]), the protobuf is read
-//! into a typed [`DecodedMessage`] ([`decode`], or [`decode_padded`] for both steps): what the
-//! message says ([`MessageContent`]), the sender-key distribution a group message may carry,
-//! and, for a message our own phone sent to another chat (`deviceSentMessage`), the chat it
-//! went to. Outbound, [`encode_text`] builds the protobuf of a text (optionally a reply),
-//! [`pad`] appends the padding and [`message_id`] makes a message id in WhatsApp's format.
+//! Inbound, a Signal plaintext is `waE2E.Message || pad`; once the pad is stripped
+//! (`wafleet_signal::padding::unpad_for_version`, which this crate cannot call: the Signal
+//! crate depends on this one), [`decode`] reads the protobuf into a typed [`DecodedMessage`]:
+//! what the message says ([`MessageContent`]), the sender-key distribution a group message
+//! may carry, and, for a message our own phone sent to another chat (`deviceSentMessage`),
+//! the chat it went to. Outbound, [`encode_text`] builds the protobuf of a text (optionally a
+//! reply), to be padded with `wafleet_signal::padding::pad`, and [`message_id`] makes a
+//! message id in WhatsApp's format.
 //!
 //! Nothing here reads a clock or draws randomness: the time and the random bytes are
 //! parameters. Decoding never panics on any input; unknown protobuf fields are skipped, and a
@@ -23,37 +25,12 @@ use crate::proto::e2e::{self, message as pm};
 /// messages may nest before [`decode`] gives up with [`MessageError::TooDeep`].
 pub const MAX_DEPTH: usize = 8;
 
-/// A malformed plaintext padding.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum PadError {
-    /// The plaintext is empty: there is not even a pad.
-    #[error("padded plaintext is empty")]
-    Empty,
-    /// The last byte (the pad length) is 0 or longer than the plaintext.
-    #[error("pad length {pad} does not fit a {len}-byte plaintext")]
-    BadLength {
-        /// The last byte.
-        pad: u8,
-        /// The padded plaintext's length.
-        len: usize,
-    },
-    /// Not every pad byte equals the pad length.
-    #[error("the {pad} pad bytes are not all {pad}")]
-    BadBytes {
-        /// The last byte.
-        pad: u8,
-    },
-}
-
 /// A plaintext that is not a message this module can read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MessageError {
     /// Not a valid protobuf (truncated, bad wire type, invalid UTF-8 in a string, …).
     #[error("message protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    /// The padding is malformed ([`decode_padded`]).
-    #[error("message padding: {0}")]
-    Padding(#[from] PadError),
     /// No content and no sender-key distribution: empty bytes, or only metadata.
     #[error("message is empty")]
     Empty,
@@ -63,41 +40,6 @@ pub enum MessageError {
     /// Wrappers, edits or device-sent messages nested deeper than [`MAX_DEPTH`].
     #[error("message nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
-}
-
-/// Appends WhatsApp's random padding: `(random & 0x0f) + 1` bytes (1 to 16), each equal to
-/// that count, as WhatsApp Web and Baileys (`writeRandomPadMax16`) do. `random` is one
-/// random byte drawn by the caller.
-pub fn pad(plaintext: &[u8], random: u8) -> Vec<u8> {
-    let n = (random & 0x0f) + 1;
-    let mut out = Vec::with_capacity(plaintext.len() + usize::from(n));
-    out.extend_from_slice(plaintext);
-    out.resize(plaintext.len() + usize::from(n), n);
-    out
-}
-
-/// Strips the padding [`pad`] adds: the last byte `n` says how many bytes to drop.
-///
-/// Senders pad with 1 to 16 bytes (WhatsApp Web, Baileys) or 1 to 15 (whatsmeow); Baileys'
-/// `unpadRandomMax16` accepts any `n` up to the length, so this does too, but rejects `n = 0`
-/// and pad bytes that are not all `n` (no known sender writes either). Messages sent with
-/// `<enc v="3">` carry no padding: do not call this for them.
-pub fn unpad(padded: &[u8]) -> Result<&[u8], PadError> {
-    let Some(&last) = padded.last() else {
-        return Err(PadError::Empty);
-    };
-    let n = usize::from(last);
-    if n == 0 || n > padded.len() {
-        return Err(PadError::BadLength {
-            pad: last,
-            len: padded.len(),
-        });
-    }
-    let (body, tail) = padded.split_at(padded.len() - n);
-    if tail.iter().any(|&b| b != last) {
-        return Err(PadError::BadBytes { pad: last });
-    }
-    Ok(body)
 }
 
 /// A message id in WhatsApp's current format (Baileys `generateMessageIDV2`): `3EB0`
@@ -318,11 +260,6 @@ pub struct DecodedMessage {
     pub message_secret: Option<Vec<u8>>,
 }
 
-/// Strips the padding and decodes: [`unpad`] then [`decode`].
-pub fn decode_padded(padded: &[u8]) -> Result<DecodedMessage, MessageError> {
-    decode(unpad(padded)?)
-}
-
 /// Decodes an unpadded `waE2E.Message`.
 pub fn decode(bytes: &[u8]) -> Result<DecodedMessage, MessageError> {
     if bytes.is_empty() {
@@ -367,8 +304,8 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedMessage, MessageError> {
 }
 
 /// Encodes a text message: `conversation`, or with a reply `extendedTextMessage` with
-/// `contextInfo` (`stanzaId`, `participant`, `remoteJid`, `quotedMessage`). Not padded:
-/// see [`pad`].
+/// `contextInfo` (`stanzaId`, `participant`, `remoteJid`, `quotedMessage`). Not padded
+/// (`wafleet_signal::padding::pad` does that).
 pub fn encode_text(text: &str, reply: Option<&ReplyContext>) -> Vec<u8> {
     let msg = match reply {
         None => e2e::Message {

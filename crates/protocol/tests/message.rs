@@ -1,17 +1,32 @@
 //! The message content layer: every content kind decoded from bytes Baileys' own protobuf
-//! code encoded (`tests/data/message_fixtures.txt`), round trips of what we encode, padding,
-//! message ids, and bad input giving typed errors, never a panic.
+//! code encoded (`tests/data/message_fixtures.txt`), round trips of what we encode (through
+//! the Signal crate's plaintext padding, the inbound path's step before `decode`), message
+//! ids, and bad input giving typed errors, never a panic.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
 use wafleet_protocol::jid::{Jid, Server};
 use wafleet_protocol::message::{
-    decode, decode_padded, encode_text, message_id, pad, unpad, DecodedMessage, MediaKind,
-    MessageContent, MessageError, MessageKey, PadError, ReplyContext,
+    decode, encode_text, message_id, DecodedMessage, MediaKind, MessageContent, MessageError,
+    MessageKey, ReplyContext,
 };
 use wafleet_protocol::proto::e2e;
 use wafleet_protocol::proto::Message as _;
+use wafleet_signal::padding::{pad_with, unpad, unpad_for_version};
+use wafleet_signal::SignalError;
+
+/// The inbound path after decryption: strip the `<enc v="2">` padding, then decode.
+#[derive(Debug, Clone, PartialEq)]
+enum InboundError {
+    Padding(SignalError),
+    Message(MessageError),
+}
+
+fn decode_padded(plaintext: &[u8]) -> Result<DecodedMessage, InboundError> {
+    let bytes = unpad_for_version("2", plaintext).map_err(InboundError::Padding)?;
+    decode(&bytes).map_err(InboundError::Message)
+}
 
 fn fixtures() -> HashMap<String, String> {
     include_str!("data/message_fixtures.txt")
@@ -259,7 +274,10 @@ fn empty_messages_are_typed_errors() {
     assert_eq!(decode(&[]), Err(MessageError::Empty));
     assert_eq!(decode(&fixture("metadata_only")), Err(MessageError::Empty));
     // A padded empty protobuf: the pad strips to nothing.
-    assert_eq!(decode_padded(&[1]), Err(MessageError::Empty));
+    assert_eq!(
+        decode_padded(&[1]),
+        Err(InboundError::Message(MessageError::Empty))
+    );
 }
 
 #[test]
@@ -366,42 +384,40 @@ fn encode_text_round_trips_and_matches_baileys_bytes() {
 }
 
 #[test]
-fn padding() {
-    for r in 0..=255u8 {
-        let padded = pad(b"abc", r);
-        let n = usize::from(r & 0x0f) + 1;
-        assert_eq!(padded.len(), 3 + n);
-        assert!(padded[3..].iter().all(|&b| usize::from(b) == n));
-        assert_eq!(unpad(&padded), Ok(&b"abc"[..]));
+fn padded_plaintexts() {
+    // The Signal crate's padding, as Baileys writes it (1 to 16 bytes each equal to the count).
+    let text = encode_text("padded", None);
+    for n in 1..=16u8 {
+        let d = decode_padded(&pad_with(&text, n)).unwrap();
+        assert_eq!(
+            d.content,
+            Some(MessageContent::Text {
+                text: "padded".into(),
+                reply: None
+            })
+        );
     }
-    assert_eq!(unpad(&[]), Err(PadError::Empty));
+    // Bad pads: 0, longer than the plaintext, inconsistent bytes, nothing at all.
+    let bad = InboundError::Padding(SignalError::InvalidPadding);
+    assert_eq!(decode_padded(&[0x0a, 0x01, b'x', 0x00]), Err(bad.clone()));
+    assert_eq!(decode_padded(&[0x0a, 0x01, b'x', 0x07]), Err(bad.clone()));
     assert_eq!(
-        unpad(&[1, 2, 0]),
-        Err(PadError::BadLength { pad: 0, len: 3 })
+        decode_padded(&[0x0a, 0x01, b'x', 0x01, 0x02]),
+        Err(bad.clone())
     );
+    assert_eq!(decode_padded(&[]), Err(bad));
+    // An unpadded protobuf read as padded: conversation "x" ends in 'x' = 120 > length.
+    assert!(matches!(
+        decode_padded(&[0x0a, 0x01, b'x']),
+        Err(InboundError::Padding(_))
+    ));
+    // `v="3"` carries no padding.
     assert_eq!(
-        unpad(&[5, 5, 5]),
-        Err(PadError::BadLength { pad: 5, len: 3 })
-    );
-    assert_eq!(unpad(&[9, 1, 3, 3]), Err(PadError::BadBytes { pad: 3 }));
-    // The whole plaintext may be pad.
-    assert_eq!(unpad(&[2, 2]), Ok(&[][..]));
-    assert_eq!(
-        decode_padded(&[0x0a, 0x01, b'x', 0x07]),
-        Err(MessageError::Padding(PadError::BadLength {
-            pad: 7,
-            len: 4
-        }))
-    );
-
-    let mut padded = encode_text("padded", None);
-    padded = pad(&padded, 0xf3);
-    assert_eq!(
-        decode_padded(&padded).unwrap().content,
-        Some(MessageContent::Text {
+        unpad_for_version("3", &text).map(|b| decode(&b).map(|d| d.content)),
+        Ok(Ok(Some(MessageContent::Text {
             text: "padded".into(),
             reply: None
-        })
+        })))
     );
 }
 
@@ -430,7 +446,9 @@ proptest! {
     #[test]
     fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode(&bytes);
-        let _ = decode_padded(&bytes);
+        if let Ok(unpadded) = unpad(&bytes) {
+            let _ = decode(unpadded);
+        }
     }
 
     #[test]
@@ -450,7 +468,7 @@ proptest! {
 
     #[test]
     fn text_round_trips(text in ".{0,200}", r in any::<u8>(), stanza in "[A-F0-9]{1,22}") {
-        let plain = pad(&encode_text(&text, None), r);
+        let plain = pad_with(&encode_text(&text, None), r % 16 + 1);
         prop_assert_eq!(
             decode_padded(&plain).map(|d| d.content),
             // An empty `conversation` is still a (present, empty) field.
