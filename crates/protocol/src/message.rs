@@ -227,6 +227,32 @@ pub enum MessageContent {
     },
 }
 
+impl MessageContent {
+    /// A short name for the content's type, for logs and event JSON (`type`): `text`,
+    /// `reaction`, `edit`, `revoke`, `image`, `video`, `video_note`, `audio`, `voice_note`,
+    /// `document`, `sticker`, `location`, `contact` or `unsupported`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            MessageContent::Text { .. } => "text",
+            MessageContent::Reaction { .. } => "reaction",
+            MessageContent::Edit { .. } => "edit",
+            MessageContent::Revoke { .. } => "revoke",
+            MessageContent::Media(m) => match m.kind {
+                MediaKind::Image => "image",
+                MediaKind::Video => "video",
+                MediaKind::VideoNote => "video_note",
+                MediaKind::Audio => "audio",
+                MediaKind::VoiceNote => "voice_note",
+                MediaKind::Document => "document",
+                MediaKind::Sticker => "sticker",
+            },
+            MessageContent::Location { .. } => "location",
+            MessageContent::Contact { .. } => "contact",
+            MessageContent::Unsupported { .. } => "unsupported",
+        }
+    }
+}
+
 /// A sender-key distribution message: the Signal group-session setup a group member sends
 /// (in a `pkmsg`/`msg`) before or with its first group message.
 #[derive(Debug, Clone, PartialEq, Eq)]

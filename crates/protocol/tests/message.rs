@@ -194,6 +194,27 @@ fn media_kinds() {
 }
 
 #[test]
+fn type_names() {
+    for (fixture_name, want) in [
+        ("conversation", "text"),
+        ("extended_reply", "text"),
+        ("reaction", "reaction"),
+        ("revoke", "revoke"),
+        ("edit", "edit"),
+        ("image", "image"),
+        ("video", "video"),
+        ("audio_ptt", "voice_note"),
+        ("document", "document"),
+        ("sticker", "sticker"),
+        ("location", "location"),
+        ("contact", "contact"),
+        ("poll", "unsupported"),
+    ] {
+        assert_eq!(content(fixture_name).type_name(), want, "{fixture_name}");
+    }
+}
+
+#[test]
 fn location_and_contact() {
     assert_eq!(
         content("location"),
