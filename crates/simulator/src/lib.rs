@@ -30,6 +30,7 @@
 
 mod connection;
 pub mod control;
+mod keys;
 mod phone;
 pub mod server;
 mod state;
