@@ -136,8 +136,10 @@ impl Companion {
                 config,
                 forge,
                 command_rx,
-                step_tx.clone(),
-                reply_tx,
+                Outputs {
+                    steps: step_tx.clone(),
+                    replies: reply_tx,
+                },
             )
             .await;
             if let Err(e) = result {
@@ -236,6 +238,12 @@ impl Companion {
     }
 }
 
+/// Where the driver reports: session steps, and replies to [`Companion::request`].
+struct Outputs {
+    steps: mpsc::UnboundedSender<Step>,
+    replies: mpsc::UnboundedSender<Node>,
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -246,9 +254,9 @@ async fn drive(
     config: SessionConfig,
     forge: bool,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    steps: mpsc::UnboundedSender<Step>,
-    replies: mpsc::UnboundedSender<Node>,
+    outputs: Outputs,
 ) -> Result<(), String> {
+    let Outputs { steps, replies } = outputs;
     let mut rng = StdRng::from_entropy();
     let mut client_config = ClientConfig::new(identity.noise_key.clone());
     client_config.root = root;
