@@ -1220,4 +1220,34 @@ mod tests {
         assert!(reference.is_some());
         assert_eq!(state.socket_linking("15551234567"), Some(id));
     }
+
+    #[test]
+    fn bundle_fetch_and_usync_need_a_logged_in_socket() {
+        let mut state = State::new(policy());
+        linked(&mut state);
+        let (id, _rx) = socket(&mut state);
+        let user = || Node::new("user").attr("jid", "15551234567:1@s.whatsapp.net");
+        let fetch = Node::new("iq")
+            .attr("id", "k1")
+            .attr("xmlns", "encrypt")
+            .attr("type", "get")
+            .children([Node::new("key").children([user()])]);
+        let usync = Node::new("iq")
+            .attr("id", "s1")
+            .attr("xmlns", "usync")
+            .attr("type", "get")
+            .children([Node::new("usync").children([
+                Node::new("query").children([Node::new("devices").attr("version", "2")]),
+                Node::new("list").children([user()]),
+            ])]);
+        for request in [fetch, usync] {
+            let out = state.on_node(id, request);
+            let reply = node_of(&out);
+            assert_eq!(reply.attr_str("type"), Some("error"));
+            assert_eq!(
+                reply.child_by_tag("error").and_then(|e| e.attr_str("code")),
+                Some("401")
+            );
+        }
+    }
 }
