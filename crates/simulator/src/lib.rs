@@ -13,6 +13,7 @@
 //! - `state`: accounts, devices, live sockets and counters behind a mutex; the node-level
 //!   server behaviour, without I/O.
 //! - `phone`: the phone's side of linking.
+//! - `keys`: the key server: stored prekey uploads, bundle fetches, usync device lists.
 //! - [`control`]: the HTTP control API.
 //!
 //! ```no_run
@@ -30,6 +31,7 @@
 
 mod connection;
 pub mod control;
+mod keys;
 mod phone;
 pub mod server;
 mod state;

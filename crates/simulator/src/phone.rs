@@ -332,7 +332,7 @@ async fn link(shared: &Shared, job: LinkJob) -> Result<Jid, SimError> {
         Device {
             lid,
             prekeys: Default::default(),
-            bundle: Vec::new(),
+            bundle: None,
         },
     );
     state.end_socket(

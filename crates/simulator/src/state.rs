@@ -19,6 +19,7 @@ use wafleet_protocol::jid::{Jid, Server};
 use wafleet_protocol::noise::{ClientFinishInfo, KeyPair};
 use wafleet_protocol::proto::ClientPayload;
 
+use crate::keys::{parse_prekey, KeyBundle};
 use crate::{Counters, PhoneInfo, SimError, Tamper};
 
 /// Identifies one WebSocket connection for the whole run.
@@ -83,11 +84,12 @@ impl Account {
 /// A linked companion device.
 pub(crate) struct Device {
     pub lid: Jid,
-    /// One-time prekeys the device uploaded: id → public key.
-    pub prekeys: HashMap<u32, [u8; 32]>,
-    /// The `<registration>`, `<type>`, `<identity>` and `<skey>` of the last upload, for
-    /// the `<digest>` query.
-    pub bundle: Vec<Node>,
+    /// One-time prekeys the device uploaded and nobody fetched yet: id → public key
+    /// (handed out lowest id first).
+    pub prekeys: BTreeMap<u32, [u8; 32]>,
+    /// Registration id, identity key and signed prekey of the last upload, for bundle
+    /// fetches and the `<digest>` query.
+    pub bundle: Option<KeyBundle>,
 }
 
 /// A phone waiting for the companion's answer to one of its stanzas.
@@ -610,7 +612,19 @@ impl State {
         let xmlns = node.attr_str("xmlns").unwrap_or_default().to_owned();
         match (xmlns.as_str(), ty.as_str()) {
             ("w:p", "get") => vec![Outbound::Node(result_for(&node))],
+            ("encrypt", "get") if node.child_by_tag("key").is_some() => {
+                if self.device_of(id).is_none() {
+                    return vec![Outbound::Node(error_for(&node, 401, "not-authorized"))];
+                }
+                self.bundle_fetch(id, &node)
+            }
             ("encrypt", "get") => self.prekey_query(id, &node),
+            ("usync", "get") => {
+                if self.device_of(id).is_none() {
+                    return vec![Outbound::Node(error_for(&node, 401, "not-authorized"))];
+                }
+                self.usync(id, &node)
+            }
             ("encrypt", "set") => self.prekey_upload(id, &node),
             ("md", "set") if node.child_by_tag("link_code_companion_reg").is_some() => {
                 self.link_code_stage(id, &node)
@@ -667,7 +681,11 @@ impl State {
 
     /// `<digest>`: the stored key bundle and prekey ids (no hash: nothing here checks it).
     fn digest(&self, device: &str, node: &Node) -> Node {
-        let Some(record) = self.devices.get(device).filter(|d| !d.bundle.is_empty()) else {
+        let Some((record, bundle)) = self
+            .devices
+            .get(device)
+            .and_then(|d| Some((d, d.bundle.as_ref()?)))
+        else {
             return error_for(node, 404, "item-not-found");
         };
         let mut ids: Vec<u32> = record.prekeys.keys().copied().collect();
@@ -676,7 +694,7 @@ impl State {
             ids.into_iter()
                 .map(|i| Node::new("id").bytes(i.to_be_bytes()[1..].to_vec())),
         );
-        let mut children = record.bundle.clone();
+        let mut children = bundle.nodes();
         children.push(list);
         result_for(node).children([Node::new("digest").children(children)])
     }
@@ -688,31 +706,24 @@ impl State {
         let Some(list) = node.child_by_tag("list") else {
             return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
         };
-        let mut keys = Vec::new();
-        for key in list.children_by_tag("key") {
-            let id_bytes = bytes_of(key.child_by_tag("id")).filter(|b| b.len() == 3);
-            let value = bytes_of(key.child_by_tag("value"))
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
-            match (id_bytes, value) {
-                (Some(b), Some(value)) => {
-                    keys.push((u32::from_be_bytes([0, b[0], b[1], b[2]]), value));
-                }
-                _ => {
-                    warn!(socket = id, %device, "malformed prekey upload refused");
-                    return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
-                }
+        let parsed = list
+            .children_by_tag("key")
+            .map(parse_prekey)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|keys| Ok((keys, KeyBundle::parse(node)?)));
+        let (keys, bundle) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                warn!(socket = id, %device, error = %e, "malformed prekey upload refused");
+                return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
             }
-        }
+        };
         let Some(record) = self.devices.get_mut(&device) else {
             return vec![Outbound::Node(error_for(node, 401, "not-authorized"))];
         };
         let received = keys.len();
         record.prekeys.extend(keys);
-        let bundle: Vec<Node> = ["registration", "type", "identity", "skey"]
-            .into_iter()
-            .filter_map(|tag| node.child_by_tag(tag).cloned())
-            .collect();
-        if !bundle.is_empty() {
+        if bundle.is_some() {
             record.bundle = bundle;
         }
         *self
@@ -959,8 +970,8 @@ mod tests {
             jid.clone(),
             Device {
                 lid: Jid::new("123", Server::Lid).with_device(1),
-                prekeys: HashMap::new(),
-                bundle: Vec::new(),
+                prekeys: BTreeMap::new(),
+                bundle: None,
             },
         );
         jid
@@ -1018,6 +1029,13 @@ mod tests {
             .attr("type", "set")
             .children([
                 Node::new("registration").bytes(vec![0, 0, 0, 1]),
+                Node::new("type").bytes(vec![5]),
+                Node::new("identity").bytes(vec![7; 32]),
+                Node::new("skey").children([
+                    Node::new("id").bytes(vec![0, 0, 1]),
+                    Node::new("value").bytes(vec![8; 32]),
+                    Node::new("signature").bytes(vec![9; 64]),
+                ]),
                 Node::new("list").children((1u32..=3).map(|i| {
                     Node::new("key").children([
                         Node::new("id").bytes(i.to_be_bytes()[1..].to_vec()),
@@ -1201,5 +1219,35 @@ mod tests {
             .and_then(|r| text_of(r.child_by_tag("link_code_pairing_ref")));
         assert!(reference.is_some());
         assert_eq!(state.socket_linking("15551234567"), Some(id));
+    }
+
+    #[test]
+    fn bundle_fetch_and_usync_need_a_logged_in_socket() {
+        let mut state = State::new(policy());
+        linked(&mut state);
+        let (id, _rx) = socket(&mut state);
+        let user = || Node::new("user").attr("jid", "15551234567:1@s.whatsapp.net");
+        let fetch = Node::new("iq")
+            .attr("id", "k1")
+            .attr("xmlns", "encrypt")
+            .attr("type", "get")
+            .children([Node::new("key").children([user()])]);
+        let usync = Node::new("iq")
+            .attr("id", "s1")
+            .attr("xmlns", "usync")
+            .attr("type", "get")
+            .children([Node::new("usync").children([
+                Node::new("query").children([Node::new("devices").attr("version", "2")]),
+                Node::new("list").children([user()]),
+            ])]);
+        for request in [fetch, usync] {
+            let out = state.on_node(id, request);
+            let reply = node_of(&out);
+            assert_eq!(reply.attr_str("type"), Some("error"));
+            assert_eq!(
+                reply.child_by_tag("error").and_then(|e| e.attr_str("code")),
+                Some("401")
+            );
+        }
     }
 }

@@ -41,8 +41,13 @@ pub enum Step {
 
 enum Command {
     RequestPairingCode(PhoneNumber),
+    /// Send this node as is (its reply comes back through [`Companion::request`]).
+    Raw(Node),
     Close,
 }
+
+/// The id prefix of iqs sent with [`Companion::request`]: their replies bypass the session.
+const RAW_ID_PREFIX: &str = "raw-";
 
 /// How a socket ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +64,8 @@ pub enum Ended {
 pub struct Companion {
     steps: mpsc::UnboundedReceiver<Step>,
     commands: mpsc::UnboundedSender<Command>,
+    replies: mpsc::UnboundedReceiver<Node>,
+    next_raw: u32,
 }
 
 fn now_ms() -> u64 {
@@ -120,6 +127,7 @@ impl Companion {
             .expect("WebSocket connects to the simulator");
         let (step_tx, steps) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::unbounded_channel();
+        let (reply_tx, replies) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let result = drive(
                 ws,
@@ -128,14 +136,22 @@ impl Companion {
                 config,
                 forge,
                 command_rx,
-                step_tx.clone(),
+                Outputs {
+                    steps: step_tx.clone(),
+                    replies: reply_tx,
+                },
             )
             .await;
             if let Err(e) = result {
                 let _ = step_tx.send(Step::Failed(e));
             }
         });
-        Companion { steps, commands }
+        Companion {
+            steps,
+            commands,
+            replies,
+            next_raw: 0,
+        }
     }
 
     /// The next step, failing the test after [`STEP`].
@@ -198,10 +214,34 @@ impl Companion {
             .expect("driver running");
     }
 
+    /// Sends `iq` (its `id` replaced by a fresh one) on the logged-in socket, beside the
+    /// session, and returns the server's reply, failing the test after [`STEP`].
+    pub async fn request(&mut self, mut iq: Node) -> Node {
+        self.next_raw += 1;
+        let id = format!("{RAW_ID_PREFIX}{}", self.next_raw);
+        iq.attrs.retain(|(k, _)| k != "id");
+        let iq = iq.attr("id", id.clone());
+        self.commands
+            .send(Command::Raw(iq))
+            .expect("driver running");
+        let reply = tokio::time::timeout(STEP, self.replies.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {id} within {STEP:?}"))
+            .expect("driver running");
+        assert_eq!(reply.attr_str("id"), Some(id.as_str()), "reply to our iq");
+        reply
+    }
+
     /// Closes the socket from the companion's side.
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
+}
+
+/// Where the driver reports: session steps, and replies to [`Companion::request`].
+struct Outputs {
+    steps: mpsc::UnboundedSender<Step>,
+    replies: mpsc::UnboundedSender<Node>,
 }
 
 type Ws =
@@ -214,8 +254,9 @@ async fn drive(
     config: SessionConfig,
     forge: bool,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    steps: mpsc::UnboundedSender<Step>,
+    outputs: Outputs,
 ) -> Result<(), String> {
+    let Outputs { steps, replies } = outputs;
     let mut rng = StdRng::from_entropy();
     let mut client_config = ClientConfig::new(identity.noise_key.clone());
     client_config.root = root;
@@ -246,7 +287,13 @@ async fn drive(
                             }
                             ClientEvent::Frame(plaintext) => {
                                 let node = binary::decode(&plaintext).map_err(|e| e.to_string())?;
-                                session.handle_node(node, now_ms(), &mut rng);
+                                let raw = node.tag == "iq"
+                                    && node.attr_str("id").is_some_and(|id| id.starts_with(RAW_ID_PREFIX));
+                                if raw {
+                                    let _ = replies.send(node);
+                                } else {
+                                    session.handle_node(node, now_ms(), &mut rng);
+                                }
                             }
                         }
                     }
@@ -265,6 +312,13 @@ async fn drive(
                 Some(Command::RequestPairingCode(phone)) => {
                     session
                         .request_pairing_code(&phone, now_ms(), &mut rng)
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(Command::Raw(node)) => {
+                    let plaintext = binary::encode(&node).map_err(|e| e.to_string())?;
+                    let wire = conn.send(&plaintext).map_err(|e| e.to_string())?;
+                    ws.send(Message::Binary(wire.into()))
+                        .await
                         .map_err(|e| e.to_string())?;
                 }
                 Some(Command::Close) | None => {
