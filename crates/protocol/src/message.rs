@@ -503,22 +503,31 @@ fn content_of(
 }
 
 fn media_of(msg: &e2e::Message) -> Option<Media> {
-    let ctx = |c: &Option<Box<e2e::ContextInfo>>| ReplyContext::from_proto(c.as_deref());
+    // The media messages are distinct protobuf types with the same field names; one
+    // builder for all of them (caption, file name and duration only where a type has them).
+    macro_rules! media {
+        ($m:expr, $kind:expr, caption: $caption:expr, file_name: $file_name:expr, seconds: $seconds:expr) => {{
+            let m = $m;
+            Media {
+                kind: $kind,
+                mimetype: m.mimetype.clone(),
+                size: m.file_length,
+                caption: $caption,
+                file_name: $file_name,
+                media_key: m.media_key.clone(),
+                direct_path: m.direct_path.clone(),
+                url: m.url.clone(),
+                file_sha256: m.file_sha256.clone(),
+                file_enc_sha256: m.file_enc_sha256.clone(),
+                seconds: $seconds,
+                reply: ReplyContext::from_proto(m.context_info.as_deref()),
+            }
+        }};
+    }
     if let Some(m) = &msg.image_message {
-        return Some(Media {
-            kind: MediaKind::Image,
-            mimetype: m.mimetype.clone(),
-            size: m.file_length,
-            caption: m.caption.clone(),
-            file_name: None,
-            media_key: m.media_key.clone(),
-            direct_path: m.direct_path.clone(),
-            url: m.url.clone(),
-            file_sha256: m.file_sha256.clone(),
-            file_enc_sha256: m.file_enc_sha256.clone(),
-            seconds: None,
-            reply: ctx(&m.context_info),
-        });
+        return Some(
+            media!(m, MediaKind::Image, caption: m.caption.clone(), file_name: None, seconds: None),
+        );
     }
     if let Some((m, kind)) = msg
         .video_message
@@ -526,71 +535,30 @@ fn media_of(msg: &e2e::Message) -> Option<Media> {
         .map(|m| (m, MediaKind::Video))
         .or(msg.ptv_message.as_ref().map(|m| (m, MediaKind::VideoNote)))
     {
-        return Some(Media {
-            kind,
-            mimetype: m.mimetype.clone(),
-            size: m.file_length,
-            caption: m.caption.clone(),
-            file_name: None,
-            media_key: m.media_key.clone(),
-            direct_path: m.direct_path.clone(),
-            url: m.url.clone(),
-            file_sha256: m.file_sha256.clone(),
-            file_enc_sha256: m.file_enc_sha256.clone(),
-            seconds: m.seconds,
-            reply: ctx(&m.context_info),
-        });
+        return Some(
+            media!(m, kind, caption: m.caption.clone(), file_name: None, seconds: m.seconds),
+        );
     }
     if let Some(m) = &msg.audio_message {
-        return Some(Media {
-            kind: if m.ptt == Some(true) {
-                MediaKind::VoiceNote
-            } else {
-                MediaKind::Audio
-            },
-            mimetype: m.mimetype.clone(),
-            size: m.file_length,
-            caption: None,
-            file_name: None,
-            media_key: m.media_key.clone(),
-            direct_path: m.direct_path.clone(),
-            url: m.url.clone(),
-            file_sha256: m.file_sha256.clone(),
-            file_enc_sha256: m.file_enc_sha256.clone(),
-            seconds: m.seconds,
-            reply: ctx(&m.context_info),
-        });
+        let kind = if m.ptt == Some(true) {
+            MediaKind::VoiceNote
+        } else {
+            MediaKind::Audio
+        };
+        return Some(media!(m, kind, caption: None, file_name: None, seconds: m.seconds));
     }
     if let Some(m) = &msg.document_message {
-        return Some(Media {
-            kind: MediaKind::Document,
-            mimetype: m.mimetype.clone(),
-            size: m.file_length,
+        return Some(media!(
+            m,
+            MediaKind::Document,
             caption: m.caption.clone(),
             file_name: m.file_name.clone(),
-            media_key: m.media_key.clone(),
-            direct_path: m.direct_path.clone(),
-            url: m.url.clone(),
-            file_sha256: m.file_sha256.clone(),
-            file_enc_sha256: m.file_enc_sha256.clone(),
-            seconds: None,
-            reply: ctx(&m.context_info),
-        });
+            seconds: None
+        ));
     }
-    msg.sticker_message.as_ref().map(|m| Media {
-        kind: MediaKind::Sticker,
-        mimetype: m.mimetype.clone(),
-        size: m.file_length,
-        caption: None,
-        file_name: None,
-        media_key: m.media_key.clone(),
-        direct_path: m.direct_path.clone(),
-        url: m.url.clone(),
-        file_sha256: m.file_sha256.clone(),
-        file_enc_sha256: m.file_enc_sha256.clone(),
-        seconds: None,
-        reply: ctx(&m.context_info),
-    })
+    msg.sticker_message
+        .as_ref()
+        .map(|m| media!(m, MediaKind::Sticker, caption: None, file_name: None, seconds: None))
 }
 
 /// Reads a base-128 varint; `None` when truncated or longer than 10 bytes.
