@@ -34,7 +34,8 @@ use wafleet_bus_schema::{
     subject, SessionAddress, SysKind, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
 };
 use wafleet_session_worker::fleet::metrics::Health;
-use wafleet_session_worker::fleet::{Worker, WorkerConfig};
+use wafleet_session_worker::fleet::store::Vault;
+use wafleet_session_worker::fleet::{Worker, WorkerConfig, WorkerError};
 use wafleet_sim::SimConfig;
 
 use support::{config_for, simulator_with_phone, PHONE};
@@ -93,6 +94,36 @@ async fn start_nats() -> Nats {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     nats
+}
+
+/// A worker running in this process on its own NATS connection.
+struct RunningWorker {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Starts the worker and waits until it takes leases.
+    async fn start(config: WorkerConfig, nats_url: &str, vault: Arc<Vault>) -> RunningWorker {
+        let client = async_nats::connect(nats_url).await.expect("connect");
+        let worker = Worker::new(config, client, vault, Arc::new(Health::default()));
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(worker.run_with_ready(shutdown_rx, ready_tx));
+        support::guard("the worker to be ready", ready.wait_for(|r| *r))
+            .await
+            .expect("the worker runs");
+        RunningWorker { shutdown, task }
+    }
+
+    /// Shuts it down and checks it stopped cleanly.
+    async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        support::guard("the worker to stop", self.task)
+            .await
+            .expect("the worker task")
+            .expect("the worker stops cleanly");
+    }
 }
 
 fn headers() -> async_nats::HeaderMap {
@@ -269,14 +300,7 @@ async fn the_socket_closes_at_the_lease_deadline_while_a_renewal_hangs() {
     });
     coordinator.flush().await.expect("flush");
 
-    let client = async_nats::connect(&nats.url).await.expect("connect");
-    let worker = Worker::new(config, client, vault, Arc::new(Health::default()));
-    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
-    let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
-    let worker_task = tokio::spawn(worker.run_with_ready(shutdown, ready_tx));
-    support::guard("the worker to be ready", ready.wait_for(|r| *r))
-        .await
-        .expect("the worker runs");
+    let worker = RunningWorker::start(config, &nats.url, vault).await;
 
     // The grant, then link the device by QR and wait until it works.
     let payload = encode(&grant(&address, &worker_id, epoch), ContentType::Protobuf).unwrap();
@@ -420,11 +444,7 @@ async fn the_socket_closes_at_the_lease_deadline_while_a_renewal_hangs() {
     assert!(counters.max_live_sockets_per_device <= 1, "{counters:?}");
     assert_eq!(counters.replaced_sent, 0);
 
-    let _ = shutdown_tx.send(true);
-    support::guard("the worker to stop", worker_task)
-        .await
-        .expect("the worker task")
-        .expect("the worker stops cleanly");
+    worker.stop().await;
     fake.abort();
     event_task.abort();
     sim.shutdown().await;
@@ -494,14 +514,7 @@ async fn an_unreachable_blob_store_keeps_the_lease_until_the_blob_wait_ends() {
         }
     });
     coordinator.flush().await.expect("flush");
-    let client = async_nats::connect(&nats.url).await.expect("connect");
-    let worker = Worker::new(config, client, vault, Arc::new(Health::default()));
-    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
-    let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
-    let worker_task = tokio::spawn(worker.run_with_ready(shutdown, ready_tx));
-    support::guard("the worker to be ready", ready.wait_for(|r| *r))
-        .await
-        .expect("the worker runs");
+    let worker = RunningWorker::start(config, &nats.url, vault).await;
 
     let offer = |address: &SessionAddress| {
         let payload = encode(&grant(address, &worker_id, 1), ContentType::Protobuf).unwrap();
@@ -588,11 +601,7 @@ async fn an_unreachable_blob_store_keeps_the_lease_until_the_blob_wait_ends() {
     );
     assert!(!shows_qr("outage1"));
 
-    let _ = shutdown_tx.send(true);
-    support::guard("the worker to stop", worker_task)
-        .await
-        .expect("the worker task")
-        .expect("the worker stops cleanly");
+    worker.stop().await;
     fake.abort();
     event_task.abort();
     sim.shutdown().await;
