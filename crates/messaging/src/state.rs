@@ -1,0 +1,280 @@
+//! What the messenger persists ([`SignalState`]) and what it may read and change
+//! ([`Keys`]), plus the adapters that present them to `wafleet_signal` as its stores.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use wafleet_protocol::client::{DeviceIdentity, PreKey};
+use wafleet_protocol::jid::Jid;
+use wafleet_signal::keys::{IdentityKeyPair, KeyPair, PreKeyRecord, PublicKey, SignedPreKeyRecord};
+use wafleet_signal::{
+    IdentityKeyStore, PreKeyStore, ProtocolAddress, SenderKeyRecord, SessionRecord,
+};
+
+/// Inbound messages kept for redelivery (same sender and id → same content, re-emitted).
+pub const RECENT_INBOUND: usize = 512;
+/// Outbound messages kept to answer retry receipts.
+pub const RECENT_OUTBOUND: usize = 256;
+
+/// A user's device list from usync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// Device ids (0 = the primary phone).
+    pub devices: Vec<u16>,
+    /// When it was fetched (ms, the caller's clock).
+    pub fetched_ms: u64,
+}
+
+/// A message decrypted recently, kept so a redelivery (the server sends the same stanza
+/// again because our ack did not reach it) gets the same content, not an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RecentInbound {
+    /// The stanza's `from`.
+    pub from: String,
+    /// The stanza's `participant`.
+    pub participant: Option<String>,
+    pub id: String,
+    /// The unpadded `waE2E.Message`.
+    #[serde(with = "b64")]
+    pub plaintext: Vec<u8>,
+}
+
+/// A message we sent recently, kept to re-encrypt it when a device sends a retry receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RecentOutbound {
+    pub id: String,
+    /// The chat (user or group JID).
+    pub chat: String,
+    /// The unpadded `waE2E.Message`.
+    #[serde(with = "b64")]
+    pub message: Vec<u8>,
+    /// The `<message type>`.
+    pub stanza_type: String,
+}
+
+/// Everything about Signal and messaging that must survive a restart. Persisted by the
+/// driver inside its stored session; every change is announced by
+/// [`crate::MessengerEvent::StateChanged`].
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SignalState {
+    /// 1:1 sessions by Signal address (`user[_domain].device`).
+    pub(crate) sessions: BTreeMap<String, SessionRecord>,
+    /// Remote identity keys by Signal address.
+    pub(crate) identities: BTreeMap<String, PublicKey>,
+    /// Sender keys by group JID, then by the sender's Signal address (ours included).
+    pub(crate) sender_keys: BTreeMap<String, BTreeMap<String, SenderKeyRecord>>,
+    /// Device lists by user JID (no device).
+    pub(crate) devices: BTreeMap<String, DeviceList>,
+    /// Per group, the device JIDs that already have our current sender key.
+    pub(crate) sender_key_sent: BTreeMap<String, BTreeSet<String>>,
+    /// Recently decrypted inbound messages, oldest first.
+    pub(crate) recent_inbound: VecDeque<RecentInbound>,
+    /// Recently sent messages, oldest first.
+    pub(crate) recent_outbound: VecDeque<RecentOutbound>,
+}
+
+impl std::fmt::Debug for SignalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalState")
+            .field("sessions", &self.sessions.len())
+            .field("identities", &self.identities.len())
+            .field("sender_key_groups", &self.sender_keys.len())
+            .field("device_lists", &self.devices.len())
+            .field("recent_inbound", &self.recent_inbound.len())
+            .field("recent_outbound", &self.recent_outbound.len())
+            .finish()
+    }
+}
+
+impl SignalState {
+    /// The session with this device, if any.
+    pub fn session(&self, device: &Jid) -> Option<&SessionRecord> {
+        self.sessions.get(&device.signal_address())
+    }
+
+    /// Whether we have a session we can encrypt with for this device.
+    pub fn has_session(&self, device: &Jid) -> bool {
+        self.session(device)
+            .is_some_and(SessionRecord::has_current_session)
+    }
+
+    /// Forgets the session with this device (tests, or a reset forced by the operator).
+    pub fn forget_session(&mut self, device: &Jid) {
+        self.sessions.remove(&device.signal_address());
+    }
+
+    /// The identity key on record for this device.
+    pub fn remote_identity(&self, device: &Jid) -> Option<PublicKey> {
+        self.identities.get(&device.signal_address()).copied()
+    }
+
+    /// The sender key record of `sender` (a device) in `group`.
+    pub fn sender_key(&self, group: &Jid, sender: &Jid) -> Option<&SenderKeyRecord> {
+        self.sender_keys
+            .get(&group.to_string())?
+            .get(&sender.signal_address())
+    }
+
+    /// The cached device list of `user`.
+    pub fn device_list(&self, user: &Jid) -> Option<&DeviceList> {
+        self.devices.get(&user.to_non_ad().to_string())
+    }
+
+    pub(crate) fn remember_inbound(&mut self, entry: RecentInbound) {
+        self.recent_inbound.push_back(entry);
+        while self.recent_inbound.len() > RECENT_INBOUND {
+            self.recent_inbound.pop_front();
+        }
+    }
+
+    pub(crate) fn find_inbound(
+        &self,
+        from: &str,
+        participant: Option<&str>,
+        id: &str,
+    ) -> Option<&RecentInbound> {
+        self.recent_inbound
+            .iter()
+            .rev()
+            .find(|r| r.id == id && r.from == from && r.participant.as_deref() == participant)
+    }
+
+    pub(crate) fn remember_outbound(&mut self, entry: RecentOutbound) {
+        self.recent_outbound.retain(|r| r.id != entry.id);
+        self.recent_outbound.push_back(entry);
+        while self.recent_outbound.len() > RECENT_OUTBOUND {
+            self.recent_outbound.pop_front();
+        }
+    }
+
+    pub(crate) fn find_outbound(&self, id: &str) -> Option<&RecentOutbound> {
+        self.recent_outbound.iter().rev().find(|r| r.id == id)
+    }
+}
+
+/// What the messenger may read and change for one call: our identity (read-only), the
+/// one-time prekeys (a `pkmsg` consumes one) and the [`SignalState`].
+pub struct Keys<'a> {
+    /// Our identity key, registration id, signed prekey and account (`device-identity`).
+    pub identity: &'a DeviceIdentity,
+    /// Our unconsumed one-time prekeys.
+    pub pre_keys: &'a mut Vec<PreKey>,
+    /// Sessions, sender keys, caches.
+    pub signal: &'a mut SignalState,
+}
+
+impl std::fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("pre_keys", &self.pre_keys.len())
+            .field("signal", &self.signal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Signal address of a device JID.
+pub(crate) fn address(device: &Jid) -> ProtocolAddress {
+    let full = device.signal_address();
+    match full.rsplit_once('.') {
+        Some((name, dev)) => ProtocolAddress::new(name, dev.parse().unwrap_or(0)),
+        None => ProtocolAddress::new(full, 0),
+    }
+}
+
+/// Our identity as `wafleet_signal` wants it, over the known remote identities.
+pub(crate) struct Identities<'a> {
+    pair: IdentityKeyPair,
+    registration_id: u32,
+    known: &'a BTreeMap<String, PublicKey>,
+}
+
+impl<'a> Identities<'a> {
+    pub(crate) fn new(identity: &DeviceIdentity, known: &'a BTreeMap<String, PublicKey>) -> Self {
+        Identities {
+            pair: identity_pair(identity),
+            registration_id: identity.registration_id,
+            known,
+        }
+    }
+}
+
+pub(crate) fn identity_pair(identity: &DeviceIdentity) -> IdentityKeyPair {
+    IdentityKeyPair(KeyPair {
+        public: PublicKey(identity.identity_key.public),
+        private: identity.identity_key.private,
+    })
+}
+
+impl IdentityKeyStore for Identities<'_> {
+    fn identity_key_pair(&self) -> &IdentityKeyPair {
+        &self.pair
+    }
+    fn local_registration_id(&self) -> u32 {
+        self.registration_id
+    }
+    fn identity(&self, address: &ProtocolAddress) -> Option<PublicKey> {
+        self.known.get(&address.to_string()).copied()
+    }
+    /// WhatsApp accepts a changed identity (the peer reinstalled): the new session replaces
+    /// the old one and the new key is recorded.
+    fn is_trusted_identity(&self, _address: &ProtocolAddress, _identity: &PublicKey) -> bool {
+        true
+    }
+}
+
+/// The one prekey a `pkmsg` names, and our signed prekey.
+pub(crate) struct PreKeys {
+    one_time: Option<PreKeyRecord>,
+    signed: SignedPreKeyRecord,
+}
+
+impl PreKeys {
+    pub(crate) fn new(identity: &DeviceIdentity, pre_keys: &[PreKey], wanted: Option<u32>) -> Self {
+        let one_time = wanted
+            .and_then(|id| pre_keys.iter().find(|k| k.id == id))
+            .map(|k| PreKeyRecord {
+                id: k.id,
+                key_pair: KeyPair {
+                    public: PublicKey(k.key_pair.public),
+                    private: k.key_pair.private,
+                },
+            });
+        let spk = &identity.signed_pre_key;
+        PreKeys {
+            one_time,
+            signed: SignedPreKeyRecord {
+                id: spk.id,
+                key_pair: KeyPair {
+                    public: PublicKey(spk.key_pair.public),
+                    private: spk.key_pair.private,
+                },
+                signature: spk.signature.clone(),
+            },
+        }
+    }
+}
+
+impl PreKeyStore for PreKeys {
+    fn pre_key(&self, id: u32) -> Option<&PreKeyRecord> {
+        self.one_time.as_ref().filter(|k| k.id == id)
+    }
+    fn signed_pre_key(&self, id: u32) -> Option<&SignedPreKeyRecord> {
+        (self.signed.id == id).then_some(&self.signed)
+    }
+}
+
+mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}

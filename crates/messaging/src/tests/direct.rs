@@ -1,0 +1,406 @@
+//! 1:1 messaging through the router.
+
+use super::*;
+
+fn two() -> (Net, usize, usize) {
+    let mut net = Net::new(7);
+    let a = net.add("111:1@s.whatsapp.net");
+    let b = net.add("222:1@s.whatsapp.net");
+    (net, a, b)
+}
+
+#[test]
+fn first_message_is_pkmsg_then_msg_and_replies_flow_both_ways() {
+    let (mut net, a, b) = two();
+    let id = net.send(a, "222@s.whatsapp.net", "hello").unwrap();
+    assert!(id.starts_with("3EB0") && id.len() == 22, "{id}");
+    assert_eq!(net.devices[b].texts(), vec!["hello"]);
+    let m = net.devices[b].messages()[0].clone();
+    assert_eq!(m.id, id);
+    assert_eq!(m.chat, jid("111@s.whatsapp.net"));
+    assert_eq!(m.sender, jid("111:1@s.whatsapp.net"));
+    assert!(!m.from_me && !m.redelivered);
+    assert_eq!(m.push_name.as_deref(), Some("Someone"));
+    assert_eq!(net.enc_types_to(b), vec!["pkmsg"]);
+    // A consumed one of B's one-time prekeys.
+    assert_eq!(net.devices[b].pre_keys.len(), 19);
+    // A got the server ack, then B's delivery receipt.
+    assert!(net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::Sent { id: sid, server_timestamp: Some(_) } if *sid == id)));
+    assert!(net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::Receipt(r) if r.ids == vec![id.clone()] && r.kind == ReceiptKind::Delivered)));
+
+    net.send(b, "111@s.whatsapp.net", "hi back").unwrap();
+    net.send(a, "222@s.whatsapp.net", "second").unwrap();
+    net.send(b, "111@s.whatsapp.net", "third").unwrap();
+    assert_eq!(net.devices[a].texts(), vec!["hi back", "third"]);
+    assert_eq!(net.devices[b].texts(), vec!["hello", "second"]);
+    assert_eq!(net.enc_types_to(b), vec!["pkmsg", "msg"]);
+    assert_eq!(net.enc_types_to(a), vec!["msg", "msg"]);
+    for d in &net.devices {
+        assert!(d.undecryptable().is_empty());
+        assert_eq!(d.messenger.awaiting_delivery(), 0);
+    }
+}
+
+#[test]
+fn device_lists_are_cached_and_bundles_fetched_once() {
+    let (mut net, a, _b) = two();
+    for i in 0..3 {
+        net.send(a, "222@s.whatsapp.net", &format!("m{i}")).unwrap();
+    }
+    let iqs: Vec<&str> = net.devices[a]
+        .sent_tagged("iq")
+        .iter()
+        .map(|n| n.attr_str("xmlns").unwrap())
+        .collect();
+    assert_eq!(iqs, vec!["usync", "encrypt"]);
+    // After the cache lifetime the device list is fetched again, but no bundle.
+    net.now += 6 * 60_000;
+    net.send(a, "222@s.whatsapp.net", "later").unwrap();
+    let iqs = net.devices[a].sent_tagged("iq").len();
+    assert_eq!(iqs, 3);
+}
+
+#[test]
+fn own_other_devices_get_a_device_sent_copy_shown_as_from_me() {
+    let mut net = Net::new(8);
+    let a1 = net.add("111:1@s.whatsapp.net");
+    let a0 = net.add("111@s.whatsapp.net");
+    let b = net.add("222:1@s.whatsapp.net");
+    let id = net.send(a1, "222@s.whatsapp.net", "to bob").unwrap();
+    assert_eq!(net.devices[b].texts(), vec!["to bob"]);
+    let mine = net.devices[a0].messages();
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].from_me);
+    assert_eq!(mine[0].id, id);
+    assert_eq!(mine[0].chat, jid("222@s.whatsapp.net"));
+    // The phone's delivery receipt to our device is a `sender` receipt.
+    let receipt = net.devices[a0].sent_tagged("receipt")[0].clone();
+    assert_eq!(receipt.attr_str("type"), Some("sender"));
+    assert_eq!(
+        receipt.get_attr("recipient").unwrap().to_string(),
+        "222@s.whatsapp.net"
+    );
+    // The phone sends to Bob: our companion sees it as from_me in Bob's chat.
+    net.send(a0, "222@s.whatsapp.net", "from phone").unwrap();
+    let m = net.devices[a1].messages()[0].clone();
+    assert!(m.from_me);
+    assert_eq!(m.chat, jid("222@s.whatsapp.net"));
+    assert_eq!(net.devices[b].texts(), vec!["to bob", "from phone"]);
+}
+
+#[test]
+fn ack_and_receipt_leave_only_after_delivered() {
+    let (mut net, a, b) = two();
+    net.devices[b].auto_deliver = false;
+    net.send(a, "222@s.whatsapp.net", "durable").unwrap();
+    let m = net.devices[b].messages()[0].clone();
+    assert!(net.devices[b].sent_tagged("ack").is_empty());
+    assert!(net.devices[b].sent_tagged("receipt").is_empty());
+    assert!(net.devices[b].state_changes >= 1);
+    assert_eq!(net.devices[b].messenger.awaiting_delivery(), 1);
+    net.devices[b].messenger.delivered(&m.key);
+    net.pump();
+    let ack = net.devices[b].sent_tagged("ack")[0].clone();
+    assert_eq!(ack.attr_str("class"), Some("message"));
+    assert_eq!(ack.attr_str("id"), Some(m.id.as_str()));
+    assert_eq!(
+        ack.get_attr("to").unwrap().to_string(),
+        "111:1@s.whatsapp.net"
+    );
+    let receipt = net.devices[b].sent_tagged("receipt")[0].clone();
+    assert_eq!(receipt.attr_str("type"), None);
+    assert_eq!(receipt.attr_str("id"), Some(m.id.as_str()));
+}
+
+#[test]
+fn state_is_reported_changed_before_any_ciphertext_leaves() {
+    let (mut net, a, _b) = two();
+    // Warm the device and bundle caches, then look at one send in isolation.
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    let now = net.now;
+    let d = &mut net.devices[a];
+    let mut keys = Keys {
+        identity: &d.identity,
+        pre_keys: &mut d.pre_keys,
+        signal: &mut d.signal,
+    };
+    let before = serde_json::to_string(&*keys.signal).unwrap();
+    d.messenger
+        .send(
+            jid("222@s.whatsapp.net"),
+            Outgoing::text("two"),
+            &mut keys,
+            now,
+            &mut net.rng,
+        )
+        .unwrap();
+    assert_eq!(d.messenger.poll_event(), Some(MessengerEvent::StateChanged));
+    assert_ne!(serde_json::to_string(&d.signal).unwrap(), before);
+    assert_eq!(d.messenger.poll_transmit().unwrap().tag, "message");
+}
+
+#[test]
+fn redelivery_after_a_crash_re_emits_the_same_message() {
+    let (mut net, a, b) = two();
+    net.devices[b].auto_deliver = false;
+    net.send(a, "222@s.whatsapp.net", "survive").unwrap();
+    let first = net.devices[b].messages()[0].clone();
+    // Crash before delivery: restart from what was saved, with a fresh messenger.
+    let (pre_keys, json) = net.devices[b].saved.clone();
+    net.devices[b].pre_keys = pre_keys;
+    net.devices[b].signal = serde_json::from_str(&json).unwrap();
+    net.devices[b].messenger = Messenger::new(net.devices[b].jid.clone(), None);
+    net.devices[b].events.clear();
+    net.devices[b].auto_deliver = true;
+    // The server did not get an ack: it delivers the same stanza again.
+    let (_, stanza) = net
+        .delivered
+        .iter()
+        .rev()
+        .find(|(i, _)| *i == b)
+        .unwrap()
+        .clone();
+    net.inject(b, stanza);
+    net.pump();
+    let again = net.devices[b].messages()[0].clone();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.content, first.content);
+    assert!(again.redelivered);
+    assert!(net.devices[b].undecryptable().is_empty());
+    assert_eq!(net.devices[b].sent_tagged("ack").len(), 1);
+    // And the conversation goes on.
+    net.send(a, "222@s.whatsapp.net", "next").unwrap();
+    net.send(b, "111@s.whatsapp.net", "reply").unwrap();
+    assert_eq!(net.devices[b].texts(), vec!["survive", "next"]);
+    assert_eq!(net.devices[a].texts(), vec!["reply"]);
+}
+
+#[test]
+fn corrupted_ciphertext_is_bad_mac_with_a_retry_that_resends() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    net.send(b, "111@s.whatsapp.net", "ack-ish").unwrap();
+    net.spoil = Some(Spoil::FlipByte);
+    let id = net.send(a, "222@s.whatsapp.net", "two").unwrap();
+    let u = net.devices[b].undecryptable()[0].clone();
+    assert_eq!(u.id, id);
+    assert!(
+        matches!(
+            u.reason,
+            UndecryptableReason::BadMac | UndecryptableReason::Malformed(_)
+        ),
+        "{:?}",
+        u.reason
+    );
+    let retry = net.devices[b]
+        .sent_tagged("receipt")
+        .into_iter()
+        .find(|r| r.attr_str("type") == Some("retry"))
+        .unwrap()
+        .clone();
+    let r = retry.child_by_tag("retry").unwrap();
+    assert_eq!(r.attr_str("count"), Some("1"));
+    assert_eq!(r.attr_str("id"), Some(id.as_str()));
+    assert_eq!(r.attr_str("v"), Some("1"));
+    assert!(retry.child_by_tag("registration").is_some());
+    assert!(retry.child_by_tag("keys").is_none());
+    // A re-sent it with the same id; B now has it.
+    assert_eq!(net.devices[b].texts(), vec!["one", "two"]);
+    assert_eq!(net.devices[b].messages()[1].id, id);
+    // Both keep talking.
+    net.send(b, "111@s.whatsapp.net", "after").unwrap();
+    net.send(a, "222@s.whatsapp.net", "after too").unwrap();
+    assert_eq!(net.devices[a].texts(), vec!["ack-ish", "after"]);
+    assert_eq!(net.devices[b].texts(), vec!["one", "two", "after too"]);
+}
+
+#[test]
+fn lost_session_is_no_session_and_the_second_retry_carries_keys() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    net.send(b, "111@s.whatsapp.net", "two").unwrap();
+    // B loses its session with A; A's next `msg` cannot be read.
+    let a_jid = net.devices[a].jid.clone();
+    net.devices[b].signal.forget_session(&a_jid);
+    let a_sends = net.devices[a].sent_tagged("message").len();
+    let id = net.send(a, "222@s.whatsapp.net", "three").unwrap();
+    let u = net.devices[b].undecryptable()[0].clone();
+    assert_eq!(u.reason, UndecryptableReason::NoSession);
+    assert_eq!(u.id, id);
+    let retry = net.devices[b]
+        .sent_tagged("receipt")
+        .into_iter()
+        .find(|r| r.attr_str("type") == Some("retry"))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        retry.child_by_tag("retry").unwrap().attr_str("error"),
+        Some("1")
+    );
+    // A answered with a fresh session (pkmsg) and the same id: B reads it.
+    assert!(net.devices[a].sent_tagged("message").len() > a_sends + 1);
+    assert_eq!(net.devices[b].texts(), vec!["one", "three"]);
+    assert_eq!(net.devices[b].messages()[1].id, id);
+}
+
+#[test]
+fn second_retry_receipt_carries_a_key_bundle() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    let stanza = net
+        .delivered
+        .iter()
+        .rev()
+        .find(|(i, _)| *i == b)
+        .unwrap()
+        .1
+        .clone();
+    // The same garbage stanza twice under a new id: two retry receipts, the second with keys.
+    let mut bad = stanza;
+    bad.attrs.retain(|(k, _)| k != "id");
+    let mut bad = bad.attr("id", "BAD1");
+    if let wafleet_protocol::binary::Content::Nodes(c) = &mut bad.content {
+        c[0] = Node::new("enc")
+            .attr("v", "2")
+            .attr("type", "msg")
+            .bytes(vec![0x33, 1, 2, 3, 4]);
+    }
+    net.inject(b, bad.clone());
+    net.inject(b, bad);
+    net.pump();
+    let retries: Vec<Node> = net.devices[b]
+        .sent_tagged("receipt")
+        .into_iter()
+        .filter(|r| r.attr_str("type") == Some("retry"))
+        .cloned()
+        .collect();
+    assert_eq!(retries.len(), 2);
+    assert_eq!(
+        retries[0].child_by_tag("retry").unwrap().attr_str("count"),
+        Some("1")
+    );
+    assert_eq!(
+        retries[1].child_by_tag("retry").unwrap().attr_str("count"),
+        Some("2")
+    );
+    assert!(retries[0].child_by_tag("keys").is_none());
+    let keys = retries[1].child_by_tag("keys").unwrap();
+    let bundle = crate::usync::parse_bundle(keys, &retries[1]).unwrap();
+    assert_eq!(
+        bundle.identity_key.0,
+        net.devices[b].identity.identity_key.public
+    );
+    assert!(bundle.pre_key.is_some());
+    assert!(keys.child_by_tag("device-identity").is_some());
+    for u in net.devices[b].undecryptable() {
+        assert!(
+            matches!(u.reason, UndecryptableReason::Malformed(_)),
+            "{:?}",
+            u.reason
+        );
+    }
+}
+
+#[test]
+fn truncated_enc_is_typed_and_the_next_message_still_decrypts() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    net.spoil = Some(Spoil::Truncate);
+    net.send(a, "222@s.whatsapp.net", "two").unwrap();
+    let u = net.devices[b].undecryptable();
+    assert_eq!(u.len(), 1);
+    assert!(
+        matches!(u[0].reason, UndecryptableReason::Malformed(_)),
+        "{:?}",
+        u[0].reason
+    );
+    net.send(a, "222@s.whatsapp.net", "three").unwrap();
+    // The retry receipt brought a resend of "two".
+    assert_eq!(net.devices[b].texts(), vec!["one", "two", "three"]);
+}
+
+#[test]
+fn message_for_another_device_is_not_for_us_without_retry() {
+    let (mut net, a, b) = two();
+    net.spoil = Some(Spoil::AddressTo(jid("222:9@s.whatsapp.net")));
+    net.send(a, "222@s.whatsapp.net", "elsewhere").unwrap();
+    let u = net.devices[b].undecryptable()[0].clone();
+    assert!(matches!(u.reason, UndecryptableReason::NotForUs(_)));
+    assert!(net.devices[b]
+        .sent_tagged("receipt")
+        .iter()
+        .all(|r| r.attr_str("type") != Some("retry")));
+    assert_eq!(net.devices[b].sent_tagged("ack").len(), 1);
+}
+
+#[test]
+fn unknown_user_fails_with_no_such_user() {
+    let (mut net, a, _) = two();
+    let id = net.send(a, "999@s.whatsapp.net", "anyone?").unwrap();
+    assert!(net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::SendFailed { id: fid, error: SendError::NoSuchUser(u) } if *fid == id && u == "999@s.whatsapp.net")));
+    assert_eq!(
+        net.send(a, "status@broadcast", "x"),
+        Err(SendError::InvalidRecipient("status@broadcast".into()))
+    );
+}
+
+#[test]
+fn missing_server_ack_times_out_and_error_ack_fails() {
+    let (mut net, a, _) = two();
+    net.drop_server_acks = true;
+    let id = net.send(a, "222@s.whatsapp.net", "lost").unwrap();
+    let deadline = net.devices[a].messenger.poll_timeout().unwrap();
+    net.devices[a].messenger.handle_timeout(deadline - 1);
+    net.pump();
+    assert!(!net.devices[a]
+        .events
+        .iter()
+        .any(|e| matches!(e, MessengerEvent::SendFailed { .. })));
+    net.devices[a].messenger.handle_timeout(deadline);
+    net.pump();
+    assert!(net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::SendFailed { id: fid, error: SendError::Timeout } if *fid == id)));
+    assert_eq!(net.devices[a].messenger.poll_timeout(), None);
+
+    net.drop_server_acks = false;
+    net.ack_error = Some("479".into());
+    let id = net.send(a, "222@s.whatsapp.net", "refused").unwrap();
+    assert!(net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::SendFailed { id: fid, error: SendError::Server { code, .. } } if *fid == id && code == "479")));
+}
+
+#[test]
+fn state_survives_a_json_round_trip() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    net.send(b, "111@s.whatsapp.net", "two").unwrap();
+    for i in [a, b] {
+        let json = serde_json::to_string(&net.devices[i].signal).unwrap();
+        net.devices[i].signal = serde_json::from_str(&json).unwrap();
+        net.devices[i].messenger = Messenger::new(net.devices[i].jid.clone(), None);
+    }
+    net.send(a, "222@s.whatsapp.net", "three").unwrap();
+    net.send(b, "111@s.whatsapp.net", "four").unwrap();
+    assert_eq!(net.devices[b].texts(), vec!["one", "three"]);
+    assert_eq!(net.devices[a].texts(), vec!["two", "four"]);
+    // An older state file without the field reads as empty.
+    let empty: SignalState = serde_json::from_str("{}").unwrap();
+    assert_eq!(empty, SignalState::default());
+}
+
+#[test]
+fn unrelated_nodes_are_handed_back() {
+    let (mut net, a, _) = two();
+    net.inject(a, Node::new("iq").attr("id", "1234").attr("type", "result"));
+    net.inject(
+        a,
+        Node::new("ack")
+            .attr("class", "message")
+            .attr("id", "NOTOURS"),
+    );
+    net.inject(a, Node::new("notification").attr("id", "n1"));
+    assert_eq!(net.devices[a].unhandled.len(), 3);
+}
