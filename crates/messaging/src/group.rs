@@ -66,6 +66,20 @@ pub(crate) fn our_distribution(
     skdm
 }
 
+/// Drops our sender key for `group` (a member left): the next send creates a new one and
+/// distributes it to every remaining device. Returns whether there was one.
+pub(crate) fn rotate_sender_key(keys: &mut Keys<'_>, group: &Jid, own: &Jid) -> bool {
+    let ours = address(own).to_string();
+    let had = keys
+        .signal
+        .sender_keys
+        .get_mut(&group.to_string())
+        .and_then(|g| g.remove(&ours))
+        .is_some();
+    keys.signal.sender_key_sent.remove(&group.to_string());
+    had
+}
+
 /// Encrypts the (unpadded) message with our sender key: the `skmsg` bytes.
 pub(crate) fn encrypt(
     keys: &mut Keys<'_>,

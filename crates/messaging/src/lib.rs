@@ -134,7 +134,8 @@ impl Messenger {
 
     /// Handles a server node. Takes `<message>`, `<receipt>`, `<ack class=message>` for
     /// messages it sent and `<iq>` results for queries it issued (ids prefixed
-    /// [`IQ_PREFIX`]); anything else is handed back for the protocol session.
+    /// [`IQ_PREFIX`]); anything else is handed back for the protocol session (a
+    /// `<notification>` after the messenger looked at it, see `observe_notification`).
     pub fn handle_node(
         &mut self,
         node: Node,
@@ -163,8 +164,53 @@ impl Messenger {
                     Some(node)
                 }
             }
+            "notification" => {
+                self.observe_notification(&node, keys);
+                Some(node)
+            }
             _ => Some(node),
         }
+    }
+
+    /// Notifications stay with the protocol session (it acks them); two of them change
+    /// what the messenger keeps: `type=devices` (a user's device list changed: its cached
+    /// list is dropped) and `type=w:gp2` with `<remove>`/`<leave>` (someone left a group:
+    /// our sender key for it is rotated, so the next message gets a new one that only the
+    /// remaining members receive).
+    fn observe_notification(&mut self, node: &Node, keys: &mut Keys<'_>) {
+        let Ok(Some(from)) = stanza::jid_attr(node, "from") else {
+            return;
+        };
+        let changed = match node.attr_str("type") {
+            Some("devices") if from.is_user() => keys
+                .signal
+                .devices
+                .remove(&from.to_non_ad().to_string())
+                .is_some(),
+            Some("w:gp2") if from.is_group() => {
+                let left = node
+                    .child_nodes()
+                    .iter()
+                    .any(|c| c.tag == "remove" || c.tag == "leave");
+                left && group::rotate_sender_key(keys, &from, &self.own.jid)
+            }
+            _ => false,
+        };
+        if changed {
+            self.events.push_back(MessengerEvent::StateChanged);
+        }
+    }
+
+    /// The connection is gone: every send still waiting fails with
+    /// [`SendError::Disconnected`] (a resend to a device is dropped). Inbound messages not
+    /// yet [`delivered`](Messenger::delivered) are forgotten: the server delivers them again.
+    pub fn shutdown(&mut self) {
+        let keys: Vec<String> = self.jobs.keys().cloned().collect();
+        for key in keys {
+            self.fail_job(&key, SendError::Disconnected);
+        }
+        self.awaiting_delivery.clear();
+        self.transmits.clear();
     }
 
     /// Starts a send to a user (all its devices, and our other devices with a device-sent

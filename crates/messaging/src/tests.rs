@@ -100,7 +100,8 @@ pub(crate) struct Net {
     pub delivered: Vec<(usize, Node)>,
     /// Acks the clients sent the server.
     pub acks: Vec<(usize, Node)>,
-    pub spoil: Option<Spoil>,
+    /// Spoils for the next deliveries, one each.
+    pub spoil: VecDeque<Spoil>,
     pub drop_server_acks: bool,
     pub ack_error: Option<String>,
     /// Message stanzas the server received, by sender.
@@ -122,7 +123,7 @@ impl Net {
             queue: VecDeque::new(),
             delivered: Vec::new(),
             acks: Vec::new(),
-            spoil: None,
+            spoil: VecDeque::new(),
             drop_server_acks: false,
             ack_error: None,
             relayed: Vec::new(),
@@ -368,11 +369,12 @@ impl Net {
     }
 
     fn spoil(&mut self, mut node: Node) -> Node {
-        let Some(spoil) = self.spoil.take() else {
+        let Some(spoil) = self.spoil.pop_front() else {
             return node;
         };
         match spoil {
             Spoil::AddressTo(j) => node = node.attr("to", j),
+
             Spoil::DropDirectParts => {
                 if let wafleet_protocol::binary::Content::Nodes(children) = &mut node.content {
                     children.retain(|c| c.attr_str("type") == Some("skmsg"));

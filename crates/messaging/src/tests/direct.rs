@@ -182,7 +182,7 @@ fn corrupted_ciphertext_is_bad_mac_with_a_retry_that_resends() {
     let (mut net, a, b) = two();
     net.send(a, "222@s.whatsapp.net", "one").unwrap();
     net.send(b, "111@s.whatsapp.net", "ack-ish").unwrap();
-    net.spoil = Some(Spoil::FlipByte);
+    net.spoil.push_back(Spoil::FlipByte);
     let id = net.send(a, "222@s.whatsapp.net", "two").unwrap();
     let u = net.devices[b].undecryptable()[0].clone();
     assert_eq!(u.id, id);
@@ -307,7 +307,7 @@ fn second_retry_receipt_carries_a_key_bundle() {
 fn truncated_enc_is_typed_and_the_next_message_still_decrypts() {
     let (mut net, a, b) = two();
     net.send(a, "222@s.whatsapp.net", "one").unwrap();
-    net.spoil = Some(Spoil::Truncate);
+    net.spoil.push_back(Spoil::Truncate);
     net.send(a, "222@s.whatsapp.net", "two").unwrap();
     let u = net.devices[b].undecryptable();
     assert_eq!(u.len(), 1);
@@ -324,7 +324,8 @@ fn truncated_enc_is_typed_and_the_next_message_still_decrypts() {
 #[test]
 fn message_for_another_device_is_not_for_us_without_retry() {
     let (mut net, a, b) = two();
-    net.spoil = Some(Spoil::AddressTo(jid("222:9@s.whatsapp.net")));
+    net.spoil
+        .push_back(Spoil::AddressTo(jid("222:9@s.whatsapp.net")));
     net.send(a, "222@s.whatsapp.net", "elsewhere").unwrap();
     let u = net.devices[b].undecryptable()[0].clone();
     assert!(matches!(u.reason, UndecryptableReason::NotForUs(_)));
@@ -403,4 +404,117 @@ fn unrelated_nodes_are_handed_back() {
     );
     net.inject(a, Node::new("notification").attr("id", "n1"));
     assert_eq!(net.devices[a].unhandled.len(), 3);
+}
+
+#[test]
+fn version_3_enc_is_read_without_unpadding() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    net.send(b, "111@s.whatsapp.net", "two").unwrap();
+    // A encrypts by hand without padding and marks the enc `v=3`.
+    let b_jid = net.devices[b].jid.clone();
+    let addr = crate::state::address(&b_jid);
+    let d = &mut net.devices[a];
+    let record = d.signal.session(&b_jid).unwrap().clone();
+    let body = wafleet_protocol::message::encode_text("unpadded", None);
+    let identities = crate::state::Identities::new(&d.identity, &d.signal.identities);
+    let (record, ct) = wafleet_signal::encrypt(&record, &addr, &identities, &body).unwrap();
+    d.signal.sessions.insert(addr.to_string(), record);
+    let node = Node::new("message")
+        .attr("from", d.jid.clone())
+        .attr("id", "V3")
+        .attr("t", "1")
+        .children([Node::new("enc")
+            .attr("v", "3")
+            .attr("type", ct.enc_type())
+            .bytes(ct.serialize().to_vec())]);
+    net.inject(b, node);
+    net.pump();
+    assert_eq!(net.devices[b].texts(), vec!["one", "unpadded"]);
+}
+
+#[test]
+fn a_second_retry_with_keys_gets_a_session_from_those_keys() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    net.send(b, "111@s.whatsapp.net", "two").unwrap();
+    // The message and its first resend arrive corrupted.
+    net.spoil.push_back(Spoil::FlipByte);
+    net.spoil.push_back(Spoil::FlipByte);
+    let iqs_before = net.devices[a].sent_tagged("iq").len();
+    let id = net.send(a, "222@s.whatsapp.net", "three").unwrap();
+    assert_eq!(net.devices[b].undecryptable().len(), 2);
+    let retries: Vec<Node> = net.devices[b]
+        .sent_tagged("receipt")
+        .into_iter()
+        .filter(|r| r.attr_str("type") == Some("retry"))
+        .cloned()
+        .collect();
+    assert_eq!(retries.len(), 2);
+    assert!(retries[1].child_by_tag("keys").is_some());
+    assert_eq!(net.devices[b].texts(), vec!["one", "three"]);
+    assert_eq!(net.devices[b].messages()[1].id, id);
+    // Only the first resend fetched a bundle; the second used the receipt's keys.
+    assert_eq!(net.devices[a].sent_tagged("iq").len(), iqs_before + 1);
+    let last = net.devices[a]
+        .sent_tagged("message")
+        .last()
+        .unwrap()
+        .clone();
+    let enc = last.child_by_tag("enc").unwrap();
+    assert_eq!(enc.attr_str("count"), Some("2"));
+    assert_eq!(enc.attr_str("type"), Some("pkmsg"));
+    assert_eq!(
+        last.get_attr("to").unwrap().to_string(),
+        "222:1@s.whatsapp.net"
+    );
+    assert!(last.child_by_tag("device-identity").is_some());
+}
+
+#[test]
+fn shutdown_fails_waiting_sends_as_disconnected() {
+    let (mut net, a, _) = two();
+    net.drop_server_acks = true;
+    let id = net.send(a, "222@s.whatsapp.net", "in flight").unwrap();
+    net.devices[a].messenger.shutdown();
+    net.pump();
+    assert!(net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::SendFailed { id: fid, error: SendError::Disconnected } if *fid == id)));
+    assert_eq!(net.devices[a].messenger.poll_timeout(), None);
+}
+
+#[test]
+fn a_devices_notification_drops_the_cached_device_list() {
+    let (mut net, a, _) = two();
+    net.send(a, "222@s.whatsapp.net", "one").unwrap();
+    net.send(a, "222@s.whatsapp.net", "two").unwrap();
+    let usyncs = |net: &Net| {
+        net.devices[a]
+            .sent_tagged("iq")
+            .iter()
+            .filter(|n| n.attr_str("xmlns") == Some("usync"))
+            .count()
+    };
+    assert_eq!(usyncs(&net), 1);
+    net.inject(
+        a,
+        Node::new("notification")
+            .attr("from", jid("222@s.whatsapp.net"))
+            .attr("type", "devices")
+            .attr("id", "n1")
+            .children([Node::new("add")
+                .children([Node::new("device").attr("jid", jid("222:2@s.whatsapp.net"))])]),
+    );
+    net.pump();
+    assert_eq!(
+        net.devices[a].unhandled.len(),
+        1,
+        "handed back for the session to ack"
+    );
+    assert!(net.devices[a]
+        .signal
+        .device_list(&jid("222@s.whatsapp.net"))
+        .is_none());
+    net.send(a, "222@s.whatsapp.net", "three").unwrap();
+    assert_eq!(usyncs(&net), 2);
 }

@@ -79,7 +79,7 @@ fn a_new_member_device_gets_the_sender_key() {
 #[test]
 fn unknown_sender_key_asks_for_a_retry_and_the_resend_carries_the_key() {
     let (mut net, a, b, c) = three();
-    net.spoil = Some(Spoil::DropDirectParts);
+    net.spoil.push_back(Spoil::DropDirectParts);
     let id = net.send(a, "123-456@g.us", "keyless").unwrap();
     // The first delivery (to B) lost its SKDM: unknown sender key, retry receipt to A,
     // which re-sends with the sender key inside.
@@ -107,4 +107,51 @@ fn not_a_member_fails_typed() {
     let id = net.send(a, "999-1@g.us", "who?").unwrap();
     assert!(net.devices[a].events.iter().any(|e| matches!(e,
         MessengerEvent::SendFailed { id: fid, error: SendError::Server { code, .. } } if *fid == id && code == "404")));
+}
+
+#[test]
+fn a_member_leaving_rotates_our_sender_key() {
+    let (mut net, a, b, c) = three();
+    let group = jid("123-456@g.us");
+    net.send(a, "123-456@g.us", "before").unwrap();
+    let a_jid = net.devices[a].jid.clone();
+    let old = net.devices[a]
+        .signal
+        .sender_key(&group, &a_jid)
+        .unwrap()
+        .key_ids();
+    net.groups
+        .get_mut("123-456@g.us")
+        .unwrap()
+        .retain(|u| u.user != "333");
+    net.inject(
+        a,
+        Node::new("notification")
+            .attr("from", group.clone())
+            .attr("type", "w:gp2")
+            .attr("id", "n1")
+            .children([Node::new("remove")
+                .children([Node::new("participant").attr("jid", jid("333@s.whatsapp.net"))])]),
+    );
+    net.pump();
+    assert_eq!(net.devices[a].unhandled.len(), 1);
+    assert!(net.devices[a].signal.sender_key(&group, &a_jid).is_none());
+    net.send(a, "123-456@g.us", "after").unwrap();
+    let new = net.devices[a]
+        .signal
+        .sender_key(&group, &a_jid)
+        .unwrap()
+        .key_ids();
+    assert_ne!(old, new);
+    // The new key went to B (the remaining member), who reads the message; C got nothing.
+    let last = &net.relayed.iter().rev().find(|(i, _)| *i == a).unwrap().1;
+    assert_eq!(
+        last.child_by_tag("participants")
+            .unwrap()
+            .child_nodes()
+            .len(),
+        1
+    );
+    assert_eq!(net.devices[b].texts(), vec!["before", "after"]);
+    assert_eq!(net.devices[c].texts(), vec!["before"]);
 }
