@@ -456,11 +456,7 @@ fn a_second_retry_with_keys_gets_a_session_from_those_keys() {
     assert_eq!(net.devices[b].messages()[1].id, id);
     // Only the first resend fetched a bundle; the second used the receipt's keys.
     assert_eq!(net.devices[a].sent_tagged("iq").len(), iqs_before + 1);
-    let last = net.devices[a]
-        .sent_tagged("message")
-        .last()
-        .unwrap()
-        .clone();
+    let last = (*net.devices[a].sent_tagged("message").last().unwrap()).clone();
     let enc = last.child_by_tag("enc").unwrap();
     assert_eq!(enc.attr_str("count"), Some("2"));
     assert_eq!(enc.attr_str("type"), Some("pkmsg"));
