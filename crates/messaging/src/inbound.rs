@@ -207,6 +207,9 @@ impl Messenger {
                 reason: reason.clone(),
             })));
         if let Some(code) = reason.retry_code() {
+            if self.retries_sent.len() >= crate::RETRY_MEMORY {
+                self.retries_sent.clear();
+            }
             let counter = (stanza.id.clone(), addr.sender.to_string());
             let count = self.retries_sent.entry(counter).or_insert(0);
             *count += 1;

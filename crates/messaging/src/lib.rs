@@ -61,6 +61,10 @@ use stanza::Own;
 /// Prefix of the iq ids the messenger issues; results with other ids are not its own.
 pub const IQ_PREFIX: &str = "m.";
 
+/// Retry counters kept per connection (retry receipts sent, resends done) before they
+/// are forgotten.
+pub const RETRY_MEMORY: usize = 10_000;
+
 /// Tunables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessengerConfig {

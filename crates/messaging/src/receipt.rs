@@ -236,6 +236,9 @@ impl crate::Messenger {
             tracing::info!(%id, %device, "retry receipt for a message we no longer have");
             return;
         };
+        if self.resends.len() >= crate::RETRY_MEMORY {
+            self.resends.clear();
+        }
         let done = self
             .resends
             .entry((id.clone(), device.to_string()))

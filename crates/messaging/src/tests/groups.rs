@@ -155,3 +155,27 @@ fn a_member_leaving_rotates_our_sender_key() {
     assert_eq!(net.devices[b].texts(), vec!["before", "after"]);
     assert_eq!(net.devices[c].texts(), vec!["before"]);
 }
+
+#[test]
+fn our_phone_in_the_group_is_from_me_and_gets_our_key() {
+    let (mut net, a, b, _c) = three();
+    let a0 = net.add("111@s.whatsapp.net");
+    net.send(a, "123-456@g.us", "from companion").unwrap();
+    let got = net.devices[a0].messages()[0].clone();
+    assert!(got.from_me);
+    assert_eq!(got.chat, jid("123-456@g.us"));
+    net.send(a0, "123-456@g.us", "from phone").unwrap();
+    let got = net.devices[a].messages()[0].clone();
+    assert!(got.from_me);
+    assert_eq!(got.sender, jid("111@s.whatsapp.net"));
+    assert_eq!(got.chat, jid("123-456@g.us"));
+    assert_eq!(net.devices[b].texts(), vec!["from companion", "from phone"]);
+    // Our own device's delivery receipt in a group is a `sender` receipt.
+    let r = net.devices[a]
+        .sent_tagged("receipt")
+        .into_iter()
+        .find(|r| r.attr_str("id") == Some(got.id.as_str()))
+        .unwrap()
+        .clone();
+    assert_eq!(r.attr_str("type"), Some("sender"));
+}
