@@ -422,7 +422,9 @@ impl Messenger {
     }
 
     /// `<message to=group id type phash><enc v=2 type=skmsg/>[<participants>…SKDM…
-    /// </participants>][<device-identity/>]</message>`.
+    /// </participants>][<device-identity/>]</message>`. The `phash` covers every member
+    /// device the message must reach, without the sending one (as the server computes it;
+    /// whatsmeow's device lists leave out the local device too).
     fn group_stanza(
         &mut self,
         job: &Job,
@@ -463,8 +465,6 @@ impl Messenger {
                 Err(e) => warn!(id = %job.id, %device, error = %e, "sender key not sent to device"),
             }
         }
-        let mut all: Vec<Jid> = targets.to_vec();
-        all.push(own);
         let mut children = vec![Node::new("enc")
             .attr("v", "2")
             .attr("type", "skmsg")
@@ -478,7 +478,7 @@ impl Messenger {
             .attr("to", job.chat.clone())
             .attr("id", job.id.clone())
             .attr("type", job.stanza_type.clone())
-            .attr("phash", wire::phash(&all))
+            .attr("phash", wire::phash(targets))
             .children(children))
     }
 
