@@ -73,19 +73,20 @@ impl UndecryptableReason {
 
     /// The `error` code of the retry receipt we send for this failure (WhatsApp Web's
     /// `RetryReason`, as in Baileys' `message-retry-manager`), or `None` when no retry
-    /// receipt is sent (a message for another device, a duplicate, an unsupported chat).
+    /// receipt is sent (a message for another device, a duplicate, an unsupported chat or
+    /// enc type, a stanza without enc).
     pub fn retry_code(&self) -> Option<u8> {
         match self {
             Self::NoSession => Some(1),
             Self::UnknownPreKey(_) => Some(3),
-            Self::Malformed(_) | Self::NoContent | Self::BadPadding | Self::BadContent(_) => {
-                Some(4)
-            }
+            Self::Malformed(_) | Self::BadPadding | Self::BadContent(_) => Some(4),
             Self::InvalidSignature => Some(5),
             Self::FutureMessage => Some(6),
             Self::BadMac => Some(7),
             Self::UnknownSenderKey | Self::Signal(_) => Some(0),
-            Self::NotForUs(_) | Self::Duplicate | Self::Unsupported(_) => None,
+            // No enc at all (Baileys asks the phone for a placeholder resend instead) or only
+            // enc types we do not read (`msmsg`, which Baileys nacks): a resend would not help.
+            Self::NotForUs(_) | Self::Duplicate | Self::Unsupported(_) | Self::NoContent => None,
         }
     }
 

@@ -283,7 +283,12 @@ impl Messenger {
             }
         }
         if !any && out.failure.is_none() {
-            out.failure = Some(UndecryptableReason::NoContent);
+            out.failure = Some(if stanza.encs.is_empty() {
+                UndecryptableReason::NoContent
+            } else {
+                let kinds: Vec<&str> = stanza.encs.iter().map(|e| e.kind.as_str()).collect();
+                UndecryptableReason::Unsupported(format!("enc type {}", kinds.join(",")))
+            });
         }
         out
     }

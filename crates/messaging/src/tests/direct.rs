@@ -514,3 +514,37 @@ fn a_devices_notification_drops_the_cached_device_list() {
     net.send(a, "222@s.whatsapp.net", "three").unwrap();
     assert_eq!(usyncs(&net), 2);
 }
+
+#[test]
+fn unknown_enc_types_and_missing_encs_are_typed_without_retry() {
+    let (mut net, _a, b) = two();
+    let msmsg = Node::new("message")
+        .attr("from", jid("111:1@s.whatsapp.net"))
+        .attr("id", "MS1")
+        .attr("t", "1")
+        .children([Node::new("enc")
+            .attr("v", "2")
+            .attr("type", "msmsg")
+            .bytes(vec![1, 2, 3])]);
+    let empty = Node::new("message")
+        .attr("from", jid("111:1@s.whatsapp.net"))
+        .attr("id", "E1")
+        .attr("t", "1");
+    net.inject(b, msmsg);
+    net.inject(b, empty);
+    net.pump();
+    let reasons: Vec<UndecryptableReason> = net.devices[b]
+        .undecryptable()
+        .iter()
+        .map(|u| u.reason.clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            UndecryptableReason::Unsupported("enc type msmsg".into()),
+            UndecryptableReason::NoContent
+        ]
+    );
+    assert!(net.devices[b].sent_tagged("receipt").is_empty());
+    assert_eq!(net.devices[b].sent_tagged("ack").len(), 2);
+}
