@@ -32,6 +32,7 @@
 mod connection;
 pub mod control;
 mod keys;
+mod messages;
 mod phone;
 pub mod server;
 mod state;
@@ -48,6 +49,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 use wafleet_protocol::adv::AdvError;
+use wafleet_protocol::binary::Node;
 use wafleet_protocol::cert::{CertificateAuthority, ChainSpec};
 use wafleet_protocol::jid::Jid;
 use wafleet_protocol::noise::KeyPair;
@@ -55,6 +57,7 @@ use wafleet_protocol::noise::KeyPair;
 use connection::ServerIdentity;
 use state::{Policy, Shared};
 
+pub use messages::{participant_hash, INBOX_LIMIT, LOW_PREKEYS, QUEUE_LIMIT};
 pub use phone::{PLATFORM, REPLY_TIMEOUT};
 
 /// How long [`Simulator::enter_pairing_code`] waits for the companion's request to reach
@@ -154,6 +157,39 @@ pub struct Counters {
     /// Successful logins per device, over the whole run.
     #[serde(default)]
     pub logins: HashMap<String, u64>,
+    /// Message copies delivered to a device (live, queued or to a phone's inbox).
+    #[serde(default)]
+    pub messages_routed: u64,
+    /// Message copies that found their device offline and waited in its queue.
+    #[serde(default)]
+    pub messages_queued: u64,
+    /// Queued messages a device acknowledged (`<ack class=message>` or a receipt).
+    #[serde(default)]
+    pub messages_acked: u64,
+    /// Addressed JIDs that were no device of the chat's or the sender's account.
+    #[serde(default)]
+    pub messages_refused: u64,
+    /// Receipts routed to a message's sender.
+    #[serde(default)]
+    pub receipts_routed: u64,
+    /// Routed receipts their device acknowledged (`<ack class=receipt>`).
+    #[serde(default)]
+    pub receipts_acked: u64,
+    /// Stanzas sent again (`offline`) at a login because they were not acknowledged.
+    #[serde(default)]
+    pub redelivered: u64,
+    /// Stanzas dropped from a full offline queue.
+    #[serde(default)]
+    pub queue_dropped: u64,
+    /// Low-prekey notifications (`<notification type=encrypt><count/>`) sent.
+    #[serde(default)]
+    pub prekey_low_sent: u64,
+    /// Stanzas waiting for their device's acknowledgement now, per device.
+    #[serde(default)]
+    pub queued_now: HashMap<String, usize>,
+    /// Routed `<enc>` copies by type (`pkmsg`, `msg`, `skmsg`, …).
+    #[serde(default)]
+    pub encs_routed: HashMap<String, u64>,
 }
 
 /// Simulator errors.
@@ -439,6 +475,21 @@ impl Simulator {
             .shared
             .lock()
             .drop_connections(&device.to_string())
+    }
+
+    /// What was delivered to `phone_digits`'s phone (device 0), oldest first: the raw
+    /// `<message>`/`<receipt>` stanzas as the server sent them (the phone does not decrypt
+    /// yet).
+    pub fn phone_inbox(&self, phone_digits: &str) -> Result<Vec<Node>, SimError> {
+        Ok(self
+            .inner
+            .shared
+            .lock()
+            .phone(phone_digits)?
+            .inbox
+            .iter()
+            .cloned()
+            .collect())
     }
 
     /// A snapshot of the counters.
