@@ -5,43 +5,26 @@
 //! `<data dir>/<session>/`, and exits 0 once the session is ready. Run again on a linked
 //! session, it logs in without a QR. With `--json` every event is one JSON line on stdout.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use wafleet_protocol::cert::RootKey;
 use wafleet_session_worker::qr::QrImage;
 use wafleet_session_worker::{
-    Backoff, DriverConfig, DriverEvent, FsSessionStore, ServerConfig, SessionDriver, SessionName,
-    SessionStore,
+    Backoff, DriverConfig, DriverEvent, FsSessionStore, Inbound, SessionDriver, SessionStore,
 };
 
-/// The environment variable naming the data directory.
-pub const DATA_DIR_ENV: &str = "WAFLEET_DATA_DIR";
-/// The data directory when neither `--data-dir` nor the environment names one.
-pub const DEFAULT_DATA_DIR: &str = "./wafleet-data";
+use crate::connect::{self, ConnectArgs};
 
 /// Arguments of `wafleet link`.
 #[derive(Debug, Args)]
 pub struct LinkArgs {
-    /// The session's name (its directory under the data directory).
-    #[arg(long)]
-    session: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Link with a pairing code for this phone number (international digits, e.g.
     /// 4915112345678) instead of scanning the QR.
     #[arg(long)]
     phone: Option<String>,
-    /// Where sessions are stored [default: $WAFLEET_DATA_DIR or ./wafleet-data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Another server than WhatsApp (e.g. `ws://127.0.0.1:PORT/ws/chat` of `wafleet sim`);
-    /// needs --root-key.
-    #[arg(long, requires = "root_key")]
-    server: Option<String>,
-    /// The server's certificate root public key, 64 hex digits; needs --server.
-    #[arg(long, requires = "server")]
-    root_key: Option<String>,
     /// Print each event as one JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -56,50 +39,29 @@ pub struct LinkArgs {
     backoff_base_ms: Option<u64>,
 }
 
-pub(crate) fn parse_root_key(hex_key: &str) -> Result<RootKey, String> {
-    let bytes = hex::decode(hex_key.trim())
-        .map_err(|e| format!("--root-key must be 64 hex digits: {e}"))?;
-    let key: [u8; 32] = bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("--root-key must be 32 bytes, got {}", b.len()))?;
-    Ok(RootKey::custom(key))
-}
-
-fn init_logging() {
-    // WAFLEET_LOG=debug|info|warn|error; warnings by default. Logs go to stderr.
-    let level = std::env::var("WAFLEET_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::WARN);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+/// The reconnect backoff of a foreground command: `base_ms` (testing) or the default.
+pub(crate) fn backoff(base_ms: Option<u64>) -> Backoff {
+    match base_ms {
+        Some(base) => Backoff {
+            base: Duration::from_millis(base),
+            max: Duration::from_millis(base.saturating_mul(16)),
+        },
+        None => Backoff::default(),
+    }
 }
 
 /// Runs `wafleet link`.
 pub fn run(args: LinkArgs) -> Result<(), String> {
-    init_logging();
-    let name = SessionName::parse(&args.session).map_err(|e| e.to_string())?;
-    let server = match (&args.server, &args.root_key) {
-        (Some(url), Some(key)) => ServerConfig {
-            url: url.clone(),
-            root: parse_root_key(key)?,
-        },
-        (None, None) => ServerConfig::default(),
-        _ => return Err("--server and --root-key go together".into()),
-    };
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| std::env::var_os(DATA_DIR_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    connect::init_logging();
+    let target = args.connect.target()?;
     let mut config = DriverConfig {
-        label: name.to_string(),
-        server,
+        label: target.name.to_string(),
+        server: target.server,
         phone: args.phone.clone(),
         max_consecutive_failures: Some(5),
+        backoff: backoff(args.backoff_base_ms),
+        // Messages wait on the server for `wafleet listen`.
+        inbound: Inbound::Leave,
         ..DriverConfig::default()
     };
     if let Some(ttl) = args.first_qr_ttl_ms {
@@ -108,18 +70,7 @@ pub fn run(args: LinkArgs) -> Result<(), String> {
     if let Some(ttl) = args.next_qr_ttl_ms {
         config.session.next_qr_ttl_ms = ttl;
     }
-    if let Some(base) = args.backoff_base_ms {
-        config.backoff = Backoff {
-            base: Duration::from_millis(base),
-            max: Duration::from_millis(base.saturating_mul(16)),
-        };
-    }
-    let store = Arc::new(FsSessionStore::new(data_dir, &name));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(link(config, store, &args))
+    connect::runtime()?.block_on(link(config, target.store, &args))
 }
 
 async fn link(
@@ -234,6 +185,10 @@ fn print_human(event: &DriverEvent, show_qr: bool) {
                 )
             }
         }
-        DriverEvent::Failed { .. } => {}
+        DriverEvent::Failed { .. }
+        | DriverEvent::Message(_)
+        | DriverEvent::Receipt(_)
+        | DriverEvent::Undecryptable(_)
+        | DriverEvent::MessageSent(_) => {}
     }
 }

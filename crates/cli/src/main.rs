@@ -8,6 +8,9 @@
 //! - `wafleet demo`: the fleet demo on real services ([`fleet_demo`]); `--local`: the
 //!   simulator and the driver alone ([`demo`]).
 //! - `wafleet link`: links one session in the foreground ([`link`]).
+//! - `wafleet listen`: prints a linked session's inbound messages ([`listen`]).
+//! - `wafleet send`: sends one text from a linked session ([`send`]); typed exit codes
+//!   ([`exit`]).
 //! - `wafleet sim`: the WhatsApp simulator on loopback ([`sim`]).
 //! - `wafleet coordinator`: the auth-coordinator, with the flags of `wafleet-coordinator`
 //!   (`wafleet_auth_coordinator::cli`); `wafleet coordinator --help` lists them.
@@ -17,10 +20,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod connect;
 mod demo;
+mod exit;
 mod fleet_demo;
 mod link;
+mod listen;
 mod node;
+mod send;
 mod sim;
 mod worker;
 
@@ -41,6 +48,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Link a session (QR or pairing code) and log it in, in the foreground.
     Link(link::LinkArgs),
+    /// Log a linked session in and print each inbound message, receipt and undecryptable
+    /// message (JSON lines with --json) until Ctrl-C. Never links.
+    Listen(listen::ListenArgs),
+    /// Send a text from a linked session; prints the message id once the server acked it.
+    Send(send::SendArgs),
     /// Run the WhatsApp simulator (server and phones) on loopback until Ctrl-C.
     Sim(sim::SimArgs),
     /// Run a fleet session worker: leases from the coordinator over NATS, blobs in S3.
@@ -66,22 +78,24 @@ struct CoordinatorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: Result<(), exit::Failure> = match cli.command {
         Command::Coordinator(args) => {
             return wafleet_auth_coordinator::cli::main_with_args("wafleet coordinator", args.args)
         }
-        Command::Node(command) => node::run(command),
-        Command::Demo(args) => demo::run(args),
-        Command::Link(args) => link::run(args),
-        Command::Sim(args) => sim::run(args),
-        Command::Worker(args) => worker::run(args),
+        Command::Node(command) => node::run(command).map_err(Into::into),
+        Command::Demo(args) => demo::run(args).map_err(Into::into),
+        Command::Link(args) => link::run(args).map_err(Into::into),
+        Command::Listen(args) => listen::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Sim(args) => sim::run(args).map_err(Into::into),
+        Command::Worker(args) => worker::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(failure) => {
             // One line, whatever the underlying error's Display does.
-            eprintln!("error: {}", message.replace('\n', " "));
-            ExitCode::FAILURE
+            eprintln!("error: {}", failure.message.replace('\n', " "));
+            failure.exit_code()
         }
     }
 }

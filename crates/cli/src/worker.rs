@@ -16,7 +16,7 @@ use wafleet_bus_schema::WorkerId;
 use wafleet_session_worker::fleet::{self, BlobBackend, ServeOptions, WorkerConfig};
 use wafleet_session_worker::ServerConfig;
 
-use crate::link::parse_root_key;
+use crate::connect::parse_root_key;
 
 /// `wafleet worker …`
 #[derive(Debug, Args)]

@@ -21,7 +21,20 @@
 //! [`LOGOUT_TIMEOUT`]), marks the store logged out and ends the driver with `logged_out`.
 //! Commands are handled between the loop's other steps, so the ordering above (persist,
 //! then send) holds for them too.
+//!
+//! Once logged in, each connection also has a [`Messenger`] (`wafleet_messaging`): every
+//! inbound node goes to it first, and what it does not take (anything but messages,
+//! receipts, its own iq results and acks, encrypt/group notifications) goes to the
+//! [`Session`]. The pump handles the events of both before it sends the transmits of
+//! both: on [`MessengerEvent::StateChanged`] the whole [`StoredSession`] (identity,
+//! prekeys, Signal state) is saved, and a failed save ends the driver with
+//! `storage_error` before anything queued after it is sent. An inbound message goes to
+//! the [`Inbound`] destination (an [`InboundSink`] the driver awaits, or the event
+//! channel) and only then is its `<ack>` and delivery receipt queued
+//! ([`Messenger::delivered`]). [`DriverControl::send_text`] sends a text and answers once
+//! the server acked it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +50,9 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Request};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
+use wafleet_messaging::{Keys, Messenger, MessengerConfig, MessengerEvent, Outgoing, SendError};
 use wafleet_protocol::adv::AdvError;
+use wafleet_protocol::binary::Node;
 use wafleet_protocol::binary::{decode, encode};
 use wafleet_protocol::cert::RootKey;
 use wafleet_protocol::client::{
@@ -47,7 +62,11 @@ use wafleet_protocol::noise::{ClientConfig, ClientConnection, ClientEvent};
 use wafleet_protocol::pairing_code::{PhoneNumber, PhoneNumberError};
 
 use crate::backoff::Backoff;
-use crate::event::{reason_code, reason_detail, DriverEvent, Secret};
+use crate::event::{
+    reason_code, reason_detail, DriverEvent, MessageEvent, ReceiptEvent, Secret, SentEvent,
+    UndecryptableEvent,
+};
+use crate::recipient::{InvalidRecipient, Recipient};
 use crate::store::{SessionStore, StoreError, StoredSession};
 
 /// WhatsApp's WebSocket endpoint, the default server.
@@ -62,6 +81,10 @@ const MAX_QR_SOCKETS: u32 = 3;
 
 /// How long [`DriverControl::logout`] waits for the server's answer to the logout.
 pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`DriverControl::send_text`] waits for the server's ack by default
+/// ([`DriverConfig::send_timeout`]).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Commands queued for the connection loop before it takes them.
 const COMMAND_QUEUE: usize = 16;
@@ -114,7 +137,55 @@ pub struct DriverConfig {
     /// the driver with `lease_lost` instead of connecting. A fleet worker passes its lease
     /// check, so no socket is ever opened without a live lease.
     pub may_connect: Option<ConnectGate>,
+    /// Where inbound messages, receipts and undecryptable messages go before they are
+    /// acked ([`Inbound::Events`] by default).
+    pub inbound: Inbound,
+    /// How long [`DriverControl::send_text`] waits for the server's ack
+    /// ([`SEND_TIMEOUT`]).
+    pub send_timeout: Duration,
 }
+
+/// Where a driver hands inbound messages before it acks them to the server.
+#[derive(Clone, Default)]
+pub enum Inbound {
+    /// As [`DriverEvent`]s on the event channel ([`SessionDriver::next_event`]); acked
+    /// once queued there.
+    #[default]
+    Events,
+    /// To this sink; acked once [`InboundSink::deliver`] returned `Ok`. A failed delivery
+    /// ends the connection without the ack (the server delivers the message again on the
+    /// next one); the driver reconnects after the backoff.
+    Sink(Arc<dyn InboundSink>),
+    /// Not taken: inbound `<message>` and `<receipt>` stanzas are neither decrypted nor
+    /// acked, so the server keeps them for a later connection (`wafleet send`, `wafleet
+    /// link`: they must not swallow what `wafleet listen` would print).
+    Leave,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Inbound::Events => "Inbound::Events",
+            Inbound::Sink(_) => "Inbound::Sink(…)",
+            Inbound::Leave => "Inbound::Leave",
+        })
+    }
+}
+
+/// Takes inbound messaging events ([`DriverEvent::Message`], [`DriverEvent::Undecryptable`],
+/// [`DriverEvent::Receipt`]) and makes them durable downstream (printed and flushed, published
+/// with a broker ack, …) before the driver acks them to the server.
+#[async_trait::async_trait]
+pub trait InboundSink: Send + Sync {
+    /// Delivers one event; `Ok` once it is durable. The driver waits for it: nothing else
+    /// of that connection happens meanwhile.
+    async fn deliver(&self, event: &DriverEvent) -> Result<(), SinkError>;
+}
+
+/// A sink could not take an event (it stays un-acked on the server).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("inbound sink: {0}")]
+pub struct SinkError(pub String);
 
 /// A check the driver makes before it opens a socket (see [`DriverConfig::may_connect`]).
 #[derive(Clone)]
@@ -149,6 +220,8 @@ impl Default for DriverConfig {
             handshake_timeout: Duration::from_secs(20),
             max_consecutive_failures: None,
             may_connect: None,
+            inbound: Inbound::Events,
+            send_timeout: SEND_TIMEOUT,
         }
     }
 }
@@ -208,6 +281,17 @@ pub struct PairingCodeIssued {
     pub expires_at: u64,
 }
 
+/// A message the server accepted ([`DriverControl::send_text`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// The message id (WhatsApp's `3EB0…` format).
+    pub id: String,
+    /// The recipient (user or group JID).
+    pub chat: String,
+    /// The server's time of the message (unix ms), when its ack gave one.
+    pub server_timestamp: Option<u64>,
+}
+
 /// Why a [`DriverControl`] command was refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -234,10 +318,21 @@ pub enum ControlError {
     /// The server refused the logout; the session stays logged in.
     #[error("logout refused by the server: {0}")]
     LogoutFailed(String),
-    /// The server did not answer the logout within [`LOGOUT_TIMEOUT`]. The session stays
-    /// up; a late confirmation still logs out and ends the driver.
-    #[error("no answer to the logout within {}s", LOGOUT_TIMEOUT.as_secs())]
+    /// The server did not answer in time: a logout within [`LOGOUT_TIMEOUT`] (the session
+    /// stays up; a late confirmation still logs out and ends the driver), or a sent message
+    /// within [`DriverConfig::send_timeout`] (it may still arrive).
+    #[error("the server did not answer in time")]
     Timeout,
+    /// The recipient is not E.164 digits, a user JID or a group JID (checked before
+    /// anything is sent).
+    #[error(transparent)]
+    InvalidRecipient(#[from] InvalidRecipient),
+    /// The recipient has no WhatsApp account (no devices).
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    /// The message could not be sent (encryption, a server error); nothing was acked.
+    #[error("send failed: {0}")]
+    SendFailed(String),
     /// The connection ended before the answer came.
     #[error("the connection ended before the server answered")]
     ConnectionLost,
@@ -258,6 +353,11 @@ enum Command {
     },
     Logout {
         reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    SendText {
+        to: Recipient,
+        text: String,
+        reply: oneshot::Sender<Result<SentMessage, ControlError>>,
     },
 }
 
@@ -299,6 +399,25 @@ impl DriverControl {
     pub async fn logout(&self) -> Result<(), ControlError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Logout { reply }).await?;
+        answer.await.map_err(|_| ControlError::Ended)?
+    }
+
+    /// Sends `text` to `to`: E.164 digits (`+` and separators allowed) for that number's
+    /// account, a user JID (`…@s.whatsapp.net`, `…@lid`) or a group JID (`…@g.us`).
+    /// Returns once the server acked the message. [`ControlError::InvalidRecipient`]
+    /// before anything is sent; [`ControlError::NotConnected`] unless logged in on a live
+    /// connection now; [`ControlError::NoSuchUser`], [`ControlError::Timeout`] (no ack
+    /// within [`DriverConfig::send_timeout`]), [`ControlError::ConnectionLost`] (the
+    /// connection ended before the ack: the message may or may not have gone out).
+    pub async fn send_text(&self, to: &str, text: &str) -> Result<SentMessage, ControlError> {
+        let to = Recipient::parse(to)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SendText {
+            to,
+            text: text.to_owned(),
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| ControlError::Ended)?
     }
 
@@ -355,6 +474,9 @@ impl SessionDriver {
             after_send: Vec::new(),
             link_code: None,
             logout: None,
+            messenger: None,
+            sends: HashMap::new(),
+            unsaved: false,
         };
         let task = tokio::spawn(runner.run());
         Ok(SessionDriver {
@@ -500,6 +622,15 @@ struct LinkCodeState {
     waiters: Vec<oneshot::Sender<Result<PairingCodeIssued, ControlError>>>,
 }
 
+/// A message sent on the current connection and not acked by the server yet.
+struct PendingSend {
+    /// The recipient.
+    chat: String,
+    /// When the caller gets [`ControlError::Timeout`].
+    deadline: tokio::time::Instant,
+    reply: oneshot::Sender<Result<SentMessage, ControlError>>,
+}
+
 /// A logout sent on the current connection and not answered yet.
 struct LogoutState {
     /// When the waiters get [`ControlError::Timeout`] (`None`: nobody waits).
@@ -542,6 +673,13 @@ struct Runner {
     link_code: Option<LinkCodeState>,
     /// The logout of this connection awaiting the server, if any.
     logout: Option<LogoutState>,
+    /// The messenger of this connection, from the login (`<success>`) on.
+    messenger: Option<Messenger>,
+    /// Messages sent on this connection awaiting the server's ack, by id.
+    sends: HashMap<String, PendingSend>,
+    /// The stored session changed (Signal state, prekeys) and is not saved yet: nothing
+    /// may be sent before it is.
+    unsaved: bool,
 }
 
 impl Runner {
@@ -585,6 +723,7 @@ impl Runner {
             self.after_send.clear();
             self.link_code = None;
             self.logout = None;
+            self.messenger = None;
             let outcome = match self.connection().await {
                 // The server closed the socket while the last QR was up: the refs ran out
                 // on its clock before ours.
@@ -683,6 +822,9 @@ impl Runner {
             Command::Logout { reply } => {
                 let _ = reply.send(Err(self.not_logged_in()));
             }
+            Command::SendText { reply, .. } => {
+                let _ = reply.send(Err(self.not_logged_in()));
+            }
         }
     }
 
@@ -722,6 +864,73 @@ impl Runner {
                     let _ = reply.send(Err(self.not_logged_in()));
                 }
             },
+            Command::SendText { to, text, reply } => self.send_text(to, text, reply),
+        }
+    }
+
+    /// Starts a send on the messenger; the answer comes with its `Sent` / `SendFailed`.
+    fn send_text(
+        &mut self,
+        to: Recipient,
+        text: String,
+        reply: oneshot::Sender<Result<SentMessage, ControlError>>,
+    ) {
+        let Some(messenger) = &mut self.messenger else {
+            let _ = reply.send(Err(self.not_logged_in()));
+            return;
+        };
+        let chat = to.jid().to_string();
+        let mut keys = Keys {
+            identity: &self.stored.identity,
+            pre_keys: &mut self.stored.pre_keys,
+            signal: &mut self.stored.signal,
+        };
+        match messenger.send(
+            to.into_jid(),
+            Outgoing::text(text),
+            &mut keys,
+            unix_ms(),
+            &mut self.rng,
+        ) {
+            Ok(id) => {
+                debug!(session = %self.config.label, %id, %chat, "sending a text");
+                self.sends.insert(
+                    id,
+                    PendingSend {
+                        chat,
+                        // A backstop: the messenger fails the send at `send_timeout` itself.
+                        deadline: tokio::time::Instant::now()
+                            + self.config.send_timeout
+                            + Duration::from_secs(1),
+                        reply,
+                    },
+                );
+            }
+            Err(e) => {
+                warn!(session = %self.config.label, %chat, error = %e, "send refused");
+                let _ = reply.send(Err(send_error(e, &chat)));
+            }
+        }
+    }
+
+    /// The earliest deadline of a pending send.
+    fn send_deadline(&self) -> Option<tokio::time::Instant> {
+        self.sends.values().map(|s| s.deadline).min()
+    }
+
+    fn check_send_deadlines(&mut self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<String> = self
+            .sends
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(send) = self.sends.remove(&id) {
+                warn!(session = %self.config.label, %id, chat = %send.chat, "no server ack in time");
+                let _ = send.reply.send(Err(ControlError::Timeout));
+            }
         }
     }
 
@@ -787,6 +996,13 @@ impl Runner {
         if let Some(logout) = &mut self.logout {
             logout.answer(Err(ControlError::ConnectionLost));
         }
+        for (_, send) in self.sends.drain() {
+            let _ = send.reply.send(Err(ControlError::ConnectionLost));
+        }
+        if let Some(mut messenger) = self.messenger.take() {
+            // Its waiting sends were answered above; un-acked inbound messages come again.
+            messenger.shutdown();
+        }
     }
 
     /// When the logout waiters time out, if anyone waits.
@@ -830,14 +1046,21 @@ impl Runner {
                 if let Some(outcome) = self.pump(&mut ws, &mut conn, &mut session).await {
                     break 'run outcome;
                 }
-                let logout_left = self
-                    .logout_deadline()
-                    .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                let sleep = session
-                    .poll_timeout()
-                    .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())))
+                let now = tokio::time::Instant::now();
+                let deadlines = [self.logout_deadline(), self.send_deadline()]
                     .into_iter()
-                    .chain(logout_left)
+                    .flatten()
+                    .map(|d| d.saturating_duration_since(now));
+                let protocol_timers = [
+                    session.poll_timeout(),
+                    self.messenger.as_ref().and_then(Messenger::poll_timeout),
+                ];
+                let now_ms = unix_ms();
+                let sleep = protocol_timers
+                    .into_iter()
+                    .flatten()
+                    .map(|at| Duration::from_millis(at.saturating_sub(now_ms)))
+                    .chain(deadlines)
                     .min();
                 tokio::select! {
                     _ = stopped(&mut stop) => {
@@ -846,8 +1069,13 @@ impl Runner {
                     }
                     Some(command) = self.commands.recv() => self.on_command(command, &mut session),
                     _ = sleep_for(sleep) => {
-                        session.handle_timeout(unix_ms(), &mut self.rng);
+                        let now = unix_ms();
+                        session.handle_timeout(now, &mut self.rng);
+                        if let Some(messenger) = &mut self.messenger {
+                            messenger.handle_timeout(now);
+                        }
                         self.check_logout_deadline();
+                        self.check_send_deadlines();
                     }
                     message = ws.next() => match message {
                         Some(Ok(Message::Binary(bytes))) => {
@@ -954,35 +1182,78 @@ impl Runner {
         Ok((ws, conn, session, frames))
     }
 
-    /// Decodes frames and hands the nodes to the session. A frame that does not decode is
-    /// logged and skipped (the connection's cipher state is intact).
+    /// Decodes frames and routes the nodes ([`Runner::route`]). A frame that does not
+    /// decode is logged and skipped (the connection's cipher state is intact).
     ///
     /// While a pairing code is in play the phone's `primary_hello` costs a PBKDF2 derivation
     /// (131,072 rounds): those frames are handled off the runtime's other tasks, as the code
     /// request is, so one session's linking never stalls the worker's other sessions and
     /// heartbeats.
     fn handle_frames(&mut self, session: &mut Session, frames: Vec<Vec<u8>>) {
-        let label = &self.config.label;
-        let rng = &mut self.rng;
+        let heavy = self.link_code.is_some();
         let handle = || {
             for frame in frames {
                 match decode(&frame) {
-                    Ok(node) => session.handle_node(node, unix_ms(), rng),
+                    Ok(node) => self.route(node, session),
                     Err(e) => {
-                        warn!(session = %label, error = %e, len = frame.len(), "skipping an undecodable server node")
+                        warn!(session = %self.config.label, error = %e, len = frame.len(), "skipping an undecodable server node")
                     }
                 }
             }
         };
-        if self.link_code.is_some() {
+        if heavy {
             cpu_heavy(handle)
         } else {
             handle()
         }
     }
 
-    /// Handles the session's events (persisting first), then sends what it transmits;
-    /// repeats until both are empty. Returns the connection's end, if reached.
+    /// One server node: to the messenger first (once logged in), what it hands back to the
+    /// session. The messenger is made when the session handles `<success>`, so no message
+    /// after the login reaches the session (which would ack it unread).
+    fn route(&mut self, node: Node, session: &mut Session) {
+        let now = unix_ms();
+        if matches!(self.config.inbound, Inbound::Leave)
+            && matches!(&*node.tag, "message" | "receipt")
+        {
+            debug!(session = %self.config.label, tag = %node.tag, "inbound stanza left on the server");
+            return;
+        }
+        let node = match &mut self.messenger {
+            Some(messenger) => {
+                let mut keys = Keys {
+                    identity: &self.stored.identity,
+                    pre_keys: &mut self.stored.pre_keys,
+                    signal: &mut self.stored.signal,
+                };
+                match messenger.handle_node(node, &mut keys, now, &mut self.rng) {
+                    Some(rest) => rest,
+                    None => return,
+                }
+            }
+            None => node,
+        };
+        let login = node.tag == "success";
+        session.handle_node(node, now, &mut self.rng);
+        if login && self.messenger.is_none() && !session.is_closed() {
+            if let Some(jid) = session.identity().jid() {
+                let config = MessengerConfig {
+                    send_timeout_ms: u64::try_from(self.config.send_timeout.as_millis())
+                        .unwrap_or(u64::MAX),
+                    ..MessengerConfig::default()
+                };
+                self.messenger = Some(Messenger::with_config(
+                    jid,
+                    session.identity().lid(),
+                    config,
+                ));
+            }
+        }
+    }
+
+    /// Handles the events of the session and the messenger (persisting first, delivering
+    /// inbound messages), saves the stored session if it changed, then sends what both
+    /// transmit; repeats until nothing is left. Returns the connection's end, if reached.
     async fn pump(
         &mut self,
         ws: &mut Ws,
@@ -1004,7 +1275,26 @@ impl Runner {
                     Err(fatal) => return Some(fatal),
                 }
             }
-            while let Some(node) = session.poll_transmit() {
+            while let Some(event) = self.messenger.as_mut().and_then(Messenger::poll_event) {
+                progressed = true;
+                if let Err(outcome) = self.on_messenger_event(event).await {
+                    // Not persisted or not delivered: nothing queued after it may be sent.
+                    return Some(outcome);
+                }
+            }
+            if self.unsaved {
+                if let Err(fatal) = self.save().await {
+                    return Some(fatal);
+                }
+            }
+            loop {
+                let node = match session.poll_transmit() {
+                    Some(node) => node,
+                    None => match self.messenger.as_mut().and_then(Messenger::poll_transmit) {
+                        Some(node) => node,
+                        None => break,
+                    },
+                };
                 progressed = true;
                 let bytes = match encode(&node) {
                     Ok(bytes) => bytes,
@@ -1048,12 +1338,119 @@ impl Runner {
         }
     }
 
+    /// Hands an inbound messaging event to its destination ([`DriverConfig::inbound`]).
+    /// `Err` ends the connection: the event was not taken, so it must not be acked.
+    async fn deliver(&self, event: DriverEvent) -> Result<(), Outcome> {
+        match &self.config.inbound {
+            Inbound::Sink(sink) => sink.deliver(&event).await.map_err(|e| {
+                warn!(session = %self.config.label, error = %e, "inbound sink failed; reconnecting without the ack");
+                Outcome::Lost {
+                    reason: "sink_error",
+                    detail: e.to_string(),
+                }
+            }),
+            Inbound::Events | Inbound::Leave => {
+                self.emit(event);
+                Ok(())
+            }
+        }
+    }
+
+    /// One messenger event. `Err` ends the connection (or, for a failed save, the driver).
+    async fn on_messenger_event(&mut self, event: MessengerEvent) -> Result<(), Outcome> {
+        match event {
+            MessengerEvent::StateChanged => {
+                // Saved once the events drained, before any transmit (see `pump`).
+                self.unsaved = true;
+            }
+            MessengerEvent::Message(message) => {
+                let event = MessageEvent {
+                    push_name: message.push_name.clone(),
+                    ..MessageEvent::new(
+                        message.id.clone(),
+                        message.chat.to_string(),
+                        message.sender.to_non_ad().to_string(),
+                        message.from_me,
+                        message.timestamp.saturating_mul(1000),
+                        &message.content,
+                    )
+                };
+                debug!(session = %self.config.label, id = %message.id, chat = %event.chat, kind = %event.kind, redelivered = message.redelivered, "message");
+                self.deliver(DriverEvent::Message(event)).await?;
+                if let Some(messenger) = &mut self.messenger {
+                    messenger.delivered(&message.key);
+                }
+            }
+            MessengerEvent::Undecryptable(failed) => {
+                warn!(session = %self.config.label, id = %failed.id, sender = %failed.sender, reason = failed.reason.name(), "undecryptable message");
+                let event = UndecryptableEvent {
+                    id: failed.id.clone(),
+                    chat: failed.chat.to_string(),
+                    sender: failed.sender.to_non_ad().to_string(),
+                    from_me: failed.from_me,
+                    timestamp: failed.timestamp.saturating_mul(1000),
+                    reason: failed.reason.name().to_owned(),
+                };
+                self.deliver(DriverEvent::Undecryptable(event)).await?;
+                if let Some(messenger) = &mut self.messenger {
+                    messenger.delivered(&failed.key);
+                }
+            }
+            MessengerEvent::Receipt(receipt) => {
+                for id in &receipt.ids {
+                    let event = ReceiptEvent {
+                        id: id.clone(),
+                        chat: receipt.chat.to_string(),
+                        sender: receipt.sender.to_non_ad().to_string(),
+                        kind: receipt.kind.name().to_owned(),
+                        timestamp: receipt.timestamp.unwrap_or(0).saturating_mul(1000),
+                    };
+                    self.deliver(DriverEvent::Receipt(event)).await?;
+                }
+            }
+            MessengerEvent::Sent {
+                id,
+                server_timestamp,
+            } => {
+                let server_timestamp = server_timestamp.map(|t| t.saturating_mul(1000));
+                let chat = self
+                    .sends
+                    .get(&id)
+                    .map(|s| s.chat.clone())
+                    .unwrap_or_default();
+                debug!(session = %self.config.label, %id, %chat, "server acked a sent message");
+                if let Some(send) = self.sends.remove(&id) {
+                    let _ = send.reply.send(Ok(SentMessage {
+                        id: id.clone(),
+                        chat: chat.clone(),
+                        server_timestamp,
+                    }));
+                }
+                self.emit(DriverEvent::MessageSent(SentEvent {
+                    id,
+                    chat,
+                    timestamp: server_timestamp,
+                }));
+            }
+            MessengerEvent::SendFailed { id, error } => {
+                warn!(session = %self.config.label, %id, %error, "send failed");
+                if let Some(send) = self.sends.remove(&id) {
+                    let _ = send.reply.send(Err(send_error(error, &send.chat)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn save(&mut self) -> Result<(), Outcome> {
         let store = Arc::clone(&self.store);
         let snapshot = self.stored.clone();
         let result = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.unsaved = false;
+                Ok(())
+            }
             Ok(Err(e)) => Err(Outcome::Fatal {
                 reason: "storage_error",
                 detail: e.to_string(),
@@ -1205,6 +1602,20 @@ impl Runner {
             Event::Disconnected(reason) => return Ok(Some(Outcome::Closed(reason))),
         }
         Ok(None)
+    }
+}
+
+/// The control error of a failed send.
+fn send_error(error: SendError, chat: &str) -> ControlError {
+    match error {
+        SendError::InvalidRecipient(reason) => ControlError::InvalidRecipient(InvalidRecipient {
+            input: chat.to_owned(),
+            reason,
+        }),
+        SendError::NoSuchUser(user) => ControlError::NoSuchUser(user),
+        SendError::Timeout => ControlError::Timeout,
+        SendError::Disconnected => ControlError::ConnectionLost,
+        other => ControlError::SendFailed(other.to_string()),
     }
 }
 

@@ -3,9 +3,11 @@
 //! - [`driver`]: one session over a WebSocket: Noise, the linking/login state machine,
 //!   timers on the wall clock, reconnects with backoff, persistence before acting, and
 //!   [`DriverEvent`]s for the caller; [`DriverControl`] commands a running driver
-//!   (pairing code, logout).
-//! - [`store`]: where a session's identity and prekeys live ([`SessionStore`]), with the
-//!   local filesystem implementation ([`FsSessionStore`]).
+//!   (pairing code, logout, send a text). Messages go through a `wafleet_messaging`
+//!   messenger; inbound ones reach an [`InboundSink`] before they are acked.
+//! - [`store`]: where a session's identity, prekeys and Signal state live
+//!   ([`SessionStore`]), with the local filesystem implementation ([`FsSessionStore`]).
+//! - [`recipient`]: the recipient of a sent message, parsed ([`Recipient`]).
 //! - [`qr`]: the linking QR as terminal half-blocks, PNG bytes or a `data:` URL.
 //! - [`backoff`]: jittered exponential reconnect delays.
 //!
@@ -17,12 +19,15 @@ pub mod driver;
 pub mod event;
 pub mod fleet;
 pub mod qr;
+pub mod recipient;
 pub mod store;
 
 pub use backoff::Backoff;
 pub use driver::{
-    ControlError, DriverConfig, DriverControl, DriverError, DriverExit, PairingCodeIssued,
-    ServerConfig, SessionDriver, LOGOUT_TIMEOUT,
+    ControlError, DriverConfig, DriverControl, DriverError, DriverExit, Inbound, InboundSink,
+    PairingCodeIssued, SentMessage, ServerConfig, SessionDriver, SinkError, LOGOUT_TIMEOUT,
+    SEND_TIMEOUT,
 };
-pub use event::{DriverEvent, Secret};
+pub use event::{DriverEvent, MessageEvent, ReceiptEvent, Secret, SentEvent, UndecryptableEvent};
+pub use recipient::{InvalidRecipient, Recipient};
 pub use store::{FsSessionStore, SessionName, SessionStore, StoreError, StoredSession};

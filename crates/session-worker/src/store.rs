@@ -1,4 +1,4 @@
-//! Where a session's identity and one-time prekeys live between connections.
+//! Where a session's identity, one-time prekeys and Signal state live between connections.
 //!
 //! [`SessionStore`] is what the driver needs; [`FsSessionStore`] keeps one directory per
 //! session name under a data directory, with one JSON file (`session.json`) written
@@ -12,6 +12,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use wafleet_messaging::SignalState;
 use wafleet_protocol::client::{DeviceIdentity, PreKey};
 
 /// The file format version written by this code.
@@ -24,7 +25,7 @@ pub const SESSION_FILE: &str = "session.json";
 pub const LOGGED_OUT_FILE: &str = "session.logged-out.json";
 
 /// Everything stored for one session.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSession {
     /// The file format version ([`FORMAT_VERSION`]).
     pub version: u32,
@@ -32,6 +33,11 @@ pub struct StoredSession {
     pub identity: DeviceIdentity,
     /// The one-time prekeys generated and not yet known to be consumed.
     pub pre_keys: Vec<PreKey>,
+    /// Signal sessions, remote identities, sender keys, device lists and the recent
+    /// messages kept for redelivery and retries. Empty in files written before messaging
+    /// (they load as they are).
+    #[serde(default)]
+    pub signal: SignalState,
 }
 
 impl std::fmt::Debug for StoredSession {
@@ -40,6 +46,7 @@ impl std::fmt::Debug for StoredSession {
             .field("version", &self.version)
             .field("identity", &self.identity)
             .field("pre_keys", &self.pre_keys.len())
+            .field("signal", &self.signal)
             .finish()
     }
 }
@@ -51,6 +58,7 @@ impl StoredSession {
             version: FORMAT_VERSION,
             identity,
             pre_keys: Vec::new(),
+            signal: SignalState::default(),
         }
     }
 }
@@ -288,6 +296,23 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, [SESSION_FILE]);
+    }
+
+    #[test]
+    fn a_file_written_before_messaging_loads_with_an_empty_signal_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let s = session(3);
+        store.save(&s).unwrap();
+        // The same file without the `signal` field, as builds before messaging wrote it.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
+        assert!(json["signal"].is_object(), "{json}");
+        json.as_object_mut().unwrap().remove("signal");
+        fs::write(store.path(), serde_json::to_vec(&json).unwrap()).unwrap();
+        let loaded = store.load().unwrap().unwrap();
+        assert_eq!(loaded.signal, SignalState::default());
+        assert_eq!(loaded, s);
     }
 
     #[test]

@@ -266,6 +266,20 @@ impl Run {
             DriverEvent::PreKeysUploaded { count } => {
                 debug!(session = %self.address, count, "prekeys saved and uploaded")
             }
+            // Messages are not on the bus yet (issue 13): the driver acks them once they
+            // are taken from its event channel.
+            DriverEvent::Message(m) => {
+                debug!(session = %self.address, id = %m.id, kind = %m.kind, "message")
+            }
+            DriverEvent::Receipt(r) => {
+                debug!(session = %self.address, id = %r.id, kind = %r.kind, "receipt")
+            }
+            DriverEvent::Undecryptable(u) => {
+                debug!(session = %self.address, id = %u.id, reason = %u.reason, "undecryptable message")
+            }
+            DriverEvent::MessageSent(sent) => {
+                debug!(session = %self.address, id = %sent.id, "message sent")
+            }
             DriverEvent::Disconnected {
                 reason,
                 will_reconnect,
@@ -414,6 +428,9 @@ enum CommandStep {
 fn control_error_code(e: &ControlError) -> ErrorCode {
     match e {
         ControlError::InvalidPhone(_) => ErrorCode::InvalidPhone,
+        ControlError::InvalidRecipient(_) | ControlError::NoSuchUser(_) => {
+            ErrorCode::MalformedCommand
+        }
         ControlError::NotLinking
         | ControlError::PairingCodeForOtherPhone
         | ControlError::NotLoggedIn
@@ -421,6 +438,7 @@ fn control_error_code(e: &ControlError) -> ErrorCode {
         ControlError::PairingCodeFailed(_)
         | ControlError::LogoutFailed(_)
         | ControlError::Timeout
+        | ControlError::SendFailed(_)
         | ControlError::ConnectionLost
         | ControlError::Ended => ErrorCode::Unavailable,
         ControlError::Storage(_) => ErrorCode::Internal,

@@ -523,6 +523,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_written_before_messaging_opens_with_an_empty_signal_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vault = vault(tmp.path(), 1);
+        let s = session();
+        let mut plaintext = serde_json::to_value(BlobState {
+            format: BLOB_FORMAT,
+            session: Some(s.clone()),
+        })
+        .unwrap();
+        assert!(plaintext["session"]["signal"].is_object());
+        plaintext["session"]
+            .as_object_mut()
+            .unwrap()
+            .remove("signal");
+        vault
+            .save(
+                &id(),
+                2,
+                &serde_json::to_vec(&plaintext).unwrap(),
+                &SaveCondition::CreateOnly,
+            )
+            .await
+            .unwrap();
+        let store = open(&vault, 3, fence(3), clock(10_000)).await.unwrap();
+        let loaded = store.load().unwrap().unwrap();
+        assert_eq!(loaded.signal, wafleet_messaging::SignalState::default());
+        assert_eq!(loaded, s);
+        // Saved again, the blob carries the Signal state.
+        save(&store, &loaded).await.unwrap();
+        let next = open(&vault, 4, fence(4), clock(10_000)).await.unwrap();
+        assert_eq!(next.load().unwrap(), Some(s));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stale_epoch_is_refused_before_anything_is_written() {
         let tmp = tempfile::tempdir().unwrap();
         let vault = vault(tmp.path(), 1);

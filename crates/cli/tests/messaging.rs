@@ -1,0 +1,320 @@
+//! `wafleet listen` and `wafleet send`, run as the built binary against an in-process
+//! simulator: two wafleet sessions linked to two simulated accounts talk to each other.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use wafleet_sim::{SimConfig, Simulator};
+
+const ALICE: &str = "15550000001";
+const BOB: &str = "15550000002";
+const GUARD: Duration = Duration::from_secs(60);
+
+fn command(sim: &Simulator, data_dir: &Path, verb: &str, session: &str, extra: &[&str]) -> Command {
+    let root = hex::encode(sim.root_public_key());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wafleet"));
+    command
+        .args([verb, "--session", session, "--server"])
+        .arg(sim.ws_url())
+        .args(["--root-key", &root, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// What a finished command printed.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(mut command: Command) -> Output {
+    let output = tokio::time::timeout(GUARD, command.output())
+        .await
+        .expect("wafleet exits in time")
+        .expect("wafleet runs");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Links `session` to the account of `phone` with `wafleet link` (QR scanned by the
+/// simulated phone); returns the device JID.
+async fn link(sim: &Simulator, data_dir: &Path, session: &str, phone: &str) -> String {
+    let mut child = command(sim, data_dir, "link", session, &["--json"])
+        .spawn()
+        .expect("wafleet runs");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut jid = None;
+    while let Some(line) = tokio::time::timeout(GUARD, stdout.next_line())
+        .await
+        .expect("link printed nothing in time")
+        .unwrap()
+    {
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "qr" && jid.is_none() {
+            let code = event["code"].as_str().unwrap();
+            jid = Some(sim.scan_qr(phone, code).await.unwrap().to_string());
+        }
+    }
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "link {session}: {status:?}");
+    jid.expect("a QR was shown")
+}
+
+/// A running `wafleet listen --json`.
+struct Listener {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Listener {
+    fn start(sim: &Simulator, data_dir: &Path, session: &str) -> Listener {
+        let mut child = command(sim, data_dir, "listen", session, &["--json"])
+            .spawn()
+            .expect("wafleet runs");
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        Listener {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for the `ready: <jid>` line on stderr.
+    async fn ready(&mut self) -> String {
+        loop {
+            let line = tokio::time::timeout(GUARD, self.stderr.next_line())
+                .await
+                .expect("listen never got ready")
+                .unwrap()
+                .expect("listen ended before it was ready");
+            if let Some(jid) = line.strip_prefix("ready: ") {
+                return jid.to_owned();
+            }
+        }
+    }
+
+    /// The next JSON line on stdout.
+    async fn event(&mut self) -> Value {
+        let line = tokio::time::timeout(GUARD, self.stdout.next_line())
+            .await
+            .expect("listen printed nothing in time")
+            .unwrap()
+            .expect("listen's output ended");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+
+    /// The next `message` line (receipts on the way are skipped).
+    async fn message(&mut self) -> Value {
+        loop {
+            let event = self.event().await;
+            match event["event"].as_str() {
+                Some("message") => return event,
+                Some("receipt") => continue,
+                _ => panic!("unexpected line: {event}"),
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// `wafleet send --json`; the `sent` line.
+async fn send(sim: &Simulator, data_dir: &Path, session: &str, to: &str, text: &str) -> Value {
+    let out = run(command(
+        sim,
+        data_dir,
+        "send",
+        session,
+        &["--to", to, "--text", text, "--json"],
+    ))
+    .await;
+    assert!(
+        out.status.success(),
+        "send: {:?} {}",
+        out.status,
+        out.stderr
+    );
+    let sent: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON: {:?}: {e}", out.stdout));
+    assert_eq!(sent["event"], "sent", "{sent}");
+    sent
+}
+
+async fn two_accounts() -> Simulator {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    sim.add_phone(ALICE).unwrap();
+    sim.add_phone(BOB).unwrap();
+    sim
+}
+
+fn user(jid: &str) -> String {
+    let (user, server) = jid.split_once('@').unwrap();
+    let user = user.split(':').next().unwrap();
+    format!("{user}@{server}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_what_another_session_sends_and_both_directions_work() {
+    let sim = two_accounts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = link(&sim, dir.path(), "alice", ALICE).await;
+    let bob = link(&sim, dir.path(), "bob", BOB).await;
+
+    let mut listen = Listener::start(&sim, dir.path(), "bob");
+    assert_eq!(listen.ready().await, bob);
+    // By phone number (pkmsg: no session yet).
+    let sent = send(&sim, dir.path(), "alice", BOB, "hello bob").await;
+    let id = sent["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("3EB0") && id.len() == 22, "{id}");
+    assert_eq!(sent["chat"], format!("{BOB}@s.whatsapp.net"));
+    let got = listen.message().await;
+    assert_eq!(got["id"], id.as_str(), "{got}");
+    assert_eq!(got["type"], "text");
+    assert_eq!(got["text"], "hello bob");
+    assert_eq!(got["from_me"], false);
+    assert_eq!(got["sender"], user(&alice));
+    assert_eq!(got["chat"], user(&alice));
+    assert!(
+        got["timestamp"].as_u64().unwrap() > 1_600_000_000_000,
+        "{got}"
+    );
+    // Again, by JID (msg on the established session).
+    let sent = send(
+        &sim,
+        dir.path(),
+        "alice",
+        &format!("{BOB}@s.whatsapp.net"),
+        "second",
+    )
+    .await;
+    let got = listen.message().await;
+    assert_eq!(
+        (got["id"].clone(), got["text"].clone()),
+        (sent["id"].clone(), "second".into())
+    );
+    listen.stop().await;
+
+    // The other way: bob answers, alice listens.
+    let mut listen = Listener::start(&sim, dir.path(), "alice");
+    assert_eq!(listen.ready().await, alice);
+    let sent = send(&sim, dir.path(), "bob", ALICE, "hi alice").await;
+    let got = listen.message().await;
+    assert_eq!(got["id"], sent["id"]);
+    assert_eq!(got["text"], "hi alice");
+    assert_eq!(got["sender"], user(&bob));
+    listen.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinked_sessions_fail_at_once_with_typed_exit_codes() {
+    let sim = two_accounts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(command(&sim, dir.path(), "listen", "nobody", &["--json"])).await;
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("not linked: run `wafleet link --session nobody` first"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    let out = run(command(
+        &sim,
+        dir.path(),
+        "send",
+        "nobody",
+        &["--to", BOB, "--text", "x"],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert!(out.stderr.contains("not linked"), "{}", out.stderr);
+    // An invalid recipient is refused before anything else.
+    for bad in [
+        "hello",
+        "123",
+        "15550000002:1@s.whatsapp.net",
+        "x@example.com",
+    ] {
+        let out = run(command(
+            &sim,
+            dir.path(),
+            "send",
+            "nobody",
+            &["--to", bad, "--text", "x"],
+        ))
+        .await;
+        assert_eq!(out.status.code(), Some(4), "{bad}: {}", out.stderr);
+        assert!(out.stderr.contains("invalid recipient"), "{}", out.stderr);
+    }
+    // Nothing connected, nothing was written.
+    assert!(sim.counters().live_sockets.is_empty());
+    assert!(!dir.path().join("nobody").exists());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_an_unknown_number_or_an_unreachable_server_fails_typed() {
+    let sim = two_accounts().await;
+    let dir = tempfile::tempdir().unwrap();
+    link(&sim, dir.path(), "alice", ALICE).await;
+    let out = run(command(
+        &sim,
+        dir.path(),
+        "send",
+        "alice",
+        &["--to", "15559999999", "--text", "anyone?"],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", out.stderr);
+    assert!(out.stderr.contains("no such user"), "{}", out.stderr);
+    // A server that does not answer: no login within --timeout.
+    let root = hex::encode(sim.root_public_key());
+    let out = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wafleet"));
+        c.args([
+            "send",
+            "--session",
+            "alice",
+            "--server",
+            "ws://127.0.0.1:9/ws/chat",
+        ])
+        .args(["--root-key", &root, "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--to",
+            BOB,
+            "--text",
+            "x",
+            "--timeout",
+            "1",
+            "--backoff-base-ms",
+            "5000",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        c
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(6), "{}", out.stderr);
+    assert!(out.stderr.contains("timeout"), "{}", out.stderr);
+    sim.shutdown().await;
+}
