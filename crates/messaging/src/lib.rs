@@ -29,6 +29,8 @@
 //! - `wire`: device-sent and sender-key-distribution wrappers, the participant hash.
 //! - `state`: [`SignalState`], [`Keys`] and the Signal store adapters.
 
+#![warn(missing_docs)]
+
 mod error;
 mod event;
 pub mod group;

@@ -548,3 +548,31 @@ fn unknown_enc_types_and_missing_encs_are_typed_without_retry() {
     assert!(net.devices[b].sent_tagged("receipt").is_empty());
     assert_eq!(net.devices[b].sent_tagged("ack").len(), 2);
 }
+
+#[test]
+fn a_duplicate_stanza_in_the_same_connection_is_re_emitted_and_acked_once() {
+    let (mut net, a, b) = two();
+    net.devices[b].auto_deliver = false;
+    net.send(a, "222@s.whatsapp.net", "twice").unwrap();
+    let (_, stanza) = net
+        .delivered
+        .iter()
+        .rev()
+        .find(|(i, _)| *i == b)
+        .unwrap()
+        .clone();
+    net.inject(b, stanza);
+    net.pump();
+    let msgs = net.devices[b].messages();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0].id, msgs[1].id);
+    assert!(!msgs[0].redelivered && msgs[1].redelivered);
+    assert_eq!(msgs[0].key, msgs[1].key);
+    let key = msgs[0].key.clone();
+    assert!(net.devices[b].undecryptable().is_empty());
+    net.devices[b].messenger.delivered(&key);
+    net.devices[b].messenger.delivered(&key);
+    net.pump();
+    assert_eq!(net.devices[b].sent_tagged("ack").len(), 1);
+    assert_eq!(net.devices[b].sent_tagged("receipt").len(), 1);
+}
