@@ -576,3 +576,34 @@ fn a_duplicate_stanza_in_the_same_connection_is_re_emitted_and_acked_once() {
     assert_eq!(net.devices[b].sent_tagged("ack").len(), 1);
     assert_eq!(net.devices[b].sent_tagged("receipt").len(), 1);
 }
+
+/// A rough number, not a benchmark: 1,000 texts A → B through the router (both sides'
+/// Signal work, the router's fan-out and a JSON snapshot of the state at every
+/// `StateChanged`). `cargo test -p wafleet-messaging --release -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_through_the_router() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "warm up").unwrap();
+    let n = 1_000;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        net.send(a, "222@s.whatsapp.net", &format!("message {i}"))
+            .unwrap();
+    }
+    let elapsed = t.elapsed();
+    assert_eq!(net.devices[b].texts().len(), n + 1);
+    eprintln!(
+        "{n} messages in {elapsed:?}: {:.0} msg/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    let mut bytes = 0;
+    for _ in 0..100 {
+        bytes = serde_json::to_string(&net.devices[b].signal).unwrap().len();
+    }
+    eprintln!(
+        "state snapshot: {bytes} bytes of JSON, {:?} each",
+        t.elapsed() / 100
+    );
+}
