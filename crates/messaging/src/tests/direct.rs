@@ -607,3 +607,19 @@ fn throughput_through_the_router() {
         t.elapsed() / 100
     );
 }
+
+#[test]
+fn a_lid_addressed_peer_gets_its_own_session_address() {
+    let mut net = Net::new(21);
+    let l = net.add("555:1@lid");
+    let b = net.add("222:1@s.whatsapp.net");
+    net.send(l, "222@s.whatsapp.net", "from a lid").unwrap();
+    let m = net.devices[b].messages()[0].clone();
+    assert_eq!(m.sender, jid("555:1@lid"));
+    assert_eq!(m.chat, jid("555@lid"));
+    assert!(net.devices[b].signal.sessions.contains_key("555_1.1"));
+    net.send(b, "555@lid", "to a lid").unwrap();
+    net.send(l, "222@s.whatsapp.net", "again").unwrap();
+    assert_eq!(net.devices[l].texts(), vec!["to a lid"]);
+    assert_eq!(net.devices[b].texts(), vec!["from a lid", "again"]);
+}
