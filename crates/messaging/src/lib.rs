@@ -158,9 +158,7 @@ impl Messenger {
                 self.handle_receipt(&node, keys, now_ms, rng);
                 None
             }
-            "ack" if node.attr_str("class") == Some("message") => {
-                self.handle_ack(node, keys, now_ms, rng)
-            }
+            "ack" if node.attr_str("class") == Some("message") => self.handle_ack(node),
             "iq" => {
                 let id = node.attr_str("id").unwrap_or_default();
                 if self.iqs.contains_key(id) {
