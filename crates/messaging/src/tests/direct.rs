@@ -217,7 +217,7 @@ fn corrupted_ciphertext_is_bad_mac_with_a_retry_that_resends() {
 }
 
 #[test]
-fn lost_session_is_no_session_and_the_second_retry_carries_keys() {
+fn lost_session_is_no_session_and_the_resend_uses_a_fresh_session() {
     let (mut net, a, b) = two();
     net.send(a, "222@s.whatsapp.net", "one").unwrap();
     net.send(b, "111@s.whatsapp.net", "two").unwrap();
