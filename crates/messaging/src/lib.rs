@@ -29,6 +29,8 @@
 //! - `wire`: device-sent and sender-key-distribution wrappers, the participant hash.
 //! - `state`: [`SignalState`], [`Keys`] and the Signal store adapters.
 
+#![warn(missing_docs)]
+
 mod error;
 mod event;
 pub mod group;
@@ -156,9 +158,7 @@ impl Messenger {
                 self.handle_receipt(&node, keys, now_ms, rng);
                 None
             }
-            "ack" if node.attr_str("class") == Some("message") => {
-                self.handle_ack(node, keys, now_ms, rng)
-            }
+            "ack" if node.attr_str("class") == Some("message") => self.handle_ack(node),
             "iq" => {
                 let id = node.attr_str("id").unwrap_or_default();
                 if self.iqs.contains_key(id) {

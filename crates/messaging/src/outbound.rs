@@ -537,13 +537,7 @@ impl Messenger {
     }
 
     /// A `<ack class=message>`: ends the job it is for. Others are handed back.
-    pub(crate) fn handle_ack(
-        &mut self,
-        node: Node,
-        _keys: &mut Keys<'_>,
-        _now_ms: u64,
-        _rng: &mut impl CryptoRngCore,
-    ) -> Option<Node> {
+    pub(crate) fn handle_ack(&mut self, node: Node) -> Option<Node> {
         let id = node.attr_str("id").unwrap_or_default().to_owned();
         let key = if self.jobs.get(&id).is_some_and(|j| j.sent) {
             id.clone()

@@ -217,7 +217,7 @@ fn corrupted_ciphertext_is_bad_mac_with_a_retry_that_resends() {
 }
 
 #[test]
-fn lost_session_is_no_session_and_the_second_retry_carries_keys() {
+fn lost_session_is_no_session_and_the_resend_uses_a_fresh_session() {
     let (mut net, a, b) = two();
     net.send(a, "222@s.whatsapp.net", "one").unwrap();
     net.send(b, "111@s.whatsapp.net", "two").unwrap();
@@ -547,4 +547,79 @@ fn unknown_enc_types_and_missing_encs_are_typed_without_retry() {
     );
     assert!(net.devices[b].sent_tagged("receipt").is_empty());
     assert_eq!(net.devices[b].sent_tagged("ack").len(), 2);
+}
+
+#[test]
+fn a_duplicate_stanza_in_the_same_connection_is_re_emitted_and_acked_once() {
+    let (mut net, a, b) = two();
+    net.devices[b].auto_deliver = false;
+    net.send(a, "222@s.whatsapp.net", "twice").unwrap();
+    let (_, stanza) = net
+        .delivered
+        .iter()
+        .rev()
+        .find(|(i, _)| *i == b)
+        .unwrap()
+        .clone();
+    net.inject(b, stanza);
+    net.pump();
+    let msgs = net.devices[b].messages();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0].id, msgs[1].id);
+    assert!(!msgs[0].redelivered && msgs[1].redelivered);
+    assert_eq!(msgs[0].key, msgs[1].key);
+    let key = msgs[0].key.clone();
+    assert!(net.devices[b].undecryptable().is_empty());
+    net.devices[b].messenger.delivered(&key);
+    net.devices[b].messenger.delivered(&key);
+    net.pump();
+    assert_eq!(net.devices[b].sent_tagged("ack").len(), 1);
+    assert_eq!(net.devices[b].sent_tagged("receipt").len(), 1);
+}
+
+/// A rough number, not a benchmark: 1,000 texts A → B through the router (both sides'
+/// Signal work, the router's fan-out and a JSON snapshot of the state at every
+/// `StateChanged`). `cargo test -p wafleet-messaging --release -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_through_the_router() {
+    let (mut net, a, b) = two();
+    net.send(a, "222@s.whatsapp.net", "warm up").unwrap();
+    let n = 1_000;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        net.send(a, "222@s.whatsapp.net", &format!("message {i}"))
+            .unwrap();
+    }
+    let elapsed = t.elapsed();
+    assert_eq!(net.devices[b].texts().len(), n + 1);
+    eprintln!(
+        "{n} messages in {elapsed:?}: {:.0} msg/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    let mut bytes = 0;
+    for _ in 0..100 {
+        bytes = serde_json::to_string(&net.devices[b].signal).unwrap().len();
+    }
+    eprintln!(
+        "state snapshot: {bytes} bytes of JSON, {:?} each",
+        t.elapsed() / 100
+    );
+}
+
+#[test]
+fn a_lid_addressed_peer_gets_its_own_session_address() {
+    let mut net = Net::new(21);
+    let l = net.add("555:1@lid");
+    let b = net.add("222:1@s.whatsapp.net");
+    net.send(l, "222@s.whatsapp.net", "from a lid").unwrap();
+    let m = net.devices[b].messages()[0].clone();
+    assert_eq!(m.sender, jid("555:1@lid"));
+    assert_eq!(m.chat, jid("555@lid"));
+    assert!(net.devices[b].signal.sessions.contains_key("555_1.1"));
+    net.send(b, "555@lid", "to a lid").unwrap();
+    net.send(l, "222@s.whatsapp.net", "again").unwrap();
+    assert_eq!(net.devices[l].texts(), vec!["to a lid"]);
+    assert_eq!(net.devices[b].texts(), vec!["from a lid", "again"]);
 }
