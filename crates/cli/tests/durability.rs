@@ -245,8 +245,11 @@ async fn sigkilled_listen_loses_nothing_and_both_sides_keep_talking() {
         run + 1
     );
 
-    // Both sides keep talking: bob answers with `wafleet send` (the listener runs on), alice
-    // (in-process) receives it, and alice's next message reaches the listener.
+    // Both sides keep talking: bob answers with `wafleet send` (one socket per device: the
+    // listener is stopped first), alice (in-process) receives it, and alice's next message
+    // reaches a new listener.
+    listener.start_kill().unwrap();
+    let _ = listener.wait().await;
     let out = tokio::time::timeout(
         GUARD,
         command(
@@ -277,6 +280,7 @@ async fn sigkilled_listen_loses_nothing_and_both_sides_keep_talking() {
         .send_text(BOB, "and again")
         .await
         .expect("alice sends");
+    let mut listener = listen(&sim, dir.path(), run + 1, lines_tx.clone());
     loop {
         let (_, line) = tokio::time::timeout(GUARD, lines.recv())
             .await
