@@ -170,11 +170,9 @@ async fn sigkilled_listen_loses_nothing_and_both_sides_keep_talking() {
             let mut sent = Vec::with_capacity(MESSAGES);
             for i in 0..MESSAGES {
                 let text = format!("message {i}");
-                let id = loop {
-                    match control.send_text(BOB, &text).await {
-                        Ok(sent) => break sent.id,
-                        Err(e) => panic!("send {i}: {e}"),
-                    }
+                let id = match control.send_text(BOB, &text).await {
+                    Ok(sent) => sent.id,
+                    Err(e) => panic!("send {i}: {e}"),
                 };
                 sent.push((id, text));
             }

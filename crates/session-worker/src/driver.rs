@@ -1376,7 +1376,7 @@ impl Runner {
                     )
                 };
                 debug!(session = %self.config.label, id = %message.id, chat = %event.chat, kind = %event.kind, redelivered = message.redelivered, "message");
-                self.deliver(DriverEvent::Message(event)).await?;
+                self.deliver(DriverEvent::Message(Box::new(event))).await?;
                 if let Some(messenger) = &mut self.messenger {
                     messenger.delivered(&message.key);
                 }

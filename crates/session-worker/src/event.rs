@@ -96,7 +96,7 @@ pub enum DriverEvent {
         will_reconnect: bool,
     },
     /// An inbound message, decrypted (`{"event":"message",…}`).
-    Message(MessageEvent),
+    Message(Box<MessageEvent>),
     /// A receipt for a message we sent (`{"event":"receipt",…}`), one event per message id.
     Receipt(ReceiptEvent),
     /// An inbound message that could not be decrypted or read; a retry receipt was sent.
@@ -469,14 +469,14 @@ mod tests {
 
     #[test]
     fn messaging_events_serialize_as_the_cli_prints_them() {
-        let message = DriverEvent::Message(MessageEvent::new(
+        let message = DriverEvent::Message(Box::new(MessageEvent::new(
             "3EB0ABC".into(),
             "15550001111@s.whatsapp.net".into(),
             "15550001111@s.whatsapp.net".into(),
             false,
             1_700_000_000_000,
             &text("hello"),
-        ));
+        )));
         assert_eq!(
             parse(&message),
             json!({"event":"message","id":"3EB0ABC","chat":"15550001111@s.whatsapp.net",
@@ -497,14 +497,14 @@ mod tests {
             seconds: None,
             reply: None,
         });
-        let line = parse(&DriverEvent::Message(MessageEvent::new(
+        let line = parse(&DriverEvent::Message(Box::new(MessageEvent::new(
             "X".into(),
             "1@g.us".into(),
             "2@s.whatsapp.net".into(),
             true,
             5,
             &media,
-        )));
+        ))));
         assert_eq!(line["type"], "image");
         assert_eq!(line["text"], "look");
         assert_eq!(line["mimetype"], "image/jpeg");
@@ -598,7 +598,7 @@ mod tests {
                 address: None,
             },
         );
-        let line = parse(&DriverEvent::Message(e));
+        let line = parse(&DriverEvent::Message(Box::new(e)));
         assert_eq!(line["latitude"], 52.5);
         assert_eq!(line["name"], "Berlin");
         assert_eq!(line["text"], Value::Null);
@@ -606,14 +606,14 @@ mod tests {
 
     #[test]
     fn message_contents_stay_out_of_debug() {
-        let e = DriverEvent::Message(MessageEvent::new(
+        let e = DriverEvent::Message(Box::new(MessageEvent::new(
             "3EB0ABC".into(),
             "c".into(),
             "s".into(),
             false,
             1,
             &text("the secret plan"),
-        ));
+        )));
         let debug = format!("{e:?}");
         assert!(debug.contains("3EB0ABC"), "{debug}");
         assert!(!debug.contains("secret plan"), "{debug}");
