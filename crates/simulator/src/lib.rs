@@ -14,6 +14,10 @@
 //!   server behaviour, without I/O.
 //! - `phone`: the phone's side of linking.
 //! - `keys`: the key server: stored prekey uploads, bundle fetches, usync device lists.
+//! - `messages`: the message server: `<message>` fan-out, per-device queues kept until acked
+//!   (redelivered at each login, then `<ib><offline count>`), receipts routed to the sender
+//!   device, the low-prekey notification. Phones have Signal keys in the key server and an
+//!   inbox ([`Simulator::phone_inbox`]); they do not decrypt yet.
 //! - [`control`]: the HTTP control API.
 //!
 //! ```no_run

@@ -1029,6 +1029,58 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_receipt_reaches_the_sender_with_its_keys() {
+        let mut state = state();
+        link(&mut state, A, 1);
+        link(&mut state, B, 1);
+        let (mut alice, _) = login(&mut state, A, 1);
+        let (bob, _) = login(&mut state, B, 1);
+        state.on_node(
+            alice.id,
+            message("R1", pn(B, 0), vec![to(pn(B, 1), enc("msg", 1))]),
+        );
+        // Bob could not decrypt: a retry receipt with its registration and a fresh bundle,
+        // then a nack (Baileys: ack with error 500).
+        let retry = Node::new("receipt")
+            .attr("id", "R1")
+            .attr("type", "retry")
+            .attr("to", pn(A, 1))
+            .children([
+                Node::new("retry")
+                    .attr("count", "1")
+                    .attr("id", "R1")
+                    .attr("v", "1"),
+                Node::new("registration").bytes(vec![0, 0, 0, 7]),
+                Node::new("keys").children([Node::new("type").bytes(vec![5])]),
+            ]);
+        let ack = nodes(state.on_node(bob.id, retry));
+        assert_eq!(ack[0].attr_str("type"), Some("retry"));
+        state.on_node(
+            bob.id,
+            Node::new("ack")
+                .attr("class", "message")
+                .attr("id", "R1")
+                .attr("to", pn(A, 1))
+                .attr("error", "500"),
+        );
+        let got = alice.received();
+        let [r] = &got[..] else {
+            panic!("one retry receipt: {got:?}")
+        };
+        assert_eq!(r.tag, "receipt");
+        assert_eq!(r.attr_str("type"), Some("retry"));
+        assert_eq!(jid_attr(r, "from"), Some(pn(B, 1).to_string()));
+        let tags: Vec<&str> = r.child_nodes().iter().map(|n| &*n.tag).collect();
+        assert_eq!(tags, ["retry", "registration", "keys"]);
+        let c = state.counters();
+        assert_eq!(c.receipts_routed, 1);
+        assert!(
+            !c.queued_now.contains_key(&pn(B, 1).to_string()),
+            "the retry receipt acknowledged R1 for bob: {c:?}"
+        );
+    }
+
+    #[test]
     fn a_lid_addressed_message_comes_from_the_senders_lid() {
         let mut state = state();
         link(&mut state, A, 1);
