@@ -31,6 +31,7 @@
 
 mod connection;
 pub mod control;
+mod groups;
 mod keys;
 mod phone;
 pub mod server;
@@ -55,6 +56,10 @@ use wafleet_protocol::noise::KeyPair;
 use connection::ServerIdentity;
 use state::{Policy, Shared};
 
+pub use groups::{
+    GroupAction, GroupCounters, GroupInfo, GroupParticipant, GroupRank, ParticipantOutcome,
+    GROUP_ID_PREFIX,
+};
 pub use phone::{PLATFORM, REPLY_TIMEOUT};
 
 /// How long [`Simulator::enter_pairing_code`] waits for the companion's request to reach
@@ -154,6 +159,9 @@ pub struct Counters {
     /// Successful logins per device, over the whole run.
     #[serde(default)]
     pub logins: HashMap<String, u64>,
+    /// Groups: created, messages fanned out, notifications sent and acked.
+    #[serde(default)]
+    pub groups: GroupCounters,
 }
 
 /// Simulator errors.
@@ -223,6 +231,15 @@ pub enum SimError {
     /// A device JID did not parse.
     #[error("bad device JID: {0}")]
     BadJid(String),
+    /// No such group.
+    #[error("no group {0}")]
+    UnknownGroup(String),
+    /// The group request is malformed (e.g. an empty subject).
+    #[error("bad group request: {0}")]
+    BadGroupRequest(String),
+    /// The acting account may not do this (not a member, or not an admin).
+    #[error("not allowed in group {0}")]
+    GroupForbidden(String),
 }
 
 impl SimError {
@@ -246,6 +263,9 @@ impl SimError {
             SimError::Timeout => (504, "timeout"),
             SimError::UnknownDevice(_) => (404, "unknown_device"),
             SimError::BadJid(_) => (400, "bad_jid"),
+            SimError::UnknownGroup(_) => (404, "unknown_group"),
+            SimError::BadGroupRequest(_) => (400, "bad_group_request"),
+            SimError::GroupForbidden(_) => (403, "group_forbidden"),
         }
     }
 }

@@ -172,6 +172,7 @@ pub(crate) struct State {
     pub devices: HashMap<String, Device>,
     pub sockets: BTreeMap<SocketId, SocketEntry>,
     pub counters: CounterState,
+    pub groups: crate::groups::Groups,
     next_socket: SocketId,
     next_iq: u64,
 }
@@ -261,6 +262,7 @@ impl State {
             devices: HashMap::new(),
             sockets: BTreeMap::new(),
             counters: CounterState::default(),
+            groups: crate::groups::Groups::default(),
             next_socket: 1,
             next_iq: 1,
         }
@@ -376,6 +378,7 @@ impl State {
             pair_success_rejected: self.counters.pair_success_rejected,
             max_live_sockets_per_device: self.counters.max_live_sockets_per_device,
             logins: self.counters.logins.clone(),
+            groups: self.groups.counters(),
         }
     }
 
@@ -599,6 +602,10 @@ impl State {
 
     /// Handles one node from a socket after the handshake.
     pub fn on_node(&mut self, id: SocketId, node: Node) -> Vec<Outbound> {
+        if State::is_group_message(&node) {
+            return self.group_message(id, node);
+        }
+        self.observe_group_ack(id, &node);
         if node.tag != "iq" {
             // ib (unified_session), acks, presence and the like need no answer here.
             debug!(socket = id, tag = %node.tag, "stanza ignored");
@@ -626,6 +633,7 @@ impl State {
                 self.usync(id, &node)
             }
             ("encrypt", "set") => self.prekey_upload(id, &node),
+            ("w:g2", _) => self.group_iq(id, &node),
             ("md", "set") if node.child_by_tag("link_code_companion_reg").is_some() => {
                 self.link_code_stage(id, &node)
             }

@@ -1,0 +1,1470 @@
+//! Groups: the `w:g2` iqs (create, participating list, metadata, leave, add / remove /
+//! promote / demote participants), the `<notification type=w:gp2>` every member device gets
+//! when a group changes, and group `<message>` fan-out with the participant hash.
+//!
+//! Node shapes follow what Baileys 7 parses (`extractGroupMetadata`,
+//! `handleGroupNotification`, `decodeMessageNode` / `decryptMessageNode`):
+//!
+//! - A group is `<group id=120363… subject s_t s_o creation creator addressing_mode=pn
+//!   size><participant jid [type=admin|superadmin]/>…</group>`; the id is the newer
+//!   WhatsApp form (`120363` and twelve digits, no creator phone in it).
+//! - Groups here are phone-number addressed (`addressing_mode=pn`): participants are
+//!   `<phone>@s.whatsapp.net` and a message's author is the sending device's PN JID. A
+//!   `<to jid>` or `<participant jid>` given as a LID is mapped to its account.
+//! - A sender's `<message to=<group>@g.us id type [phash]><participants><to jid=dev><enc
+//!   type=pkmsg|msg/></to>…</participants><enc type=skmsg/>[<device-identity/>]</message>`
+//!   reaches every member device but the sending one as `<message from=<group>@g.us
+//!   participant=<sender device> id t type addressing_mode=pn>` with that device's own
+//!   `enc` first (it carries the sender key distribution, which the `skmsg` after it needs:
+//!   Baileys decrypts the encs in order) and the `skmsg`. The sender gets `<ack
+//!   class=message id from=<group> t>`.
+//! - `phash`: the participant hash over the member devices the message must reach (all
+//!   but the sender's device), as whatsmeow computes it (`participantListHashV2`: sorted
+//!   `user.agent:device@server` strings, SHA-256, `2:` and the base64 of the first six
+//!   bytes). When a client sent a `phash` that matches none of the known renderings of
+//!   that list (whatsmeow's, older whatsmeow's `String()` form, Baileys'
+//!   `generateParticipantHashV2`), the ack carries the server's `phash`, as WhatsApp tells
+//!   a sender that its participant list is stale. Baileys 7 sends no `phash` on group
+//!   messages and ignores one in an ack.
+//! - `t`, ids and the creation time are Unix seconds of the server's clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use base64::Engine;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+use wafleet_protocol::binary::{AttrValue, Content, Node};
+use wafleet_protocol::jid::{Jid, Server};
+
+use crate::state::{unix_now, Outbound, Role, SocketId, State};
+use crate::{SimError, Simulator};
+
+/// The first digits of every group id this server issues (WhatsApp's newer group ids).
+pub const GROUP_ID_PREFIX: &str = "120363";
+
+/// A participant's rank in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRank {
+    /// A plain member (no `type` attribute on the wire).
+    Member,
+    /// `type=admin`.
+    Admin,
+    /// `type=superadmin`: the creator.
+    SuperAdmin,
+}
+
+impl GroupRank {
+    fn wire(self) -> Option<&'static str> {
+        match self {
+            GroupRank::Member => None,
+            GroupRank::Admin => Some("admin"),
+            GroupRank::SuperAdmin => Some("superadmin"),
+        }
+    }
+
+    fn is_admin(self) -> bool {
+        self != GroupRank::Member
+    }
+}
+
+/// A change to a group's participants (the child tag of the `w:g2` iq and of the
+/// notification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupAction {
+    /// `<add>`.
+    Add,
+    /// `<remove>`.
+    Remove,
+    /// `<promote>` to admin.
+    Promote,
+    /// `<demote>` to member.
+    Demote,
+}
+
+impl GroupAction {
+    /// The wire tag.
+    pub fn tag(self) -> &'static str {
+        match self {
+            GroupAction::Add => "add",
+            GroupAction::Remove => "remove",
+            GroupAction::Promote => "promote",
+            GroupAction::Demote => "demote",
+        }
+    }
+
+    fn from_tag(tag: &str) -> Option<GroupAction> {
+        match tag {
+            "add" => Some(GroupAction::Add),
+            "remove" => Some(GroupAction::Remove),
+            "promote" => Some(GroupAction::Promote),
+            "demote" => Some(GroupAction::Demote),
+            _ => None,
+        }
+    }
+}
+
+/// A participant of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupParticipant {
+    /// `<phone>@s.whatsapp.net`.
+    pub jid: Jid,
+    /// Its rank.
+    pub rank: GroupRank,
+}
+
+/// A group as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// `120363…@g.us`.
+    pub jid: Jid,
+    /// The subject (name).
+    pub subject: String,
+    /// Unix seconds.
+    pub creation: u64,
+    /// The creator, `<phone>@s.whatsapp.net`.
+    pub owner: Jid,
+    /// The participants, ordered by phone number.
+    pub participants: Vec<GroupParticipant>,
+}
+
+impl GroupInfo {
+    /// The JSON form of the control API.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "jid": self.jid.to_string(),
+            "subject": self.subject,
+            "creation": self.creation,
+            "owner": self.owner.to_string(),
+            "participants": self.participants.iter().map(|p| json!({
+                "jid": p.jid.to_string(),
+                "rank": p.rank,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// One participant's outcome of a participant change: `200`, or WhatsApp's error code
+/// (`404` no such account / not a member, `409` already a member, `403` not allowed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantOutcome {
+    /// The participant as asked for.
+    pub jid: String,
+    /// `200` or the error code.
+    pub status: u16,
+}
+
+/// What the simulator observed of groups (part of [`Counters`](crate::Counters)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCounters {
+    /// Groups created (by a companion's iq or the API).
+    pub created: u64,
+    /// Group `<message>` stanzas accepted and fanned out.
+    pub messages: u64,
+    /// Group `<message>` stanzas refused (unknown group, sender not a member, malformed).
+    pub messages_refused: u64,
+    /// Group message stanzas handed to member devices.
+    pub deliveries: u64,
+    /// Member devices a group message could not be handed to (no route to the device).
+    pub undeliverable: u64,
+    /// Group messages whose `phash` did not match the server's member device list.
+    pub phash_mismatches: u64,
+    /// `w:gp2` notifications handed to member devices.
+    pub notifications_sent: u64,
+    /// `w:gp2` notifications a device acked.
+    pub notifications_acked: u64,
+}
+
+/// One group.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    /// The user part of the group JID.
+    id: String,
+    subject: String,
+    creation: u64,
+    /// The creator's phone digits.
+    creator: String,
+    /// Members by phone digits.
+    members: BTreeMap<String, GroupRank>,
+}
+
+impl Group {
+    fn jid(&self) -> Jid {
+        Jid::new(self.id.clone(), Server::Group)
+    }
+}
+
+/// All groups, and the `w:gp2` notifications not acked yet.
+#[derive(Default)]
+pub(crate) struct Groups {
+    by_id: BTreeMap<String, Group>,
+    counters: GroupCounters,
+    /// (device JID, notification id) sent and not acked.
+    unacked: HashSet<(String, String)>,
+    next_notification: u64,
+}
+
+impl Groups {
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> GroupCounters {
+        self.counters.clone()
+    }
+}
+
+/// Why a group request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// 400 bad-request.
+    BadRequest,
+    /// 403 forbidden: not a member, or not an admin.
+    Forbidden,
+    /// 404 item-not-found: no such group.
+    NotFound,
+}
+
+impl Refusal {
+    fn code_text(self) -> (u16, &'static str) {
+        match self {
+            Refusal::BadRequest => (400, "bad-request"),
+            Refusal::Forbidden => (403, "forbidden"),
+            Refusal::NotFound => (404, "item-not-found"),
+        }
+    }
+
+    fn into_sim_error(self, group: &str) -> SimError {
+        match self {
+            Refusal::BadRequest => SimError::BadGroupRequest(group.to_owned()),
+            Refusal::Forbidden => SimError::GroupForbidden(group.to_owned()),
+            Refusal::NotFound => SimError::UnknownGroup(group.to_owned()),
+        }
+    }
+}
+
+/// The participant hash of a device list as whatsmeow computes it
+/// (`participantListHashV2`): `user.agent:device@server` strings sorted and concatenated,
+/// SHA-256, `2:` followed by the unpadded base64 of the first six bytes.
+pub(crate) fn participant_hash(devices: &[Jid]) -> String {
+    let mut names: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            format!(
+                "{}.{}:{}@{}",
+                d.user,
+                d.agent.unwrap_or(0),
+                d.device.unwrap_or(0),
+                d.server
+            )
+        })
+        .collect();
+    names.sort();
+    let digest = Sha256::digest(names.concat().as_bytes());
+    format!(
+        "2:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..6])
+    )
+}
+
+/// The other renderings of the same hash clients send: older whatsmeow (`String()` form,
+/// device 0 written without `:0`) and Baileys' `generateParticipantHashV2` (the first six
+/// characters of the base64 of the whole digest).
+fn client_participant_hashes(devices: &[Jid]) -> [String; 2] {
+    let mut names: Vec<String> = devices
+        .iter()
+        .map(|d| plain_device(d).to_string())
+        .collect();
+    names.sort();
+    let digest = Sha256::digest(names.concat().as_bytes());
+    let engine = base64::engine::general_purpose::STANDARD;
+    let whole = engine.encode(digest);
+    [
+        format!(
+            "2:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..6])
+        ),
+        format!("2:{}", &whole[..6]),
+    ]
+}
+
+/// Whether a client's `phash` names the same device list as `devices`.
+fn phash_matches(client: &str, devices: &[Jid]) -> bool {
+    client == participant_hash(devices)
+        || client_participant_hashes(devices)
+            .iter()
+            .any(|h| h == client)
+}
+
+/// A device JID with device 0 written as the plain user JID.
+fn plain_device(jid: &Jid) -> Jid {
+    let mut jid = jid.clone();
+    if jid.device == Some(0) {
+        jid.device = None;
+    }
+    jid
+}
+
+/// An attribute that is a JID, on the wire as a JID or as a string.
+fn jid_attr(node: &Node, key: &str) -> Option<Jid> {
+    match node.get_attr(key)? {
+        AttrValue::Jid(j) => Some(j.clone()),
+        AttrValue::Str(s) => s.parse().ok(),
+    }
+}
+
+fn pn(phone: &str) -> Jid {
+    Jid::new(phone, Server::WhatsApp)
+}
+
+fn group_error(request: &Node, from: AttrValue, refusal: Refusal) -> Node {
+    let (code, text) = refusal.code_text();
+    Node::new("iq")
+        .attr("from", from)
+        .attr("type", "error")
+        .attr("id", request.attr_str("id").unwrap_or_default().to_owned())
+        .children([Node::new("error")
+            .attr("code", code.to_string())
+            .attr("text", text)])
+}
+
+fn group_result(request: &Node, from: AttrValue) -> Node {
+    Node::new("iq")
+        .attr("from", from)
+        .attr("type", "result")
+        .attr("id", request.attr_str("id").unwrap_or_default().to_owned())
+}
+
+impl State {
+    /// The device a socket is logged in as.
+    fn group_socket_device(&self, id: SocketId) -> Option<Jid> {
+        match &self.sockets.get(&id)?.role {
+            Role::Device(jid) => jid.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The account (phone digits) of a user or device JID, PN or LID.
+    fn account_of(&self, jid: &Jid) -> Option<String> {
+        match jid.server {
+            Server::WhatsApp if self.phones.contains_key(&jid.user) => Some(jid.user.clone()),
+            Server::Lid => self
+                .phones
+                .values()
+                .find(|a| a.lid_user == jid.user)
+                .map(|a| a.phone.clone()),
+            _ => None,
+        }
+    }
+
+    /// A device JID (PN or LID) in the canonical PN form: `phone:N@s.whatsapp.net`, or
+    /// `phone@s.whatsapp.net` for the phone (device 0).
+    fn canonical_device(&self, jid: &Jid) -> Option<Jid> {
+        let phone = self.account_of(jid)?;
+        Some(match jid.device.filter(|d| *d != 0) {
+            Some(device) => pn(&phone).with_device(device),
+            None => pn(&phone),
+        })
+    }
+
+    /// The devices of an account: the phone (device 0) and its linked companions.
+    fn account_devices(&self, phone: &str) -> Vec<Jid> {
+        let mut devices = vec![pn(phone)];
+        devices.extend(
+            self.devices_of(phone)
+                .iter()
+                .filter_map(|d| d.parse::<Jid>().ok()),
+        );
+        devices
+    }
+
+    /// Every device of every member of `group`.
+    fn member_devices(&self, group: &Group) -> Vec<Jid> {
+        group
+            .members
+            .keys()
+            .flat_map(|phone| self.account_devices(phone))
+            .collect()
+    }
+
+    fn group_node(&self, group: &Group) -> Node {
+        let creator = pn(&group.creator);
+        Node::new("group")
+            .attr("id", group.id.clone())
+            .attr("subject", group.subject.clone())
+            .attr("s_t", group.creation.to_string())
+            .attr("s_o", creator.clone())
+            .attr("creation", group.creation.to_string())
+            .attr("creator", creator)
+            .attr("addressing_mode", "pn")
+            .attr("size", group.members.len().to_string())
+            .children(group.members.iter().map(|(phone, rank)| {
+                let participant = Node::new("participant").attr("jid", pn(phone));
+                match rank.wire() {
+                    Some(ty) => participant.attr("type", ty),
+                    None => participant,
+                }
+            }))
+    }
+
+    fn group_info(&self, group: &Group) -> GroupInfo {
+        GroupInfo {
+            jid: group.jid(),
+            subject: group.subject.clone(),
+            creation: group.creation,
+            owner: pn(&group.creator),
+            participants: group
+                .members
+                .iter()
+                .map(|(phone, rank)| GroupParticipant {
+                    jid: pn(phone),
+                    rank: *rank,
+                })
+                .collect(),
+        }
+    }
+
+    fn new_group_id(&self) -> String {
+        loop {
+            let mut id = String::from(GROUP_ID_PREFIX);
+            while id.len() < GROUP_ID_PREFIX.len() + 12 {
+                id.push(char::from(b'0' + (OsRng.next_u32() % 10) as u8));
+            }
+            if !self.groups.by_id.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Hands a stanza to a device.
+    ///
+    /// Live sockets only for now: helper sim's router (offline queue, phones) replaces this.
+    fn deliver_group_stanza(&mut self, device: &Jid, node: Node) -> bool {
+        let key = device.to_string();
+        let ids: Vec<SocketId> = self
+            .sockets
+            .iter()
+            .filter(|(_, e)| matches!(&e.role, Role::Device(jid) if *jid == key))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut sent = false;
+        for id in ids {
+            sent |= self.send(id, node.clone());
+        }
+        sent
+    }
+
+    /// Sends a `w:gp2` notification with `child` from `group` to every device of
+    /// `recipients` (phone digits) but `actor`.
+    fn notify_group(
+        &mut self,
+        group: &Jid,
+        author: &Jid,
+        actor: &Jid,
+        recipients: &BTreeSet<String>,
+        child: Node,
+    ) {
+        self.groups.next_notification += 1;
+        let id = format!("{}{}", unix_now(), self.groups.next_notification);
+        let notification = Node::new("notification")
+            .attr("from", group.clone())
+            .attr("type", "w:gp2")
+            .attr("id", id.clone())
+            .attr("participant", author.clone())
+            .attr("t", unix_now().to_string())
+            .children([child]);
+        let devices: Vec<Jid> = recipients
+            .iter()
+            .flat_map(|phone| self.account_devices(phone))
+            .filter(|d| d != actor)
+            .collect();
+        for device in devices {
+            if self.deliver_group_stanza(&device, notification.clone()) {
+                self.groups.counters.notifications_sent += 1;
+                self.groups.unacked.insert((device.to_string(), id.clone()));
+            } else {
+                debug!(%device, %group, "w:gp2 notification not delivered: no route");
+            }
+        }
+    }
+
+    /// Creates a group. `actor` is the acting device (a companion, or the phone for the
+    /// API); its account becomes the superadmin. Returns the group id and the outcome for
+    /// each invited JID (unknown accounts get 404 and are left out).
+    fn create_group_as(
+        &mut self,
+        actor: &Jid,
+        subject: &str,
+        invited: &[Jid],
+    ) -> Result<(String, Vec<ParticipantOutcome>), Refusal> {
+        let creator = self.account_of(actor).ok_or(Refusal::Forbidden)?;
+        if subject.trim().is_empty() {
+            return Err(Refusal::BadRequest);
+        }
+        let mut members = BTreeMap::new();
+        members.insert(creator.clone(), GroupRank::SuperAdmin);
+        let mut outcomes = Vec::new();
+        for jid in invited {
+            match self.account_of(jid) {
+                Some(phone) => {
+                    members.entry(phone).or_insert(GroupRank::Member);
+                }
+                None => outcomes.push(ParticipantOutcome {
+                    jid: jid.to_string(),
+                    status: 404,
+                }),
+            }
+        }
+        let id = self.new_group_id();
+        let group = Group {
+            id: id.clone(),
+            subject: subject.to_owned(),
+            creation: unix_now(),
+            creator: creator.clone(),
+            members,
+        };
+        let recipients: BTreeSet<String> = group.members.keys().cloned().collect();
+        let node = Node::new("create").children([self.group_node(&group)]);
+        let jid = group.jid();
+        info!(group = %jid, creator = %creator, members = group.members.len(), "group created");
+        self.groups.by_id.insert(id.clone(), group);
+        self.groups.counters.created += 1;
+        self.notify_group(&jid, &pn(&creator), actor, &recipients, node);
+        Ok((id, outcomes))
+    }
+
+    /// Adds, removes, promotes or demotes participants as `actor` (an admin's device).
+    fn update_group_as(
+        &mut self,
+        actor: &Jid,
+        group_id: &str,
+        action: GroupAction,
+        targets: &[Jid],
+    ) -> Result<Vec<ParticipantOutcome>, Refusal> {
+        let author = self.account_of(actor).ok_or(Refusal::Forbidden)?;
+        let resolved: Vec<(Jid, Option<String>)> = targets
+            .iter()
+            .map(|j| (j.clone(), self.account_of(j)))
+            .collect();
+        let group = self
+            .groups
+            .by_id
+            .get_mut(group_id)
+            .ok_or(Refusal::NotFound)?;
+        let actor_rank = group.members.get(&author).copied();
+        // Leaving (removing oneself) needs no admin rights.
+        let only_self = action == GroupAction::Remove
+            && resolved.iter().all(|(_, p)| p.as_deref() == Some(&author));
+        match actor_rank {
+            Some(rank) if rank.is_admin() || only_self => {}
+            _ => return Err(Refusal::Forbidden),
+        }
+        let mut outcomes = Vec::with_capacity(resolved.len());
+        let mut changed = Vec::new();
+        let mut recipients: BTreeSet<String> = group.members.keys().cloned().collect();
+        for (jid, phone) in resolved {
+            let status = match (action, phone) {
+                (_, None) => 404,
+                (GroupAction::Add, Some(phone)) => {
+                    if group.members.contains_key(&phone) {
+                        409
+                    } else {
+                        group.members.insert(phone.clone(), GroupRank::Member);
+                        recipients.insert(phone.clone());
+                        changed.push(phone);
+                        200
+                    }
+                }
+                (_, Some(phone)) => match group.members.get(&phone).copied() {
+                    None => 404,
+                    Some(GroupRank::SuperAdmin) if phone != author => 403,
+                    Some(GroupRank::SuperAdmin) if action == GroupAction::Demote => 403,
+                    Some(_) => {
+                        match action {
+                            GroupAction::Remove => {
+                                group.members.remove(&phone);
+                            }
+                            GroupAction::Promote => {
+                                group
+                                    .members
+                                    .entry(phone.clone())
+                                    .and_modify(|r| *r = (*r).max(GroupRank::Admin));
+                            }
+                            GroupAction::Demote => {
+                                group.members.insert(phone.clone(), GroupRank::Member);
+                            }
+                            GroupAction::Add => {}
+                        }
+                        changed.push(phone);
+                        200
+                    }
+                },
+            };
+            outcomes.push(ParticipantOutcome {
+                jid: jid.to_string(),
+                status,
+            });
+        }
+        let jid = group.jid();
+        info!(group = %jid, action = action.tag(), changed = changed.len(), "group participants changed");
+        if !changed.is_empty() {
+            let ranks: Vec<Node> = changed
+                .iter()
+                .map(|phone| {
+                    let p = Node::new("participant").attr("jid", pn(phone));
+                    match group.members.get(phone).and_then(|r| r.wire()) {
+                        Some(ty) if action != GroupAction::Remove => p.attr("type", ty),
+                        _ => p,
+                    }
+                })
+                .collect();
+            let child = Node::new(action.tag()).children(ranks);
+            self.notify_group(&jid, &pn(&author), actor, &recipients, child);
+        }
+        Ok(outcomes)
+    }
+
+    /// A `w:g2` iq from a socket.
+    pub(crate) fn group_iq(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
+        let from = node
+            .get_attr("to")
+            .cloned()
+            .unwrap_or_else(|| AttrValue::Jid(Jid::new("", Server::Group)));
+        let reply = match self.group_socket_device(id) {
+            None => Node::new("iq")
+                .attr("from", from)
+                .attr("type", "error")
+                .attr("id", node.attr_str("id").unwrap_or_default().to_owned())
+                .children([Node::new("error")
+                    .attr("code", "401")
+                    .attr("text", "not-authorized")]),
+            Some(device) => match self.group_request(&device, node, from.clone()) {
+                Ok(reply) => reply,
+                Err(refusal) => {
+                    debug!(socket = id, %device, ?refusal, "w:g2 request refused");
+                    group_error(node, from, refusal)
+                }
+            },
+        };
+        vec![Outbound::Node(reply)]
+    }
+
+    fn group_request(
+        &mut self,
+        device: &Jid,
+        node: &Node,
+        from: AttrValue,
+    ) -> Result<Node, Refusal> {
+        let ty = node.attr_str("type").unwrap_or_default();
+        let target = jid_attr(node, "to").filter(|j| j.server == Server::Group);
+        let child = node.child_nodes().first().ok_or(Refusal::BadRequest)?;
+        let group_id = target
+            .as_ref()
+            .map(|j| j.user.clone())
+            .filter(|u| !u.is_empty());
+        match (ty, child.tag.as_ref(), group_id) {
+            ("set", "create", None) => {
+                let subject = child.attr_str("subject").ok_or(Refusal::BadRequest)?;
+                let invited: Vec<Jid> = child
+                    .children_by_tag("participant")
+                    .map(|p| jid_attr(p, "jid").ok_or(Refusal::BadRequest))
+                    .collect::<Result<_, _>>()?;
+                let (id, failed) = self.create_group_as(device, subject, &invited)?;
+                let group = self.groups.by_id.get(&id).ok_or(Refusal::NotFound)?;
+                let mut group_node = self.group_node(group);
+                if let Content::Nodes(children) = &mut group_node.content {
+                    children.extend(failed.iter().map(|o| {
+                        Node::new("participant")
+                            .attr("jid", AttrValue::infer(o.jid.clone()))
+                            .attr("error", o.status.to_string())
+                    }));
+                }
+                Ok(group_result(node, from).children([group_node]))
+            }
+            ("get", "participating", None) => {
+                let phone = self.account_of(device).ok_or(Refusal::Forbidden)?;
+                let groups: Vec<Node> = self
+                    .groups
+                    .by_id
+                    .values()
+                    .filter(|g| g.members.contains_key(&phone))
+                    .map(|g| self.group_node(g))
+                    .collect();
+                Ok(group_result(node, from).children([Node::new("groups").children(groups)]))
+            }
+            ("set", "leave", None) => {
+                let ids: Vec<String> = child
+                    .children_by_tag("group")
+                    .filter_map(|g| {
+                        g.attr_str("id")
+                            .map(str::to_owned)
+                            .or_else(|| jid_attr(g, "id").map(|j| j.user))
+                    })
+                    .map(|id| id.split('@').next().unwrap_or_default().to_owned())
+                    .collect();
+                let me = pn(&self.account_of(device).ok_or(Refusal::Forbidden)?);
+                for id in &ids {
+                    self.update_group_as(
+                        device,
+                        id,
+                        GroupAction::Remove,
+                        std::slice::from_ref(&me),
+                    )?;
+                }
+                Ok(group_result(node, from).children([Node::new("leave")
+                    .children(ids.into_iter().map(|id| Node::new("group").attr("id", id)))]))
+            }
+            ("get", "query", Some(id)) => {
+                let phone = self.account_of(device).ok_or(Refusal::Forbidden)?;
+                let group = self.groups.by_id.get(&id).ok_or(Refusal::NotFound)?;
+                if !group.members.contains_key(&phone) {
+                    return Err(Refusal::Forbidden);
+                }
+                Ok(group_result(node, from).children([self.group_node(group)]))
+            }
+            ("set", tag, Some(id)) if GroupAction::from_tag(tag).is_some() => {
+                let action = GroupAction::from_tag(tag).ok_or(Refusal::BadRequest)?;
+                let targets: Vec<Jid> = child
+                    .children_by_tag("participant")
+                    .map(|p| jid_attr(p, "jid").ok_or(Refusal::BadRequest))
+                    .collect::<Result<_, _>>()?;
+                if targets.is_empty() {
+                    return Err(Refusal::BadRequest);
+                }
+                let outcomes = self.update_group_as(device, &id, action, &targets)?;
+                Ok(
+                    group_result(node, from).children([Node::new(tag.to_owned()).children(
+                        outcomes.into_iter().map(|o| {
+                            let p = Node::new("participant").attr("jid", AttrValue::infer(o.jid));
+                            if o.status == 200 {
+                                p
+                            } else {
+                                p.attr("error", o.status.to_string())
+                            }
+                        }),
+                    )]),
+                )
+            }
+            _ => Err(Refusal::BadRequest),
+        }
+    }
+
+    /// Whether a stanza is a group message (`<message to=…@g.us>`) for [`State::group_message`].
+    pub(crate) fn is_group_message(node: &Node) -> bool {
+        node.tag == "message" && jid_attr(node, "to").is_some_and(|j| j.server == Server::Group)
+    }
+
+    /// A device's `<ack class=notification>`: marks a `w:gp2` notification acked.
+    pub(crate) fn observe_group_ack(&mut self, id: SocketId, node: &Node) {
+        if node.tag != "ack" || node.attr_str("class") != Some("notification") {
+            return;
+        }
+        let (Some(device), Some(ack_id)) = (self.group_socket_device(id), node.attr_str("id"))
+        else {
+            return;
+        };
+        if self
+            .groups
+            .unacked
+            .remove(&(device.to_string(), ack_id.to_owned()))
+        {
+            self.groups.counters.notifications_acked += 1;
+        }
+    }
+
+    /// A group `<message to=…@g.us>` from a socket: fan-out and the server ack.
+    pub(crate) fn group_message(&mut self, id: SocketId, node: Node) -> Vec<Outbound> {
+        let Some(sender) = self.group_socket_device(id) else {
+            warn!(
+                socket = id,
+                "group message on a socket that is not logged in: ignored"
+            );
+            return Vec::new();
+        };
+        let (Some(msg_id), Some(to)) = (
+            node.attr_str("id").map(str::to_owned),
+            jid_attr(&node, "to"),
+        ) else {
+            self.groups.counters.messages_refused += 1;
+            return Vec::new();
+        };
+        let ack = Node::new("ack")
+            .attr("class", "message")
+            .attr("id", msg_id.clone())
+            .attr("from", to.clone())
+            .attr("t", unix_now().to_string());
+        let member = self.account_of(&sender);
+        let Some(group) = self.groups.by_id.get(&to.user).cloned() else {
+            self.groups.counters.messages_refused += 1;
+            return vec![Outbound::Node(ack.attr("error", "404"))];
+        };
+        if !member.is_some_and(|p| group.members.contains_key(&p)) {
+            self.groups.counters.messages_refused += 1;
+            return vec![Outbound::Node(ack.attr("error", "403"))];
+        }
+        let recipients: Vec<Jid> = self
+            .member_devices(&group)
+            .into_iter()
+            .filter(|d| *d != sender)
+            .collect();
+        // A retry resend (`participant` set) goes to that one device only.
+        let only = jid_attr(&node, "participant").and_then(|j| self.canonical_device(&j));
+        let mut own: BTreeMap<String, Vec<Node>> = BTreeMap::new();
+        let mut shared = Vec::new();
+        let mut identity = None;
+        for child in node.child_nodes() {
+            match child.tag.as_ref() {
+                "participants" => {
+                    for to in child.children_by_tag("to") {
+                        let device = jid_attr(to, "jid").and_then(|j| self.canonical_device(&j));
+                        match device {
+                            Some(device) => own
+                                .entry(device.to_string())
+                                .or_default()
+                                .extend(to.children_by_tag("enc").cloned()),
+                            None => debug!(jid = %jid_text(to), "<to> names no known device"),
+                        }
+                    }
+                }
+                "enc" => shared.push(child.clone()),
+                "device-identity" => identity = Some(child.clone()),
+                _ => {}
+            }
+        }
+        let phash = node.attr_str("phash").map(str::to_owned);
+        let mismatch = only.is_none()
+            && phash
+                .as_deref()
+                .is_some_and(|p| !phash_matches(p, &recipients));
+        let t = unix_now().to_string();
+        let mut delivered = 0usize;
+        for device in &recipients {
+            if only.as_ref().is_some_and(|o| o != device) {
+                continue;
+            }
+            let mut encs = own.remove(&device.to_string()).unwrap_or_default();
+            let prekey = encs.iter().any(|e| e.attr_str("type") == Some("pkmsg"));
+            encs.extend(shared.iter().cloned());
+            if encs.is_empty() {
+                continue;
+            }
+            if prekey {
+                if let Some(identity) = &identity {
+                    encs.push(identity.clone());
+                }
+            }
+            let mut stanza = Node::new("message")
+                .attr("from", to.clone())
+                .attr("participant", sender.clone())
+                .attr("id", msg_id.clone())
+                .attr("t", t.clone());
+            for key in ["type", "edit"] {
+                if let Some(value) = node.get_attr(key) {
+                    stanza = stanza.attr(key, value.clone());
+                }
+            }
+            let stanza = stanza.attr("addressing_mode", "pn").children(encs);
+            if self.deliver_group_stanza(device, stanza) {
+                self.groups.counters.deliveries += 1;
+                delivered += 1;
+            } else {
+                self.groups.counters.undeliverable += 1;
+            }
+        }
+        for stray in own.keys() {
+            debug!(group = %to, device = %stray, "<to> for a device outside the group: dropped");
+        }
+        self.groups.counters.messages += 1;
+        info!(group = %to, %sender, id = %msg_id, delivered, recipients = recipients.len(), "group message fanned out");
+        let ack = if mismatch {
+            self.groups.counters.phash_mismatches += 1;
+            ack.attr("phash", participant_hash(&recipients))
+        } else {
+            ack
+        };
+        vec![Outbound::Node(ack)]
+    }
+}
+
+fn jid_text(node: &Node) -> String {
+    node.get_attr("jid")
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+fn group_jid_user(group: &Jid) -> Result<String, SimError> {
+    if group.server != Server::Group || group.user.is_empty() {
+        return Err(SimError::UnknownGroup(group.to_string()));
+    }
+    Ok(group.user.clone())
+}
+
+impl Simulator {
+    /// The phone `creator` creates a group with the accounts `members` (bare E.164 digits);
+    /// every member device gets the `w:gp2` `<create>` notification.
+    pub fn create_group(
+        &self,
+        creator: &str,
+        subject: &str,
+        members: &[&str],
+    ) -> Result<GroupInfo, SimError> {
+        let mut state = self.inner.shared.lock();
+        state.phone(creator)?;
+        for member in members {
+            state.phone(member)?;
+        }
+        let invited: Vec<Jid> = members.iter().map(|m| pn(m)).collect();
+        let (id, _) = state
+            .create_group_as(&pn(creator), subject, &invited)
+            .map_err(|r| r.into_sim_error(subject))?;
+        let group = state
+            .groups
+            .by_id
+            .get(&id)
+            .ok_or_else(|| SimError::UnknownGroup(id.clone()))?;
+        Ok(state.group_info(group))
+    }
+
+    /// The group's creator (its phone) adds, removes, promotes or demotes accounts; every
+    /// member device (and the removed ones) gets the `w:gp2` notification.
+    pub fn update_group(
+        &self,
+        group: &Jid,
+        action: GroupAction,
+        phones: &[&str],
+    ) -> Result<Vec<ParticipantOutcome>, SimError> {
+        let id = group_jid_user(group)?;
+        let mut state = self.inner.shared.lock();
+        let creator = state
+            .groups
+            .by_id
+            .get(&id)
+            .map(|g| g.creator.clone())
+            .ok_or_else(|| SimError::UnknownGroup(group.to_string()))?;
+        let targets: Vec<Jid> = phones.iter().map(|p| pn(p)).collect();
+        state
+            .update_group_as(&pn(&creator), &id, action, &targets)
+            .map_err(|r| r.into_sim_error(&group.to_string()))
+    }
+
+    /// A group as the server knows it.
+    pub fn group(&self, group: &Jid) -> Result<GroupInfo, SimError> {
+        let id = group_jid_user(group)?;
+        let state = self.inner.shared.lock();
+        let found = state
+            .groups
+            .by_id
+            .get(&id)
+            .ok_or_else(|| SimError::UnknownGroup(group.to_string()))?;
+        Ok(state.group_info(found))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::state::{Device, Policy};
+
+    const A: &str = "15550000001";
+    const B: &str = "15550000002";
+    const C: &str = "15550000003";
+    const D: &str = "15550000004";
+
+    fn state(phones: &[&str]) -> State {
+        let mut state = State::new(Policy {
+            first_qr_ttl: Duration::from_secs(60),
+            next_qr_ttl: Duration::from_secs(20),
+            qr_refs: 6,
+            min_client_version: None,
+        });
+        for phone in phones {
+            state.add_phone(phone).expect("phone");
+        }
+        state
+    }
+
+    /// Links `phone:device` and logs it in on a new socket.
+    fn online(
+        state: &mut State,
+        phone: &str,
+        device: u16,
+    ) -> (SocketId, mpsc::UnboundedReceiver<Outbound>) {
+        let jid = pn(phone).with_device(device);
+        let lid = Jid::new(state.phones[phone].lid_user.clone(), Server::Lid).with_device(device);
+        state.devices.insert(
+            jid.to_string(),
+            Device {
+                lid,
+                prekeys: BTreeMap::new(),
+                bundle: None,
+            },
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = state.open_socket(tx);
+        if let Some(entry) = state.sockets.get_mut(&id) {
+            entry.role = Role::Device(jid.to_string());
+        }
+        (id, rx)
+    }
+
+    fn received(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        while let Ok(out) = rx.try_recv() {
+            match out {
+                Outbound::Node(n) => nodes.push(n),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        nodes
+    }
+
+    fn only(out: Vec<Outbound>) -> Node {
+        match <[Outbound; 1]>::try_from(out) {
+            Ok([Outbound::Node(n)]) => n,
+            Ok([other]) => panic!("expected a node, got {other:?}"),
+            Err(out) => panic!("expected one node, got {out:?}"),
+        }
+    }
+
+    fn iq(ty: &'static str, to: Jid, child: Node) -> Node {
+        Node::new("iq")
+            .attr("id", "g1")
+            .attr("xmlns", "w:g2")
+            .attr("type", ty)
+            .attr("to", to)
+            .children([child])
+    }
+
+    fn any_group() -> Jid {
+        Jid::new("", Server::Group)
+    }
+
+    fn participants(nodes: impl IntoIterator<Item = Jid>) -> Vec<Node> {
+        nodes
+            .into_iter()
+            .map(|j| Node::new("participant").attr("jid", j))
+            .collect()
+    }
+
+    fn error_code(node: &Node) -> Option<&str> {
+        node.child_by_tag("error").and_then(|e| e.attr_str("code"))
+    }
+
+    fn jid_of(node: &Node, key: &str) -> String {
+        node.get_attr(key)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    /// A creates "Team" with B and C over its socket; returns the group JID.
+    fn created(state: &mut State, a: SocketId) -> Jid {
+        let create = Node::new("create")
+            .attr("subject", "Team")
+            .attr("key", "K1")
+            .children(participants([pn(B), pn(C)]));
+        let reply = only(state.on_node(a, iq("set", any_group(), create)));
+        assert_eq!(reply.attr_str("type"), Some("result"), "{reply:?}");
+        let id = reply
+            .child_by_tag("group")
+            .and_then(|g| g.attr_str("id"))
+            .expect("group id");
+        Jid::new(id, Server::Group)
+    }
+
+    #[test]
+    fn create_answers_the_group_and_notifies_the_other_member_devices() {
+        let mut state = state(&[A, B, C]);
+        let (a, mut a_rx) = online(&mut state, A, 1);
+        let (b, mut b_rx) = online(&mut state, B, 1);
+        let (_c, mut c_rx) = online(&mut state, C, 1);
+        let create = Node::new("create")
+            .attr("subject", "Team")
+            .attr("key", "K1")
+            .children(participants([pn(B), pn(C), pn("15559999999")]));
+        let reply = only(state.on_node(a, iq("set", any_group(), create)));
+        assert_eq!(reply.attr_str("type"), Some("result"));
+        assert_eq!(reply.attr_str("id"), Some("g1"));
+        let group = reply.child_by_tag("group").expect("<group>");
+        let id = group.attr_str("id").expect("id").to_owned();
+        assert!(id.starts_with(GROUP_ID_PREFIX) && id.len() == 18, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(group.attr_str("subject"), Some("Team"));
+        assert_eq!(jid_of(group, "creator"), format!("{A}@s.whatsapp.net"));
+        assert_eq!(group.attr_str("addressing_mode"), Some("pn"));
+        let listed: Vec<(String, Option<&str>, Option<&str>)> = group
+            .children_by_tag("participant")
+            .map(|p| (jid_of(p, "jid"), p.attr_str("type"), p.attr_str("error")))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (format!("{A}@s.whatsapp.net"), Some("superadmin"), None),
+                (format!("{B}@s.whatsapp.net"), None, None),
+                (format!("{C}@s.whatsapp.net"), None, None),
+                ("15559999999@s.whatsapp.net".to_owned(), None, Some("404")),
+            ]
+        );
+
+        assert!(
+            received(&mut a_rx).is_empty(),
+            "the creating device gets no notification"
+        );
+        let mut notification_id = String::new();
+        for rx in [&mut b_rx, &mut c_rx] {
+            let got = received(rx);
+            assert_eq!(got.len(), 1, "{got:?}");
+            let n = &got[0];
+            assert_eq!(n.tag, "notification");
+            assert_eq!(n.attr_str("type"), Some("w:gp2"));
+            assert_eq!(jid_of(n, "from"), format!("{id}@g.us"));
+            assert_eq!(jid_of(n, "participant"), format!("{A}@s.whatsapp.net"));
+            assert!(n.attr_str("t").is_some());
+            let inner = n
+                .child_by_tag("create")
+                .and_then(|c| c.child_by_tag("group"))
+                .expect("<create><group>");
+            assert_eq!(inner.attr_str("id"), Some(id.as_str()));
+            assert_eq!(inner.children_by_tag("participant").count(), 3);
+            notification_id = n.attr_str("id").expect("id").to_owned();
+        }
+        let c = state.counters().groups;
+        assert_eq!(
+            (c.created, c.notifications_sent, c.notifications_acked),
+            (1, 2, 0)
+        );
+        // B acks; a second ack of the same id, or an unknown id, counts nothing.
+        let ack = |id: &str| {
+            Node::new("ack")
+                .attr("class", "notification")
+                .attr("id", id.to_owned())
+                .attr("type", "w:gp2")
+                .attr("to", Jid::new(id.to_owned(), Server::Group))
+        };
+        assert!(state.on_node(b, ack(&notification_id)).is_empty());
+        state.on_node(b, ack(&notification_id));
+        state.on_node(b, ack("nonsense"));
+        assert_eq!(state.counters().groups.notifications_acked, 1);
+
+        // Not logged in: 401; no subject: 400.
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let anonymous = state.open_socket(tx);
+        let reply = only(state.on_node(
+            anonymous,
+            iq("set", any_group(), Node::new("create").attr("subject", "x")),
+        ));
+        assert_eq!(error_code(&reply), Some("401"));
+        let reply = only(state.on_node(
+            a,
+            iq("set", any_group(), Node::new("create").attr("subject", " ")),
+        ));
+        assert_eq!(error_code(&reply), Some("400"));
+        assert_eq!(state.counters().groups.created, 1);
+    }
+
+    #[test]
+    fn participating_and_metadata_answer_members_only() {
+        let mut state = state(&[A, B, C, D]);
+        let (a, _a_rx) = online(&mut state, A, 1);
+        let (b, _b_rx) = online(&mut state, B, 1);
+        let (d, _d_rx) = online(&mut state, D, 1);
+        let group = created(&mut state, a);
+        let participating = Node::new("participating")
+            .children([Node::new("participants"), Node::new("description")]);
+        let reply = only(state.on_node(b, iq("get", any_group(), participating.clone())));
+        let groups = reply.child_by_tag("groups").expect("<groups>");
+        let ids: Vec<&str> = groups
+            .children_by_tag("group")
+            .filter_map(|g| g.attr_str("id"))
+            .collect();
+        assert_eq!(ids, vec![group.user.as_str()]);
+        let reply = only(state.on_node(d, iq("get", any_group(), participating)));
+        assert_eq!(
+            reply.child_by_tag("groups").map(|g| g.child_nodes().len()),
+            Some(0)
+        );
+
+        let query = || Node::new("query").attr("request", "interactive");
+        let reply = only(state.on_node(b, iq("get", group.clone(), query())));
+        assert_eq!(reply.attr_str("type"), Some("result"));
+        assert_eq!(jid_of(&reply, "from"), group.to_string());
+        let meta = reply.child_by_tag("group").expect("<group>");
+        assert_eq!(meta.attr_str("size"), Some("3"));
+        assert_eq!(meta.attr_str("subject"), Some("Team"));
+        let reply = only(state.on_node(d, iq("get", group.clone(), query())));
+        assert_eq!(error_code(&reply), Some("403"));
+        let unknown = Jid::new("120363000000000000", Server::Group);
+        let reply = only(state.on_node(b, iq("get", unknown, query())));
+        assert_eq!(error_code(&reply), Some("404"));
+    }
+
+    fn enc(ty: &'static str, byte: u8) -> Node {
+        Node::new("enc")
+            .attr("v", "2")
+            .attr("type", ty)
+            .bytes(vec![byte; 4])
+    }
+
+    fn to(jid: Jid, enc: Node) -> Node {
+        Node::new("to").attr("jid", jid).children([enc])
+    }
+
+    fn group_message(group: &Jid, id: &'static str, phash: Option<String>, tos: Vec<Node>) -> Node {
+        let mut message = Node::new("message")
+            .attr("id", id)
+            .attr("to", group.clone())
+            .attr("type", "text");
+        if let Some(phash) = phash {
+            message = message.attr("phash", phash);
+        }
+        let mut children = Vec::new();
+        if !tos.is_empty() {
+            children.push(Node::new("participants").children(tos));
+        }
+        children.push(enc("skmsg", 9));
+        children.push(Node::new("device-identity").bytes(vec![7; 3]));
+        message.children(children)
+    }
+
+    fn encs(node: &Node) -> Vec<(String, u8)> {
+        node.child_nodes()
+            .iter()
+            .map(|c| {
+                let first = c
+                    .content_bytes()
+                    .and_then(|b| b.first().copied())
+                    .unwrap_or(0);
+                match c.attr_str("type") {
+                    Some(ty) => (ty.to_owned(), first),
+                    None => (c.tag.to_string(), first),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn group_message_reaches_every_other_member_device_own_enc_first() {
+        let mut state = state(&[A, B, C, D]);
+        let (a1, mut a1_rx) = online(&mut state, A, 1);
+        let (_a2, mut a2_rx) = online(&mut state, A, 2);
+        let (_b1, mut b1_rx) = online(&mut state, B, 1);
+        let (_c1, mut c1_rx) = online(&mut state, C, 1);
+        let (d1, mut d1_rx) = online(&mut state, D, 1);
+        let group = created(&mut state, a1);
+        for rx in [&mut a2_rx, &mut b1_rx, &mut c1_rx] {
+            received(rx);
+        }
+        // What the sender's device list is: every member device but itself.
+        let expected = participant_hash(&[
+            pn(A),
+            pn(A).with_device(2),
+            pn(B),
+            pn(B).with_device(1),
+            pn(C),
+            pn(C).with_device(1),
+        ]);
+        // B's device is named by its LID; D is not a member.
+        let b_lid = Jid::new(state.phones[B].lid_user.clone(), Server::Lid).with_device(1);
+        let tos = vec![
+            to(b_lid, enc("pkmsg", 1)),
+            to(pn(C).with_device(1), enc("pkmsg", 2)),
+            to(pn(A).with_device(2), enc("msg", 3)),
+            to(pn(D).with_device(1), enc("pkmsg", 4)),
+        ];
+        let out = state.on_node(a1, group_message(&group, "M1", Some(expected.clone()), tos));
+        let ack = only(out);
+        assert_eq!(ack.tag, "ack");
+        assert_eq!(ack.attr_str("class"), Some("message"));
+        assert_eq!(ack.attr_str("id"), Some("M1"));
+        assert_eq!(jid_of(&ack, "from"), group.to_string());
+        assert_eq!(ack.attr_str("phash"), None, "the phash matched");
+        assert_eq!(ack.attr_str("error"), None);
+
+        let check =
+            |rx: &mut mpsc::UnboundedReceiver<Outbound>, id: &str, want: Vec<(&str, u8)>| {
+                let got = received(rx);
+                assert_eq!(got.len(), 1, "{got:?}");
+                let m = &got[0];
+                assert_eq!(m.tag, "message");
+                assert_eq!(jid_of(m, "from"), group.to_string());
+                assert_eq!(jid_of(m, "participant"), format!("{A}:1@s.whatsapp.net"));
+                assert_eq!(m.attr_str("id"), Some(id));
+                assert_eq!(m.attr_str("type"), Some("text"));
+                assert_eq!(m.attr_str("addressing_mode"), Some("pn"));
+                assert!(m.attr_str("t").is_some_and(|t| t.parse::<u64>().is_ok()));
+                let want: Vec<(String, u8)> =
+                    want.into_iter().map(|(t, b)| (t.to_owned(), b)).collect();
+                assert_eq!(encs(m), want);
+            };
+        check(
+            &mut b1_rx,
+            "M1",
+            vec![("pkmsg", 1), ("skmsg", 9), ("device-identity", 7)],
+        );
+        check(
+            &mut c1_rx,
+            "M1",
+            vec![("pkmsg", 2), ("skmsg", 9), ("device-identity", 7)],
+        );
+        check(&mut a2_rx, "M1", vec![("msg", 3), ("skmsg", 9)]);
+        assert!(received(&mut d1_rx).is_empty(), "not a member");
+        assert!(
+            received(&mut a1_rx).is_empty(),
+            "the sender gets only the ack"
+        );
+        let c = state.counters().groups;
+        assert_eq!((c.messages, c.deliveries, c.phash_mismatches), (1, 3, 0));
+        // The three phones have no route yet.
+        assert_eq!(c.undeliverable, 3);
+
+        // A stale phash: delivered all the same, the ack carries the server's.
+        let out = state.on_node(
+            a1,
+            group_message(&group, "M2", Some("2:AAAAAAAA".to_owned()), Vec::new()),
+        );
+        assert_eq!(only(out).attr_str("phash"), Some(expected.as_str()));
+        check(&mut b1_rx, "M2", vec![("skmsg", 9)]);
+        check(&mut c1_rx, "M2", vec![("skmsg", 9)]);
+        check(&mut a2_rx, "M2", vec![("skmsg", 9)]);
+        assert_eq!(state.counters().groups.phash_mismatches, 1);
+
+        // A retry resend to one device (`participant`) reaches only that device.
+        let retry = group_message(
+            &group,
+            "M1",
+            None,
+            vec![to(pn(B).with_device(1), enc("msg", 5))],
+        )
+        .attr("participant", pn(B).with_device(1));
+        only(state.on_node(a1, retry));
+        assert_eq!(received(&mut b1_rx).len(), 1);
+        assert!(received(&mut c1_rx).is_empty());
+        assert!(received(&mut a2_rx).is_empty());
+
+        // Not a member, unknown group: an ack with an error, nothing delivered.
+        let out = state.on_node(d1, group_message(&group, "M3", None, Vec::new()));
+        assert_eq!(only(out).attr_str("error"), Some("403"));
+        let unknown = Jid::new("120363000000000000", Server::Group);
+        let out = state.on_node(a1, group_message(&unknown, "M4", None, Vec::new()));
+        assert_eq!(only(out).attr_str("error"), Some("404"));
+        assert!(received(&mut b1_rx).is_empty());
+        assert_eq!(state.counters().groups.messages_refused, 2);
+    }
+
+    #[test]
+    fn removed_member_is_notified_and_gets_no_later_message() {
+        let mut state = state(&[A, B, C, D]);
+        let (a1, mut a1_rx) = online(&mut state, A, 1);
+        let (b1, mut b1_rx) = online(&mut state, B, 1);
+        let (c1, mut c1_rx) = online(&mut state, C, 1);
+        let group = created(&mut state, a1);
+        for rx in [&mut b1_rx, &mut c1_rx] {
+            received(rx);
+        }
+        let change = |tag: &'static str, who: &[&str]| {
+            iq(
+                "set",
+                group.clone(),
+                Node::new(tag).children(participants(who.iter().map(|p| pn(p)))),
+            )
+        };
+        // B is no admin.
+        let reply = only(state.on_node(b1, change("remove", &[C])));
+        assert_eq!(error_code(&reply), Some("403"));
+        assert!(received(&mut c1_rx).is_empty());
+
+        let reply = only(state.on_node(a1, change("remove", &[C, D])));
+        assert_eq!(reply.attr_str("type"), Some("result"));
+        let outcomes: Vec<(String, Option<&str>)> = reply
+            .child_by_tag("remove")
+            .expect("<remove>")
+            .children_by_tag("participant")
+            .map(|p| (jid_of(p, "jid"), p.attr_str("error")))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (format!("{C}@s.whatsapp.net"), None),
+                (format!("{D}@s.whatsapp.net"), Some("404")),
+            ]
+        );
+        for rx in [&mut b1_rx, &mut c1_rx] {
+            let got = received(rx);
+            assert_eq!(got.len(), 1, "{got:?}");
+            let removed: Vec<String> = got[0]
+                .child_by_tag("remove")
+                .expect("<remove>")
+                .children_by_tag("participant")
+                .map(|p| jid_of(p, "jid"))
+                .collect();
+            assert_eq!(removed, vec![format!("{C}@s.whatsapp.net")]);
+        }
+        assert!(received(&mut a1_rx).is_empty());
+
+        only(state.on_node(a1, group_message(&group, "M1", None, Vec::new())));
+        assert_eq!(received(&mut b1_rx).len(), 1);
+        assert!(received(&mut c1_rx).is_empty(), "C was removed");
+        let out = state.on_node(c1, group_message(&group, "M2", None, Vec::new()));
+        assert_eq!(only(out).attr_str("error"), Some("403"));
+
+        // Promote B; B may now add C back; adding A again is a 409.
+        only(state.on_node(a1, change("promote", &[B])));
+        let reply = only(state.on_node(b1, change("add", &[C, A])));
+        let errors: Vec<Option<&str>> = reply
+            .child_by_tag("add")
+            .expect("<add>")
+            .children_by_tag("participant")
+            .map(|p| p.attr_str("error"))
+            .collect();
+        assert_eq!(errors, vec![None, Some("409")]);
+        let got = received(&mut c1_rx);
+        assert!(
+            got.iter().any(|n| n.child_by_tag("add").is_some()),
+            "{got:?}"
+        );
+        let info = state.group_info(&state.groups.by_id[&group.user]);
+        let ranks: Vec<GroupRank> = info.participants.iter().map(|p| p.rank).collect();
+        assert_eq!(
+            ranks,
+            vec![GroupRank::SuperAdmin, GroupRank::Admin, GroupRank::Member]
+        );
+
+        // C leaves by itself.
+        let leave =
+            Node::new("leave").children([Node::new("group").attr("id", group.user.clone())]);
+        let reply = only(state.on_node(c1, iq("set", any_group(), leave)));
+        assert_eq!(reply.attr_str("type"), Some("result"));
+        assert_eq!(
+            state
+                .group_info(&state.groups.by_id[&group.user])
+                .participants
+                .len(),
+            2
+        );
+    }
+
+    /// Vectors computed with Node's `crypto` from the strings each implementation hashes.
+    #[test]
+    fn participant_hash_matches_whatsmeow_and_baileys_renderings() {
+        let devices = [pn(B), pn(B).with_device(1), pn(A).with_device(2)];
+        assert_eq!(participant_hash(&devices), "2:Tv3bMHRM");
+        let mut shuffled = devices.clone();
+        shuffled.reverse();
+        assert_eq!(participant_hash(&shuffled), "2:Tv3bMHRM");
+        assert!(phash_matches("2:Tv3bMHRM", &devices));
+        assert!(
+            phash_matches("2:07+oAZAg", &devices),
+            "whatsmeow String() form"
+        );
+        assert!(
+            phash_matches("2:07+oAZ", &devices),
+            "Baileys generateParticipantHashV2"
+        );
+        assert!(!phash_matches("2:07+oAZAh", &devices));
+        assert!(!phash_matches("2:Tv3bMHRM", &devices[..2]));
+    }
+}
