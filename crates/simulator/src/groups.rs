@@ -47,7 +47,7 @@ pub const GROUP_ID_PREFIX: &str = "120363";
 
 /// A participant's rank in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum GroupRank {
     /// A plain member (no `type` attribute on the wire).
     Member,
