@@ -6,6 +6,7 @@
 //! | `POST /phones/{phone}/scan` | `{"qr":"…"}` | `{"device":"<jid>"}` |
 //! | `POST /phones/{phone}/pairing-code` | `{"code":"ABCD-EFGH"}` | `{"device":"<jid>"}` |
 //! | `POST /phones/{phone}/tamper` | `{"tamper":"none\|hmac\|account_signature"}` | `{}` |
+//! | `GET /phones/{phone}/inbox` | | `{"inbox":[<node JSON>…]}`: what reached the phone, raw |
 //! | `POST /devices/{jid}/unlink` | | `{}` |
 //! | `POST /devices/{jid}/drop` | | `{"dropped":N}` |
 //! | `GET /counters` | | [`Counters`](crate::Counters) |
@@ -34,6 +35,7 @@ pub fn router(sim: Simulator) -> Router {
         .route("/phones/{phone}/scan", post(scan))
         .route("/phones/{phone}/pairing-code", post(pairing_code))
         .route("/phones/{phone}/tamper", post(tamper))
+        .route("/phones/{phone}/inbox", get(inbox))
         .route("/devices/{jid}/unlink", post(unlink))
         .route("/devices/{jid}/drop", post(drop_connections))
         .route("/counters", get(counters))
@@ -158,6 +160,15 @@ async fn unlink(State(sim): State<Simulator>, Path(jid): Path<String>) -> ApiRes
 async fn drop_connections(State(sim): State<Simulator>, Path(jid): Path<String>) -> ApiResult {
     let dropped = sim.drop_connections(&device_jid(&jid)?);
     Ok(Json(json!({ "dropped": dropped })).into_response())
+}
+
+async fn inbox(State(sim): State<Simulator>, Path(phone): Path<String>) -> ApiResult {
+    let nodes: Vec<Value> = sim
+        .phone_inbox(&phone)?
+        .iter()
+        .map(wafleet_protocol::binary::json::to_value)
+        .collect();
+    Ok(Json(json!({ "inbox": nodes })).into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -18,17 +18,17 @@
 //!   `enc` first (it carries the sender key distribution, which the `skmsg` after it needs:
 //!   Baileys decrypts the encs in order) and the `skmsg`. The sender gets `<ack
 //!   class=message id from=<group> t>`.
-//! - `phash`: the participant hash over the member devices the message must reach (all
-//!   but the sender's device), as whatsmeow computes it (`participantListHashV2`: sorted
-//!   `user.agent:device@server` strings, SHA-256, `2:` and the base64 of the first six
-//!   bytes). When a client sent a `phash` that matches none of the known renderings of
-//!   that list (whatsmeow's, older whatsmeow's `String()` form, Baileys'
-//!   `generateParticipantHashV2`), the ack carries the server's `phash`, as WhatsApp tells
-//!   a sender that its participant list is stale. Baileys 7 sends no `phash` on group
-//!   messages and ignores one in an ack.
+//! - `phash`: the participant hash over the member devices the message must reach (every
+//!   device of every member but the sending device, as whatsmeow's `GetUserDevices`
+//!   lists them), computed as the 1:1 router does (Baileys' `generateParticipantHashV2`).
+//!   When a client's `phash` matches none of the renderings of that list clients use
+//!   (Baileys', whatsmeow's `participantListHashV2` over `user.agent:device@server` or
+//!   over its older `String()` form), the ack carries the server's `phash`, as WhatsApp
+//!   tells a sender that its participant list is stale. Baileys 7 sends no `phash` on
+//!   group messages and ignores one in an ack.
 //! - `t`, ids and the creation time are Unix seconds of the server's clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use base64::Engine;
 use rand_core::{OsRng, RngCore};
@@ -169,6 +169,9 @@ pub struct GroupCounters {
     pub messages_refused: u64,
     /// Group message stanzas handed to member devices.
     pub deliveries: u64,
+    /// Members' receipts for group messages routed to the message's sender.
+    #[serde(default)]
+    pub receipts_routed: u64,
     /// Member devices a group message could not be handed to (no route to the device).
     pub undeliverable: u64,
     /// Group messages whose `phash` did not match the server's member device list.
@@ -206,9 +209,26 @@ pub(crate) struct Groups {
     /// (device JID, notification id) sent and not acked.
     unacked: HashSet<(String, String)>,
     next_notification: u64,
+    /// (group id, message id) → the sending device, to route the members' receipts.
+    sent: HashMap<(String, String), Jid>,
+    sent_order: VecDeque<(String, String)>,
 }
 
+/// Group message ids whose sender the server remembers (for routing receipts).
+const SENT_MEMORY: usize = 100_000;
+
 impl Groups {
+    fn remember(&mut self, key: (String, String), sender: Jid) {
+        if self.sent.insert(key.clone(), sender).is_none() {
+            self.sent_order.push_back(key);
+            while self.sent_order.len() > SENT_MEMORY {
+                if let Some(old) = self.sent_order.pop_front() {
+                    self.sent.remove(&old);
+                }
+            }
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> GroupCounters {
         self.counters.clone()
@@ -244,11 +264,30 @@ impl Refusal {
     }
 }
 
-/// The participant hash of a device list as whatsmeow computes it
-/// (`participantListHashV2`): `user.agent:device@server` strings sorted and concatenated,
-/// SHA-256, `2:` followed by the unpadded base64 of the first six bytes.
-pub(crate) fn participant_hash(devices: &[Jid]) -> String {
-    let mut names: Vec<String> = devices
+/// The server's participant hash of a device list, as the 1:1 router computes it
+/// ([`crate::participant_hash`], Baileys' `generateParticipantHashV2`) over
+/// `user[:device]@server` strings.
+pub(crate) fn server_phash(devices: &[Jid]) -> String {
+    let names: Vec<String> = devices
+        .iter()
+        .map(|d| plain_device(d).to_string())
+        .collect();
+    crate::messages::participant_hash(&names)
+}
+
+/// whatsmeow's renderings of the same hash (`participantListHashV2`: `2:` and the unpadded
+/// base64 of the first six digest bytes), over its newer `user.agent:device@server`
+/// strings and over its older `String()` form.
+fn whatsmeow_phashes(devices: &[Jid]) -> [String; 2] {
+    let hash = |mut names: Vec<String>| {
+        names.sort();
+        let digest = Sha256::digest(names.concat().as_bytes());
+        format!(
+            "2:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..6])
+        )
+    };
+    let ad = devices
         .iter()
         .map(|d| {
             format!(
@@ -260,41 +299,17 @@ pub(crate) fn participant_hash(devices: &[Jid]) -> String {
             )
         })
         .collect();
-    names.sort();
-    let digest = Sha256::digest(names.concat().as_bytes());
-    format!(
-        "2:{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..6])
-    )
-}
-
-/// The other renderings of the same hash clients send: older whatsmeow (`String()` form,
-/// device 0 written without `:0`) and Baileys' `generateParticipantHashV2` (the first six
-/// characters of the base64 of the whole digest).
-fn client_participant_hashes(devices: &[Jid]) -> [String; 2] {
-    let mut names: Vec<String> = devices
+    let plain = devices
         .iter()
         .map(|d| plain_device(d).to_string())
         .collect();
-    names.sort();
-    let digest = Sha256::digest(names.concat().as_bytes());
-    let engine = base64::engine::general_purpose::STANDARD;
-    let whole = engine.encode(digest);
-    [
-        format!(
-            "2:{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..6])
-        ),
-        format!("2:{}", &whole[..6]),
-    ]
+    [hash(ad), hash(plain)]
 }
 
-/// Whether a client's `phash` names the same device list as `devices`.
+/// Whether a client's `phash` names the same device list as `devices`, in any of the
+/// renderings clients use.
 fn phash_matches(client: &str, devices: &[Jid]) -> bool {
-    client == participant_hash(devices)
-        || client_participant_hashes(devices)
-            .iter()
-            .any(|h| h == client)
+    client == server_phash(devices) || whatsmeow_phashes(devices).iter().any(|h| h == client)
 }
 
 /// A device JID with device 0 written as the plain user JID.
@@ -345,19 +360,6 @@ impl State {
         }
     }
 
-    /// The account (phone digits) of a user or device JID, PN or LID.
-    fn account_of(&self, jid: &Jid) -> Option<String> {
-        match jid.server {
-            Server::WhatsApp if self.phones.contains_key(&jid.user) => Some(jid.user.clone()),
-            Server::Lid => self
-                .phones
-                .values()
-                .find(|a| a.lid_user == jid.user)
-                .map(|a| a.phone.clone()),
-            _ => None,
-        }
-    }
-
     /// A device JID (PN or LID) in the canonical PN form: `phone:N@s.whatsapp.net`, or
     /// `phone@s.whatsapp.net` for the phone (device 0).
     fn canonical_device(&self, jid: &Jid) -> Option<Jid> {
@@ -368,15 +370,9 @@ impl State {
         })
     }
 
-    /// The devices of an account: the phone (device 0) and its linked companions.
-    fn account_devices(&self, phone: &str) -> Vec<Jid> {
-        let mut devices = vec![pn(phone)];
-        devices.extend(
-            self.devices_of(phone)
-                .iter()
-                .filter_map(|d| d.parse::<Jid>().ok()),
-        );
-        devices
+    /// The devices of an account: the phone (no device) and its linked companions.
+    fn phone_devices(&self, phone: &str) -> Vec<Jid> {
+        self.account_devices(&pn(phone))
     }
 
     /// Every device of every member of `group`.
@@ -384,7 +380,7 @@ impl State {
         group
             .members
             .keys()
-            .flat_map(|phone| self.account_devices(phone))
+            .flat_map(|phone| self.phone_devices(phone))
             .collect()
     }
 
@@ -437,24 +433,6 @@ impl State {
         }
     }
 
-    /// Hands a stanza to a device.
-    ///
-    /// Live sockets only for now: helper sim's router (offline queue, phones) replaces this.
-    fn deliver_group_stanza(&mut self, device: &Jid, node: Node) -> bool {
-        let key = device.to_string();
-        let ids: Vec<SocketId> = self
-            .sockets
-            .iter()
-            .filter(|(_, e)| matches!(&e.role, Role::Device(jid) if *jid == key))
-            .map(|(id, _)| *id)
-            .collect();
-        let mut sent = false;
-        for id in ids {
-            sent |= self.send(id, node.clone());
-        }
-        sent
-    }
-
     /// Sends a `w:gp2` notification with `child` from `group` to every device of
     /// `recipients` (phone digits) but `actor`.
     fn notify_group(
@@ -476,13 +454,16 @@ impl State {
             .children([child]);
         let devices: Vec<Jid> = recipients
             .iter()
-            .flat_map(|phone| self.account_devices(phone))
+            .flat_map(|phone| self.phone_devices(phone))
             .filter(|d| d != actor)
             .collect();
         for device in devices {
-            if self.deliver_group_stanza(&device, notification.clone()) {
+            if self.deliver(&device, notification.clone()) {
                 self.groups.counters.notifications_sent += 1;
-                self.groups.unacked.insert((device.to_string(), id.clone()));
+                // A phone's inbox needs no ack; a companion must ack.
+                if device.device.is_some_and(|d| d != 0) {
+                    self.groups.unacked.insert((device.to_string(), id.clone()));
+                }
             } else {
                 debug!(%device, %group, "w:gp2 notification not delivered: no route");
             }
@@ -773,6 +754,56 @@ impl State {
         }
     }
 
+    /// Whether a stanza is a receipt for a group message (`<receipt to=…@g.us>`).
+    pub(crate) fn is_group_receipt(node: &Node) -> bool {
+        node.tag == "receipt" && jid_attr(node, "to").is_some_and(|j| j.server == Server::Group)
+    }
+
+    /// A member's `<receipt to=<group> participant=<sender device> id [type]>` (delivery,
+    /// read, retry): it acknowledges the message in the member's queue and is answered as
+    /// the 1:1 router answers receipts, and the message's sender gets `<receipt
+    /// from=<group> participant=<member device> id t [type]>` with the same children.
+    pub(crate) fn group_receipt(&mut self, socket: SocketId, node: &Node) -> Vec<Outbound> {
+        // The 1:1 router acknowledges the queued message and acks the receipt; it does not
+        // know group message ids, so it routes nothing.
+        let out = self.on_receipt(socket, node);
+        let (Some(member), Some(group), Some(id)) = (
+            self.group_socket_device(socket),
+            jid_attr(node, "to"),
+            node.attr_str("id"),
+        ) else {
+            return out;
+        };
+        let key = (group.user.clone(), id.to_owned());
+        let Some(sender) = self.groups.sent.get(&key).cloned() else {
+            debug!(%group, id, "receipt for an unknown group message: not routed");
+            return out;
+        };
+        if sender == member {
+            return out;
+        }
+        let mut receipt = Node::new("receipt")
+            .attr("from", group)
+            .attr("participant", member)
+            .attr("id", id.to_owned())
+            .attr(
+                "t",
+                node.attr_str("t")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| unix_now().to_string()),
+            );
+        if let Some(kind) = node.get_attr("type") {
+            receipt = receipt.attr("type", kind.clone());
+        }
+        if let [_, ..] = node.child_nodes() {
+            receipt = receipt.children(node.child_nodes().to_vec());
+        }
+        if self.deliver(&sender, receipt) {
+            self.groups.counters.receipts_routed += 1;
+        }
+        out
+    }
+
     /// A group `<message to=…@g.us>` from a socket: fan-out and the server ack.
     pub(crate) fn group_message(&mut self, id: SocketId, node: Node) -> Vec<Outbound> {
         let Some(sender) = self.group_socket_device(id) else {
@@ -838,6 +869,10 @@ impl State {
                 .as_deref()
                 .is_some_and(|p| !phash_matches(p, &recipients));
         let t = unix_now().to_string();
+        let notify = self
+            .phones
+            .get(&sender.user)
+            .and_then(|a| a.push_name.clone());
         let mut delivered = 0usize;
         for device in &recipients {
             if only.as_ref().is_some_and(|o| o != device) {
@@ -864,8 +899,11 @@ impl State {
                     stanza = stanza.attr(key, value.clone());
                 }
             }
+            if let Some(name) = &notify {
+                stanza = stanza.attr("notify", name.clone());
+            }
             let stanza = stanza.attr("addressing_mode", "pn").children(encs);
-            if self.deliver_group_stanza(device, stanza) {
+            if self.deliver(device, stanza) {
                 self.groups.counters.deliveries += 1;
                 delivered += 1;
             } else {
@@ -876,10 +914,14 @@ impl State {
             debug!(group = %to, device = %stray, "<to> for a device outside the group: dropped");
         }
         self.groups.counters.messages += 1;
+        if only.is_none() {
+            self.groups
+                .remember((to.user.clone(), msg_id.clone()), sender.clone());
+        }
         info!(group = %to, %sender, id = %msg_id, delivered, recipients = recipients.len(), "group message fanned out");
         let ack = if mismatch {
             self.groups.counters.phash_mismatches += 1;
-            ack.attr("phash", participant_hash(&recipients))
+            ack.attr("phash", server_phash(&recipients))
         } else {
             ack
         };
@@ -996,14 +1038,7 @@ mod tests {
     ) -> (SocketId, mpsc::UnboundedReceiver<Outbound>) {
         let jid = pn(phone).with_device(device);
         let lid = Jid::new(state.phones[phone].lid_user.clone(), Server::Lid).with_device(device);
-        state.devices.insert(
-            jid.to_string(),
-            Device {
-                lid,
-                prekeys: BTreeMap::new(),
-                bundle: None,
-            },
-        );
+        state.devices.insert(jid.to_string(), Device::new(lid));
         let (tx, rx) = mpsc::unbounded_channel();
         let id = state.open_socket(tx);
         if let Some(entry) = state.sockets.get_mut(&id) {
@@ -1132,10 +1167,11 @@ mod tests {
             assert_eq!(inner.children_by_tag("participant").count(), 3);
             notification_id = n.attr_str("id").expect("id").to_owned();
         }
+        // B:1 and C:1, and the three phones' inboxes.
         let c = state.counters().groups;
         assert_eq!(
             (c.created, c.notifications_sent, c.notifications_acked),
-            (1, 2, 0)
+            (1, 5, 0)
         );
         // B acks; a second ack of the same id, or an unknown id, counts nothing.
         let ack = |id: &str| {
@@ -1259,7 +1295,7 @@ mod tests {
             received(rx);
         }
         // What the sender's device list is: every member device but itself.
-        let expected = participant_hash(&[
+        let expected = server_phash(&[
             pn(A),
             pn(A).with_device(2),
             pn(B),
@@ -1317,9 +1353,9 @@ mod tests {
             "the sender gets only the ack"
         );
         let c = state.counters().groups;
-        assert_eq!((c.messages, c.deliveries, c.phash_mismatches), (1, 3, 0));
-        // The three phones have no route yet.
-        assert_eq!(c.undeliverable, 3);
+        assert_eq!((c.messages, c.deliveries, c.phash_mismatches), (1, 6, 0));
+        // The three phones got it in their inboxes.
+        assert_eq!(c.undeliverable, 0);
 
         // A stale phash: delivered all the same, the ack carries the server's.
         let out = state.on_node(
@@ -1447,24 +1483,81 @@ mod tests {
         );
     }
 
+    #[test]
+    fn members_receipts_reach_the_sender_and_clear_their_queue() {
+        let mut state = state(&[A, B]);
+        let (a1, mut a1_rx) = online(&mut state, A, 1);
+        let (b1, mut b1_rx) = online(&mut state, B, 1);
+        let group = created(&mut state, a1);
+        received(&mut b1_rx);
+        only(state.on_node(a1, group_message(&group, "M1", None, Vec::new())));
+        assert_eq!(received(&mut b1_rx).len(), 1);
+        let b_key = format!("{B}:1@s.whatsapp.net");
+        assert_eq!(
+            state.counters().queued_now.get(&b_key),
+            Some(&2),
+            "notification and message"
+        );
+
+        let receipt = |ty: Option<&'static str>| {
+            let r = Node::new("receipt")
+                .attr("id", "M1")
+                .attr("to", group.clone())
+                .attr("participant", pn(A).with_device(1));
+            match ty {
+                Some(ty) => r
+                    .attr("type", ty)
+                    .children([Node::new("retry").attr("count", "1").attr("id", "M1")]),
+                None => r,
+            }
+        };
+        let ack = only(state.on_node(b1, receipt(None)));
+        assert_eq!(ack.tag, "ack");
+        assert_eq!(ack.attr_str("class"), Some("receipt"));
+        assert_eq!(
+            state.counters().queued_now.get(&b_key),
+            Some(&1),
+            "the receipt acknowledged the message (the notification is still unacked)"
+        );
+        let got = received(&mut a1_rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].tag, "receipt");
+        assert_eq!(jid_of(&got[0], "from"), group.to_string());
+        assert_eq!(jid_of(&got[0], "participant"), b_key);
+        assert_eq!(got[0].attr_str("id"), Some("M1"));
+        assert_eq!(got[0].attr_str("type"), None);
+
+        only(state.on_node(b1, receipt(Some("retry"))));
+        let got = received(&mut a1_rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].attr_str("type"), Some("retry"));
+        assert_eq!(
+            got[0]
+                .child_by_tag("retry")
+                .and_then(|r| r.attr_str("count")),
+            Some("1")
+        );
+        assert_eq!(state.counters().groups.receipts_routed, 2);
+        // A receipt for an id nobody sent to the group goes nowhere.
+        let stray = Node::new("receipt")
+            .attr("id", "NOPE")
+            .attr("to", group.clone());
+        only(state.on_node(b1, stray));
+        assert!(received(&mut a1_rx).is_empty());
+    }
+
     /// Vectors computed with Node's `crypto` from the strings each implementation hashes.
     #[test]
     fn participant_hash_matches_whatsmeow_and_baileys_renderings() {
         let devices = [pn(B), pn(B).with_device(1), pn(A).with_device(2)];
-        assert_eq!(participant_hash(&devices), "2:Tv3bMHRM");
+        assert_eq!(server_phash(&devices), "2:07+oAZ");
         let mut shuffled = devices.clone();
         shuffled.reverse();
-        assert_eq!(participant_hash(&shuffled), "2:Tv3bMHRM");
-        assert!(phash_matches("2:Tv3bMHRM", &devices));
-        assert!(
-            phash_matches("2:07+oAZAg", &devices),
-            "whatsmeow String() form"
-        );
-        assert!(
-            phash_matches("2:07+oAZ", &devices),
-            "Baileys generateParticipantHashV2"
-        );
+        assert_eq!(server_phash(&shuffled), "2:07+oAZ");
+        assert!(phash_matches("2:07+oAZ", &devices), "Baileys");
+        assert!(phash_matches("2:Tv3bMHRM", &devices), "whatsmeow ADString");
+        assert!(phash_matches("2:07+oAZAg", &devices), "whatsmeow String()");
         assert!(!phash_matches("2:07+oAZAh", &devices));
-        assert!(!phash_matches("2:Tv3bMHRM", &devices[..2]));
+        assert!(!phash_matches("2:07+oAZ", &devices[..2]));
     }
 }

@@ -8,11 +8,42 @@
 //! the registration id 4-byte big endian; a device without a bundle is answered with
 //! `<user jid><error code=404 text=item-not-found/></user>` inside the `<list>`.
 
+use rand_core::OsRng;
 use tracing::{debug, info, warn};
 use wafleet_protocol::binary::{AttrValue, Content, Node};
+use wafleet_protocol::client::{
+    prekeys, DeviceIdentity, PreKey, SignedPreKey as ClientSignedPreKey,
+};
 use wafleet_protocol::jid::{Jid, Server};
+use wafleet_protocol::noise::KeyPair;
 
-use crate::state::{error_for, result_for, Outbound, SocketId, State};
+use crate::messages::{DeviceRef, LOW_PREKEYS};
+use crate::state::{error_for, result_for, Device, Outbound, SocketId, State};
+
+/// One-time prekeys a phone registers at a time (WhatsApp's first upload, 812).
+pub const PHONE_PREKEYS: usize = 812;
+
+/// A phone's Signal keys: its identity (the account key, as on WhatsApp, where the
+/// primary's identity key is the ADV account signature key), a signed prekey and
+/// [`PHONE_PREKEYS`] one-time prekeys; and its record in the key server.
+pub(crate) fn phone_keys(
+    phone: &str,
+    lid_user: &str,
+    account: &KeyPair,
+) -> (DeviceIdentity, Vec<PreKey>, Device) {
+    let mut identity = DeviceIdentity::generate(&mut OsRng);
+    identity.identity_key = account.clone();
+    identity.signed_pre_key = ClientSignedPreKey::generate(1, account, &mut OsRng);
+    identity.jid = Some(Jid::new(phone, Server::WhatsApp).to_string());
+    identity.lid = Some(Jid::new(lid_user, Server::Lid).to_string());
+    let (keys, next) = prekeys::generate(1, PHONE_PREKEYS, &mut OsRng);
+    identity.next_pre_key_id = next;
+    identity.pre_keys_uploaded = true;
+    let mut record = Device::new(Jid::new(lid_user, Server::Lid));
+    record.prekeys = keys.iter().map(|k| (k.id, k.key_pair.public)).collect();
+    record.bundle = Some(KeyBundle::of_identity(&identity));
+    (identity, keys, record)
+}
 
 /// Why an upload or request node was refused (answered with a 400 iq error).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,6 +114,25 @@ pub(crate) fn parse_prekey(key: &Node) -> Result<(u32, [u8; 32]), KeyError> {
 }
 
 impl KeyBundle {
+    /// The bundle of a device identity (what its upload carries).
+    pub fn of_identity(identity: &DeviceIdentity) -> KeyBundle {
+        let spk = &identity.signed_pre_key;
+        let mut signature = [0u8; 64];
+        if spk.signature.len() == 64 {
+            signature.copy_from_slice(&spk.signature);
+        }
+        KeyBundle {
+            registration_id: identity.registration_id,
+            key_type: 5,
+            identity: identity.identity_key.public,
+            signed: SignedPreKey {
+                id: spk.id,
+                public: spk.key_pair.public,
+                signature,
+            },
+        }
+    }
+
     /// The bundle of an upload iq, `None` if it carries none of its parts (a keys-only
     /// upload); an error if it carries some but not all, or malformed ones.
     pub fn parse(upload: &Node) -> Result<Option<KeyBundle>, KeyError> {
@@ -168,10 +218,14 @@ impl State {
             }
         };
         let mut served = Vec::with_capacity(jids.len());
+        let mut low = Vec::new();
         for jid in jids {
-            let key = device_key(&jid);
-            let Some(device) = key.as_ref().and_then(|k| self.devices.get_mut(k)) else {
+            let Some(target) = self.resolve_device(&jid) else {
                 debug!(socket = id, %jid, "bundle of an unknown device: 404");
+                served.push(not_found(jid));
+                continue;
+            };
+            let Some(device) = self.key_record(&target) else {
                 served.push(not_found(jid));
                 continue;
             };
@@ -188,36 +242,60 @@ impl State {
                     Node::new("value").bytes(public.to_vec()),
                 ]));
             }
+            let left = device.prekeys.len();
+            if left < LOW_PREKEYS && !device.low_prekeys_notified {
+                device.low_prekeys_notified = true;
+                low.push((target, left));
+            }
             info!(
                 socket = id,
                 %jid,
                 prekey = ?prekey.map(|(k, _)| k),
-                left = device.prekeys.len(),
+                left,
                 "prekey bundle served"
             );
             served.push(Node::new("user").attr("jid", jid).children(children));
+        }
+        for (target, left) in low {
+            if target.device == 0 {
+                self.phone_refill_prekeys(&target.phone);
+            } else {
+                self.prekeys_low(&target, left);
+            }
         }
         vec![Outbound::Node(
             result_for(node).children([Node::new("list").children(served)]),
         )]
     }
 
-    /// `<iq xmlns=usync type=get><usync …><query><devices version=2/></query><list><user
-    /// jid/>…</list></usync>`: each user's device list, the primary (0) and its linked
-    /// companions with a `key-index`. Users without an account get an empty list.
+    /// `<iq xmlns=usync type=get><usync …><query>…</query><list><user jid/>…</list></usync>`:
+    /// per user, what the query asks for (Baileys' `USyncQuery` protocols):
+    /// - `<devices version=2/>`: `<devices><device-list><device id [key-index]/>…` (the
+    ///   phone 0 and the companions, each with a `key-index`);
+    /// - `<lid/>`: `<lid val=<lid>@lid/>` for a phone-number user;
+    /// - `<contact/>`: `<contact type=in|out/>` (a user given as `<contact>+digits</contact>`
+    ///   is answered with its `@s.whatsapp.net` JID).
+    ///
+    /// Users without an account get an empty device list, no `lid` and `type=out`.
     pub(crate) fn usync(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
         let Some(usync) = node.child_by_tag("usync") else {
             return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
         };
-        let wants_devices = usync
-            .child_by_tag("query")
-            .is_some_and(|q| q.child_by_tag("devices").is_some());
-        let jids = match users(usync, "list") {
-            Ok(jids) if wants_devices => jids,
-            Ok(_) => {
-                warn!(socket = id, "usync without a devices query: 400");
-                return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
-            }
+        let asked = |tag: &str| {
+            usync
+                .child_by_tag("query")
+                .is_some_and(|q| q.child_by_tag(tag).is_some())
+        };
+        let (devices, lid, contact) = (asked("devices"), asked("lid"), asked("contact"));
+        if !(devices || lid || contact) {
+            warn!(
+                socket = id,
+                "usync without a devices, lid or contact query: 400"
+            );
+            return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
+        }
+        let jids = match usync_users(usync) {
+            Ok(jids) => jids,
             Err(e) => {
                 warn!(socket = id, error = %e, "bad usync request: 400");
                 return vec![Outbound::Node(error_for(node, 400, "bad-request"))];
@@ -227,19 +305,37 @@ impl State {
             .into_iter()
             .map(|jid| {
                 let user = jid.to_non_ad();
-                let devices = self.device_ids(&user);
-                debug!(socket = id, %user, ?devices, "usync device list");
-                let list = devices.into_iter().map(|d| {
-                    let device = Node::new("device").attr("id", d.to_string());
-                    if d == 0 {
-                        device
-                    } else {
-                        device.attr("key-index", d.to_string())
+                let account = self.account_of(&user);
+                let mut children = Vec::new();
+                if devices {
+                    let listed = self.account_devices(&user);
+                    debug!(socket = id, %user, devices = listed.len(), "usync device list");
+                    let list = listed.into_iter().map(|d| {
+                        let n = d.device.unwrap_or(0);
+                        let device = Node::new("device").attr("id", n.to_string());
+                        if n == 0 {
+                            device
+                        } else {
+                            device.attr("key-index", n.to_string())
+                        }
+                    });
+                    children.push(
+                        Node::new("devices").children([Node::new("device-list").children(list)]),
+                    );
+                }
+                if lid && user.server == Server::WhatsApp {
+                    if let Some(account) = account.as_ref().and_then(|p| self.phones.get(p)) {
+                        children.push(
+                            Node::new("lid")
+                                .attr("val", Jid::new(account.lid_user.clone(), Server::Lid)),
+                        );
                     }
-                });
-                Node::new("user").attr("jid", user).children([
-                    Node::new("devices").children([Node::new("device-list").children(list)])
-                ])
+                }
+                if contact {
+                    let kind = if account.is_some() { "in" } else { "out" };
+                    children.push(Node::new("contact").attr("type", kind));
+                }
+                Node::new("user").attr("jid", user).children(children)
             })
             .collect();
         let mut reply = Node::new("usync");
@@ -248,33 +344,66 @@ impl State {
         vec![Outbound::Node(result_for(node).children([reply]))]
     }
 
-    /// The device ids of `user`'s account: 0 and its companions, sorted; empty when the
-    /// user has no account here.
-    fn device_ids(&self, user: &Jid) -> Vec<u16> {
-        if user.server != Server::WhatsApp || !self.phones.contains_key(&user.user) {
-            return Vec::new();
+    /// The key-server record of a device: a companion's upload or the phone's own keys.
+    pub(crate) fn key_record(&mut self, device: &DeviceRef) -> Option<&mut Device> {
+        if device.device == 0 {
+            self.phones.get_mut(&device.phone).map(|a| &mut a.primary)
+        } else {
+            self.devices.get_mut(&device.key())
         }
-        let mut ids = vec![0];
-        ids.extend(
-            self.devices_of(&user.user)
-                .iter()
-                .filter_map(|d| d.parse::<Jid>().ok()?.device),
+    }
+
+    /// A phone whose one-time prekeys run low registers [`PHONE_PREKEYS`] more (it is
+    /// always online, so it does what a companion does on the low-prekey notification).
+    fn phone_refill_prekeys(&mut self, phone: &str) {
+        let Some(account) = self.phones.get_mut(phone) else {
+            return;
+        };
+        let (keys, next) =
+            prekeys::generate(account.signal.next_pre_key_id, PHONE_PREKEYS, &mut OsRng);
+        account.signal.next_pre_key_id = next;
+        account
+            .primary
+            .prekeys
+            .extend(keys.iter().map(|k| (k.id, k.key_pair.public)));
+        account.primary.low_prekeys_notified = false;
+        account.pre_keys.extend(keys);
+        info!(
+            phone,
+            stored = account.primary.prekeys.len(),
+            "phone registered more prekeys"
         );
-        ids.sort_unstable();
-        ids.dedup();
-        ids
     }
 }
 
-/// The key of `jid`'s device in [`State::devices`] (`user:N@s.whatsapp.net`); `None` for
-/// the primary (device 0: the simulated phone has no Signal keys yet) and other servers.
-fn device_key(jid: &Jid) -> Option<String> {
-    let device = jid.device.filter(|d| *d != 0)?;
-    (jid.server == Server::WhatsApp).then(|| {
-        Jid::new(jid.user.clone(), Server::WhatsApp)
-            .with_device(device)
-            .to_string()
-    })
+/// The users of a usync `<list>`: each `<user jid>`, or a `<user><contact>+digits</contact>`
+/// as `<digits>@s.whatsapp.net`.
+fn usync_users(usync: &Node) -> Result<Vec<Jid>, KeyError> {
+    let list = usync
+        .child_by_tag("list")
+        .ok_or(KeyError::Missing("list"))?;
+    let mut jids = Vec::new();
+    for user in list.children_by_tag("user") {
+        if user.get_attr("jid").is_some() {
+            jids.push(user_jid(user)?);
+            continue;
+        }
+        let phone = user
+            .child_by_tag("contact")
+            .and_then(|c| match &c.content {
+                Content::Bytes(b) => String::from_utf8(b.clone()).ok(),
+                Content::Str(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .map(|p| p.trim_start_matches('+').to_owned())
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or(KeyError::BadJid)?;
+        jids.push(Jid::new(phone, Server::WhatsApp));
+    }
+    if jids.is_empty() {
+        return Err(KeyError::Missing("user"));
+    }
+    Ok(jids)
 }
 
 #[cfg(test)]

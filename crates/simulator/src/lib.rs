@@ -33,6 +33,7 @@ mod connection;
 pub mod control;
 mod groups;
 mod keys;
+mod messages;
 mod phone;
 pub mod server;
 mod state;
@@ -49,6 +50,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 use wafleet_protocol::adv::AdvError;
+use wafleet_protocol::binary::Node;
 use wafleet_protocol::cert::{CertificateAuthority, ChainSpec};
 use wafleet_protocol::jid::Jid;
 use wafleet_protocol::noise::KeyPair;
@@ -60,6 +62,7 @@ pub use groups::{
     GroupAction, GroupCounters, GroupInfo, GroupParticipant, GroupRank, ParticipantOutcome,
     GROUP_ID_PREFIX,
 };
+pub use messages::{participant_hash, INBOX_LIMIT, LOW_PREKEYS, QUEUE_LIMIT};
 pub use phone::{PLATFORM, REPLY_TIMEOUT};
 
 /// How long [`Simulator::enter_pairing_code`] waits for the companion's request to reach
@@ -162,6 +165,36 @@ pub struct Counters {
     /// Groups: created, messages fanned out, notifications sent and acked.
     #[serde(default)]
     pub groups: GroupCounters,
+    /// Message copies delivered to a device (live, queued or to a phone's inbox).
+    #[serde(default)]
+    pub messages_routed: u64,
+    /// Message copies that found their device offline and waited in its queue.
+    #[serde(default)]
+    pub messages_queued: u64,
+    /// Queued messages a device acknowledged (`<ack class=message>` or a receipt).
+    #[serde(default)]
+    pub messages_acked: u64,
+    /// Addressed JIDs that were no device of the chat's or the sender's account.
+    #[serde(default)]
+    pub messages_refused: u64,
+    /// Receipts routed to a message's sender.
+    #[serde(default)]
+    pub receipts_routed: u64,
+    /// Routed receipts their device acknowledged (`<ack class=receipt>`).
+    #[serde(default)]
+    pub receipts_acked: u64,
+    /// Stanzas sent again (`offline`) at a login because they were not acknowledged.
+    #[serde(default)]
+    pub redelivered: u64,
+    /// Stanzas dropped from a full offline queue.
+    #[serde(default)]
+    pub queue_dropped: u64,
+    /// Low-prekey notifications (`<notification type=encrypt><count/>`) sent.
+    #[serde(default)]
+    pub prekey_low_sent: u64,
+    /// Stanzas waiting for their device's acknowledgement now, per device.
+    #[serde(default)]
+    pub queued_now: HashMap<String, usize>,
 }
 
 /// Simulator errors.
@@ -459,6 +492,21 @@ impl Simulator {
             .shared
             .lock()
             .drop_connections(&device.to_string())
+    }
+
+    /// What was delivered to `phone_digits`'s phone (device 0), oldest first: the raw
+    /// `<message>`/`<receipt>` stanzas as the server sent them (the phone does not decrypt
+    /// yet).
+    pub fn phone_inbox(&self, phone_digits: &str) -> Result<Vec<Node>, SimError> {
+        Ok(self
+            .inner
+            .shared
+            .lock()
+            .phone(phone_digits)?
+            .inbox
+            .iter()
+            .cloned()
+            .collect())
     }
 
     /// A snapshot of the counters.

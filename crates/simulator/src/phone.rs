@@ -327,14 +327,9 @@ async fn link(shared: &Shared, job: LinkJob) -> Result<Jid, SimError> {
         return Err(SimError::DeviceSignature(e));
     }
     state.counters.device_signatures_ok += 1;
-    state.devices.insert(
-        device_jid.to_string(),
-        Device {
-            lid,
-            prekeys: Default::default(),
-            bundle: None,
-        },
-    );
+    state
+        .devices
+        .insert(device_jid.to_string(), Device::new(lid));
     state.end_socket(
         job.socket,
         Outbound::Close(Some(Node::new("stream:error").attr("code", "515"))),

@@ -6,7 +6,7 @@
 //! what to send ([`Outbound`]). No I/O happens here, so the server's node-level behaviour is
 //! tested without sockets (see the tests at the bottom).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,13 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use wafleet_protocol::binary::{AttrValue, Content, Node};
+use wafleet_protocol::client::{DeviceIdentity, PreKey};
 use wafleet_protocol::jid::{Jid, Server};
 use wafleet_protocol::noise::{ClientFinishInfo, KeyPair};
 use wafleet_protocol::proto::ClientPayload;
 
 use crate::keys::{parse_prekey, KeyBundle};
+use crate::messages::{Messaging, LOW_PREKEYS};
 use crate::{Counters, PhoneInfo, SimError, Tamper};
 
 /// Identifies one WebSocket connection for the whole run.
@@ -68,6 +70,16 @@ pub(crate) struct Account {
     pub raw_id: u32,
     pub next_device_id: u16,
     pub tamper: Tamper,
+    /// The phone's (device 0's) record in the key server.
+    pub primary: Device,
+    /// The phone's Signal identity (its identity key is the account key, as on WhatsApp)
+    /// and the private halves of its one-time prekeys, for its own Signal stack.
+    pub signal: DeviceIdentity,
+    pub pre_keys: Vec<PreKey>,
+    /// What was delivered to the phone, oldest first.
+    pub inbox: VecDeque<Node>,
+    /// The push name its companions announced (`<presence name>`), sent as `notify`.
+    pub push_name: Option<String>,
 }
 
 impl Account {
@@ -90,6 +102,20 @@ pub(crate) struct Device {
     /// Registration id, identity key and signed prekey of the last upload, for bundle
     /// fetches and the `<digest>` query.
     pub bundle: Option<KeyBundle>,
+    /// The low-prekey notification was sent and no upload refilled the store since.
+    pub low_prekeys_notified: bool,
+}
+
+impl Device {
+    /// A device with no keys yet.
+    pub fn new(lid: Jid) -> Device {
+        Device {
+            lid,
+            prekeys: BTreeMap::new(),
+            bundle: None,
+            low_prekeys_notified: false,
+        }
+    }
 }
 
 /// A phone waiting for the companion's answer to one of its stanzas.
@@ -173,6 +199,10 @@ pub(crate) struct State {
     pub sockets: BTreeMap<SocketId, SocketEntry>,
     pub counters: CounterState,
     pub groups: crate::groups::Groups,
+    /// LID user → phone digits.
+    pub lids: HashMap<String, String>,
+    /// Offline queues, who sent which message, message counters.
+    pub messaging: Messaging,
     next_socket: SocketId,
     next_iq: u64,
 }
@@ -263,6 +293,8 @@ impl State {
             sockets: BTreeMap::new(),
             counters: CounterState::default(),
             groups: crate::groups::Groups::default(),
+            lids: HashMap::new(),
+            messaging: Messaging::default(),
             next_socket: 1,
             next_iq: 1,
         }
@@ -322,16 +354,28 @@ impl State {
         if self.phones.contains_key(&digits) {
             return Err(SimError::PhoneExists(digits));
         }
+        let mut lid_user = random_digits(15);
+        while self.lids.contains_key(&lid_user) {
+            lid_user = random_digits(15);
+        }
+        let key = KeyPair::generate(&mut OsRng);
+        let (signal, pre_keys, primary) = crate::keys::phone_keys(&digits, &lid_user, &key);
         let account = Account {
             phone: digits.clone(),
-            lid_user: random_digits(15),
-            key: KeyPair::generate(&mut OsRng),
+            lid_user: lid_user.clone(),
+            key,
             raw_id: OsRng.next_u32(),
             next_device_id: 1,
             tamper: Tamper::None,
+            primary,
+            signal,
+            pre_keys,
+            inbox: VecDeque::new(),
+            push_name: None,
         };
         let info = account.info();
         info!(phone = %digits, "phone added");
+        self.lids.insert(lid_user, digits.clone());
         self.phones.insert(digits, account);
         Ok(info)
     }
@@ -354,7 +398,7 @@ impl State {
         live
     }
 
-    fn sockets_of(&self, device: &str) -> Vec<SocketId> {
+    pub(crate) fn sockets_of(&self, device: &str) -> Vec<SocketId> {
         self.sockets
             .iter()
             .filter(|(_, e)| matches!(&e.role, Role::Device(jid) if jid == device))
@@ -379,6 +423,22 @@ impl State {
             max_live_sockets_per_device: self.counters.max_live_sockets_per_device,
             logins: self.counters.logins.clone(),
             groups: self.groups.counters(),
+            messages_routed: self.messaging.counters.messages_routed,
+            messages_queued: self.messaging.counters.messages_queued,
+            messages_acked: self.messaging.counters.messages_acked,
+            messages_refused: self.messaging.counters.messages_refused,
+            receipts_routed: self.messaging.counters.receipts_routed,
+            receipts_acked: self.messaging.counters.receipts_acked,
+            redelivered: self.messaging.counters.redelivered,
+            queue_dropped: self.messaging.counters.queue_dropped,
+            prekey_low_sent: self.messaging.counters.prekey_low_sent,
+            queued_now: self
+                .messaging
+                .queues
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, q)| (k.clone(), q.len()))
+                .collect(),
         }
     }
 
@@ -418,6 +478,7 @@ impl State {
             return Err(SimError::UnknownDevice(device.to_owned()));
         }
         self.counters.prekey_uploads.remove(device);
+        self.messaging.queues.remove(device);
         let ids: Vec<SocketId> = self
             .sockets_of(device)
             .into_iter()
@@ -543,12 +604,14 @@ impl State {
             info!(device = %jid, socket = older, "older socket replaced");
         }
         info!(device = %jid, socket = id, "logged in");
-        vec![Outbound::Node(
+        let mut out = vec![Outbound::Node(
             Node::new("success")
                 .attr("t", unix_now().to_string())
                 .attr("props", "1")
                 .attr("lid", lid),
-        )]
+        )];
+        out.extend(self.offline_delivery(&jid));
+        out
     }
 
     fn register(
@@ -605,11 +668,21 @@ impl State {
         if State::is_group_message(&node) {
             return self.group_message(id, node);
         }
+        if State::is_group_receipt(&node) {
+            return self.group_receipt(id, &node);
+        }
         self.observe_group_ack(id, &node);
-        if node.tag != "iq" {
-            // ib (unified_session), acks, presence and the like need no answer here.
-            debug!(socket = id, tag = %node.tag, "stanza ignored");
-            return Vec::new();
+        match &*node.tag {
+            "iq" => {}
+            "message" => return self.on_message(id, &node),
+            "receipt" => return self.on_receipt(id, &node),
+            "ack" => return self.on_ack(id, &node),
+            "presence" => return self.on_presence(id, &node),
+            _ => {
+                // ib (unified_session) and the like need no answer here.
+                debug!(socket = id, tag = %node.tag, "stanza ignored");
+                return Vec::new();
+            }
         }
         let ty = node.attr_str("type").unwrap_or_default().to_owned();
         if ty == "result" || ty == "error" {
@@ -664,7 +737,7 @@ impl State {
         }
     }
 
-    fn device_of(&self, id: SocketId) -> Option<String> {
+    pub(crate) fn device_of(&self, id: SocketId) -> Option<String> {
         match &self.sockets.get(&id)?.role {
             Role::Device(jid) => Some(jid.clone()),
             _ => None,
@@ -731,6 +804,9 @@ impl State {
         };
         let received = keys.len();
         record.prekeys.extend(keys);
+        if record.prekeys.len() >= LOW_PREKEYS {
+            record.low_prekeys_notified = false;
+        }
         if bundle.is_some() {
             record.bundle = bundle;
         }
@@ -976,11 +1052,7 @@ mod tests {
         let jid = "15551234567:1@s.whatsapp.net".to_owned();
         state.devices.insert(
             jid.clone(),
-            Device {
-                lid: Jid::new("123", Server::Lid).with_device(1),
-                prekeys: BTreeMap::new(),
-                bundle: None,
-            },
+            Device::new(Jid::new("123", Server::Lid).with_device(1)),
         );
         jid
     }
@@ -1005,7 +1077,13 @@ mod tests {
 
     fn login(state: &mut State) -> (SocketId, mpsc::UnboundedReceiver<Outbound>) {
         let (id, rx, out) = try_login(state, 1);
-        assert_eq!(node_of(&out).tag, "success");
+        match &out[..] {
+            [Outbound::Node(success), Outbound::Node(offline)] => {
+                assert_eq!(success.tag, "success");
+                assert_eq!(offline.tag, "ib", "the (empty) offline queue follows");
+            }
+            other => panic!("expected success and ib/offline, got {other:?}"),
+        }
         (id, rx)
     }
 

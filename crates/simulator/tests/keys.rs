@@ -189,19 +189,15 @@ async fn uploaded_prekeys_are_served_once_and_usync_lists_the_devices() {
         Some("0")
     );
 
-    // Unknown devices, the keyless primary, and an unknown user: a 404 per <user>.
+    // Unknown devices and an unknown user: a 404 per <user>.
     let unknown_device = format!("{ALICE}:42@s.whatsapp.net");
     let unknown_user = "15550000000:1@s.whatsapp.net";
     let primary = format!("{ALICE}@s.whatsapp.net");
     let reply = bob
-        .request(bundle_fetch([
-            unknown_device.as_str(),
-            unknown_user,
-            primary.as_str(),
-        ]))
+        .request(bundle_fetch([unknown_device.as_str(), unknown_user]))
         .await;
     let users404 = users(&reply);
-    assert_eq!(users404.len(), 3);
+    assert_eq!(users404.len(), 2);
     for user in &users404 {
         let error = user.child_by_tag("error").expect("<error>");
         assert_eq!(error.attr_str("code"), Some("404"));
@@ -209,6 +205,29 @@ async fn uploaded_prekeys_are_served_once_and_usync_lists_the_devices() {
         assert!(user.child_by_tag("skey").is_none());
     }
     assert_eq!(jid_attr(&users404[1]), unknown_user);
+
+    // The phone (device 0) has keys of its own: its identity is the account key, and its
+    // signed prekey verifies with it.
+    let phone = sim.add_phone("15559990000").expect("third phone");
+    let reply = bob.request(bundle_fetch([primary.as_str()])).await;
+    let [user] = &users(&reply)[..] else {
+        panic!("one <user>: {reply:?}");
+    };
+    assert!(user.child_by_tag("error").is_none(), "{user:?}");
+    assert!(user.child_by_tag("key").is_some(), "a one-time prekey");
+    let skey = user.child_by_tag("skey").expect("<skey>");
+    let identity: [u8; 32] = bytes(user, "identity").try_into().expect("32 bytes");
+    let mut signed = vec![5u8];
+    signed.extend_from_slice(bytes(skey, "value"));
+    assert!(wafleet_protocol::xeddsa::verify(
+        &identity,
+        &signed,
+        bytes(skey, "signature")
+    ));
+    let reply = bob
+        .request(bundle_fetch([phone.jid.to_string().as_str()]))
+        .await;
+    assert_eq!(bytes(&users(&reply)[0], "identity"), phone.account_public);
 
     // usync: Alice's account is her phone (0) and her companion; an unknown user has none.
     let usync = iq(

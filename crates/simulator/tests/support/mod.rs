@@ -215,7 +215,8 @@ impl Companion {
     }
 
     /// Sends `iq` (its `id` replaced by a fresh one) on the logged-in socket, beside the
-    /// session, and returns the server's reply, failing the test after [`STEP`].
+    /// session, and returns the server's reply (an iq, or the `<ack>` of a `<message>` or
+    /// `<receipt>`), failing the test after [`STEP`].
     pub async fn request(&mut self, mut iq: Node) -> Node {
         self.next_raw += 1;
         let id = format!("{RAW_ID_PREFIX}{}", self.next_raw);
@@ -287,7 +288,7 @@ async fn drive(
                             }
                             ClientEvent::Frame(plaintext) => {
                                 let node = binary::decode(&plaintext).map_err(|e| e.to_string())?;
-                                let raw = node.tag == "iq"
+                                let raw = (node.tag == "iq" || node.tag == "ack")
                                     && node.attr_str("id").is_some_and(|id| id.starts_with(RAW_ID_PREFIX));
                                 if raw {
                                     let _ = replies.send(node);
