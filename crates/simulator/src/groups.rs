@@ -344,6 +344,14 @@ fn group_error(request: &Node, from: AttrValue, refusal: Refusal) -> Node {
             .attr("text", text)])
 }
 
+/// The `from` of an answer to a `w:g2` iq: the iq's `to` (`@g.us` or the group).
+fn iq_from(request: &Node) -> AttrValue {
+    request
+        .get_attr("to")
+        .cloned()
+        .unwrap_or_else(|| AttrValue::Jid(Jid::new("", Server::Group)))
+}
+
 fn group_result(request: &Node, from: AttrValue) -> Node {
     Node::new("iq")
         .attr("from", from)
@@ -608,27 +616,30 @@ impl State {
 
     /// A `w:g2` iq from a socket.
     pub(crate) fn group_iq(&mut self, id: SocketId, node: &Node) -> Vec<Outbound> {
-        let from = node
-            .get_attr("to")
-            .cloned()
-            .unwrap_or_else(|| AttrValue::Jid(Jid::new("", Server::Group)));
         let reply = match self.group_socket_device(id) {
+            Some(device) => self.answer_group_iq(&device, node),
             None => Node::new("iq")
-                .attr("from", from)
+                .attr("from", iq_from(node))
                 .attr("type", "error")
                 .attr("id", node.attr_str("id").unwrap_or_default().to_owned())
                 .children([Node::new("error")
                     .attr("code", "401")
                     .attr("text", "not-authorized")]),
-            Some(device) => match self.group_request(&device, node, from.clone()) {
-                Ok(reply) => reply,
-                Err(refusal) => {
-                    debug!(socket = id, %device, ?refusal, "w:g2 request refused");
-                    group_error(node, from, refusal)
-                }
-            },
         };
         vec![Outbound::Node(reply)]
+    }
+
+    /// The answer to a `w:g2` iq `device` sent (a logged-in companion, or a phone through
+    /// its in-process socket).
+    pub(crate) fn answer_group_iq(&mut self, device: &Jid, node: &Node) -> Node {
+        let from = iq_from(node);
+        match self.group_request(device, node, from.clone()) {
+            Ok(reply) => reply,
+            Err(refusal) => {
+                debug!(%device, ?refusal, "w:g2 request refused");
+                group_error(node, from, refusal)
+            }
+        }
     }
 
     fn group_request(
@@ -764,14 +775,28 @@ impl State {
     /// the 1:1 router answers receipts, and the message's sender gets `<receipt
     /// from=<group> participant=<member device> id t [type]>` with the same children.
     pub(crate) fn group_receipt(&mut self, socket: SocketId, node: &Node) -> Vec<Outbound> {
+        let Some(member) = self.group_socket_device(socket) else {
+            warn!(
+                socket,
+                "receipt from a socket that is not logged in: ignored"
+            );
+            return Vec::new();
+        };
+        self.route_group_receipt(&member, node)
+            .map(Outbound::Node)
+            .into_iter()
+            .collect()
+    }
+
+    /// Routes a group receipt `member` (a device) sent; returns the server's ack.
+    pub(crate) fn route_group_receipt(&mut self, member: &Jid, node: &Node) -> Option<Node> {
         // The 1:1 router acknowledges the queued message and acks the receipt; it does not
         // know group message ids, so it routes nothing.
-        let out = self.on_receipt(socket, node);
-        let (Some(member), Some(group), Some(id)) = (
-            self.group_socket_device(socket),
-            jid_attr(node, "to"),
-            node.attr_str("id"),
-        ) else {
+        let out = self
+            .resolve_device(member)
+            .and_then(|device| self.route_receipt(&device, node));
+        let member = self.canonical_device(member)?;
+        let (Some(group), Some(id)) = (jid_attr(node, "to"), node.attr_str("id")) else {
             return out;
         };
         let key = (group.user.clone(), id.to_owned());
@@ -784,7 +809,7 @@ impl State {
         }
         let mut receipt = Node::new("receipt")
             .attr("from", group)
-            .attr("participant", member)
+            .attr("participant", member.clone())
             .attr("id", id.to_owned())
             .attr(
                 "t",
@@ -813,12 +838,25 @@ impl State {
             );
             return Vec::new();
         };
-        let (Some(msg_id), Some(to)) = (
-            node.attr_str("id").map(str::to_owned),
-            jid_attr(&node, "to"),
-        ) else {
+        self.route_group_message(&sender, &node)
+            .map(Outbound::Node)
+            .into_iter()
+            .collect()
+    }
+
+    /// Fans out a group message `sender` (a device: a companion, or a phone through its
+    /// in-process socket) sent; returns the server's ack for the sender (`None` for a
+    /// stanza without an id or `to`).
+    pub(crate) fn route_group_message(&mut self, sender: &Jid, node: &Node) -> Option<Node> {
+        let Some(sender) = self.canonical_device(sender) else {
+            warn!(%sender, "group message from an unknown device: ignored");
+            return None;
+        };
+        let (Some(msg_id), Some(to)) =
+            (node.attr_str("id").map(str::to_owned), jid_attr(node, "to"))
+        else {
             self.groups.counters.messages_refused += 1;
-            return Vec::new();
+            return None;
         };
         let ack = Node::new("ack")
             .attr("class", "message")
@@ -828,11 +866,11 @@ impl State {
         let member = self.account_of(&sender);
         let Some(group) = self.groups.by_id.get(&to.user).cloned() else {
             self.groups.counters.messages_refused += 1;
-            return vec![Outbound::Node(ack.attr("error", "404"))];
+            return Some(ack.attr("error", "404"));
         };
         if !member.is_some_and(|p| group.members.contains_key(&p)) {
             self.groups.counters.messages_refused += 1;
-            return vec![Outbound::Node(ack.attr("error", "403"))];
+            return Some(ack.attr("error", "403"));
         }
         let recipients: Vec<Jid> = self
             .member_devices(&group)
@@ -840,7 +878,7 @@ impl State {
             .filter(|d| *d != sender)
             .collect();
         // A retry resend (`participant` set) goes to that one device only.
-        let only = jid_attr(&node, "participant").and_then(|j| self.canonical_device(&j));
+        let only = jid_attr(node, "participant").and_then(|j| self.canonical_device(&j));
         let mut own: BTreeMap<String, Vec<Node>> = BTreeMap::new();
         let mut shared = Vec::new();
         let mut identity = None;
@@ -925,7 +963,7 @@ impl State {
         } else {
             ack
         };
-        vec![Outbound::Node(ack)]
+        Some(ack)
     }
 }
 
@@ -1544,6 +1582,51 @@ mod tests {
             .attr("to", group.clone());
         only(state.on_node(b1, stray));
         assert!(received(&mut a1_rx).is_empty());
+    }
+
+    #[test]
+    fn a_phone_uses_the_device_entry_points() {
+        let mut state = state(&[A, B]);
+        let (_a1, mut a1_rx) = online(&mut state, A, 1);
+        let (_b1, mut b1_rx) = online(&mut state, B, 1);
+        // B's phone creates the group and sends to it, as through an in-process socket.
+        let create = Node::new("create")
+            .attr("subject", "Phones")
+            .children(participants([pn(A)]));
+        let reply = state.answer_group_iq(&pn(B), &iq("set", any_group(), create));
+        let group = Jid::new(
+            reply
+                .child_by_tag("group")
+                .and_then(|g| g.attr_str("id"))
+                .expect("group id"),
+            Server::Group,
+        );
+        assert_eq!(received(&mut a1_rx).len(), 1, "create notification");
+        assert_eq!(received(&mut b1_rx).len(), 1, "B's companion is told too");
+        let ack = state
+            .route_group_message(&pn(B), &group_message(&group, "P1", None, Vec::new()))
+            .expect("ack");
+        assert_eq!(ack.attr_str("error"), None);
+        for rx in [&mut a1_rx, &mut b1_rx] {
+            let got = received(rx);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(
+                jid_of(&got[0], "participant"),
+                format!("{B}@s.whatsapp.net")
+            );
+        }
+        // A's phone got it in its inbox.
+        assert!(state.phones[A]
+            .inbox
+            .iter()
+            .any(|n| n.attr_str("id") == Some("P1")));
+        assert!(
+            !state.phones[B]
+                .inbox
+                .iter()
+                .any(|n| n.attr_str("id") == Some("P1")),
+            "not to the sending phone"
+        );
     }
 
     /// Vectors computed with Node's `crypto` from the strings each implementation hashes.
