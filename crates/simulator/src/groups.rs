@@ -1629,6 +1629,76 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_offline_member_gets_the_notification_and_message_at_login_until_acked() {
+        use prost::Message as _;
+        use wafleet_protocol::noise::ClientFinishInfo;
+        use wafleet_protocol::proto::ClientPayload;
+
+        let mut state = state(&[A, B]);
+        let (a1, _a1_rx) = online(&mut state, A, 1);
+        // B:1 is linked but offline.
+        let (b1, _b1_rx) = online(&mut state, B, 1);
+        state.socket_closed(b1);
+        let group = created(&mut state, a1);
+        only(state.on_node(a1, group_message(&group, "M1", None, Vec::new())));
+        let b_key = format!("{B}:1@s.whatsapp.net");
+        assert_eq!(state.counters().queued_now.get(&b_key), Some(&2));
+
+        let login = |state: &mut State| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let id = state.open_socket(tx);
+            let payload = ClientPayload {
+                username: B.parse().ok(),
+                device: Some(1),
+                ..Default::default()
+            };
+            let client = ClientFinishInfo {
+                client_static: [1; 32],
+                client_payload: payload.encode_to_vec(),
+                handshake_hash: [0; 32],
+            };
+            let out = state.on_client_payload(id, &client, std::time::Instant::now());
+            let nodes: Vec<Node> = out
+                .into_iter()
+                .map(|o| match o {
+                    Outbound::Node(n) => n,
+                    other => panic!("login refused: {other:?}"),
+                })
+                .collect();
+            (id, rx, nodes)
+        };
+        let (b1, _rx, nodes) = login(&mut state);
+        let tags: Vec<&str> = nodes.iter().map(|n| n.tag.as_ref()).collect();
+        assert_eq!(tags, vec!["success", "notification", "message", "ib"]);
+        assert_eq!(nodes[1].attr_str("type"), Some("w:gp2"));
+        assert_eq!(jid_of(&nodes[2], "from"), group.to_string());
+        assert_eq!(nodes[2].attr_str("offline"), Some("1"));
+        // B acks both; the next login brings nothing.
+        let notification_id = nodes[1].attr_str("id").expect("id").to_owned();
+        state.on_node(
+            b1,
+            Node::new("ack")
+                .attr("class", "notification")
+                .attr("id", notification_id)
+                .attr("to", group.clone())
+                .attr("type", "w:gp2"),
+        );
+        state.on_node(
+            b1,
+            Node::new("ack")
+                .attr("class", "message")
+                .attr("id", "M1")
+                .attr("to", group.clone())
+                .attr("participant", pn(A).with_device(1)),
+        );
+        assert_eq!(state.counters().queued_now.get(&b_key), None);
+        assert_eq!(state.counters().groups.notifications_acked, 1);
+        let (_b1, _rx, nodes) = login(&mut state);
+        let tags: Vec<&str> = nodes.iter().map(|n| n.tag.as_ref()).collect();
+        assert_eq!(tags, vec!["success", "ib"]);
+    }
+
     /// Vectors computed with Node's `crypto` from the strings each implementation hashes.
     #[test]
     fn participant_hash_matches_whatsmeow_and_baileys_renderings() {
