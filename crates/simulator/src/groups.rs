@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use wafleet_protocol::binary::{AttrValue, Content, Node};
 use wafleet_protocol::jid::{Jid, Server};
 
+use crate::messages::DeviceRef;
 use crate::state::{unix_now, Outbound, Role, SocketId, State};
 use crate::{SimError, Simulator};
 
@@ -68,6 +69,32 @@ impl GroupRank {
 
     fn is_admin(self) -> bool {
         self != GroupRank::Member
+    }
+}
+
+/// How a group names its members: by phone number (`addressing_mode=pn`) or by LID
+/// (`addressing_mode=lid`, as WhatsApp creates groups today; the phone number goes along
+/// as `phone_number` / `participant_pn`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupAddressing {
+    /// `<phone>@s.whatsapp.net`.
+    #[default]
+    Pn,
+    /// `<lid>@lid`.
+    Lid,
+}
+
+impl GroupAddressing {
+    fn wire(self) -> &'static str {
+        match self {
+            GroupAddressing::Pn => "pn",
+            GroupAddressing::Lid => "lid",
+        }
+    }
+
+    fn is_lid(self) -> bool {
+        self == GroupAddressing::Lid
     }
 }
 
@@ -130,6 +157,8 @@ pub struct GroupInfo {
     pub owner: Jid,
     /// The participants, ordered by phone number.
     pub participants: Vec<GroupParticipant>,
+    /// How the group names its members on the wire.
+    pub addressing: GroupAddressing,
 }
 
 impl GroupInfo {
@@ -140,6 +169,7 @@ impl GroupInfo {
             "subject": self.subject,
             "creation": self.creation,
             "owner": self.owner.to_string(),
+            "addressing_mode": self.addressing,
             "participants": self.participants.iter().map(|p| json!({
                 "jid": p.jid.to_string(),
                 "rank": p.rank,
@@ -193,6 +223,7 @@ pub(crate) struct Group {
     creator: String,
     /// Members by phone digits.
     members: BTreeMap<String, GroupRank>,
+    addressing: GroupAddressing,
 }
 
 impl Group {
@@ -212,6 +243,8 @@ pub(crate) struct Groups {
     /// (group id, message id) → the sending device, to route the members' receipts.
     sent: HashMap<(String, String), Jid>,
     sent_order: VecDeque<(String, String)>,
+    /// The addressing of groups created from now on.
+    pub default_addressing: GroupAddressing,
 }
 
 /// Group message ids whose sender the server remembers (for routing receipts).
@@ -392,19 +425,55 @@ impl State {
             .collect()
     }
 
+    /// An account's user JID in an addressing.
+    fn user_in(&self, phone: &str, addressing: GroupAddressing) -> Jid {
+        self.address(
+            &DeviceRef {
+                phone: phone.to_owned(),
+                device: 0,
+            },
+            addressing.is_lid(),
+        )
+    }
+
+    /// A device (any addressing) in an addressing.
+    fn device_in(&self, device: &Jid, addressing: GroupAddressing) -> Jid {
+        match self.resolve_device(device) {
+            Some(d) => self.address(&d, addressing.is_lid()),
+            None => device.clone(),
+        }
+    }
+
+    /// `<participant jid [phone_number]/>` for an account in a group's addressing.
+    fn participant_node(&self, phone: &str, addressing: GroupAddressing) -> Node {
+        let node = Node::new("participant").attr("jid", self.user_in(phone, addressing));
+        if addressing.is_lid() {
+            node.attr("phone_number", pn(phone))
+        } else {
+            node
+        }
+    }
+
     fn group_node(&self, group: &Group) -> Node {
-        let creator = pn(&group.creator);
-        Node::new("group")
+        let creator = self.user_in(&group.creator, group.addressing);
+        let mut node = Node::new("group")
             .attr("id", group.id.clone())
             .attr("subject", group.subject.clone())
             .attr("s_t", group.creation.to_string())
-            .attr("s_o", creator.clone())
+            .attr("s_o", creator.clone());
+        if group.addressing.is_lid() {
+            node = node.attr("s_o_pn", pn(&group.creator));
+        }
+        node = node
             .attr("creation", group.creation.to_string())
-            .attr("creator", creator)
-            .attr("addressing_mode", "pn")
+            .attr("creator", creator);
+        if group.addressing.is_lid() {
+            node = node.attr("creator_pn", pn(&group.creator));
+        }
+        node.attr("addressing_mode", group.addressing.wire())
             .attr("size", group.members.len().to_string())
             .children(group.members.iter().map(|(phone, rank)| {
-                let participant = Node::new("participant").attr("jid", pn(phone));
+                let participant = self.participant_node(phone, group.addressing);
                 match rank.wire() {
                     Some(ty) => participant.attr("type", ty),
                     None => participant,
@@ -426,6 +495,7 @@ impl State {
                     rank: *rank,
                 })
                 .collect(),
+            addressing: group.addressing,
         }
     }
 
@@ -446,18 +516,23 @@ impl State {
     fn notify_group(
         &mut self,
         group: &Jid,
-        author: &Jid,
+        addressing: GroupAddressing,
+        author: &str,
         actor: &Jid,
         recipients: &BTreeSet<String>,
         child: Node,
     ) {
         self.groups.next_notification += 1;
         let id = format!("{}{}", unix_now(), self.groups.next_notification);
-        let notification = Node::new("notification")
+        let mut notification = Node::new("notification")
             .attr("from", group.clone())
             .attr("type", "w:gp2")
             .attr("id", id.clone())
-            .attr("participant", author.clone())
+            .attr("participant", self.user_in(author, addressing));
+        if addressing.is_lid() {
+            notification = notification.attr("participant_pn", pn(author));
+        }
+        let notification = notification
             .attr("t", unix_now().to_string())
             .children([child]);
         let devices: Vec<Jid> = recipients
@@ -512,6 +587,7 @@ impl State {
             creation: unix_now(),
             creator: creator.clone(),
             members,
+            addressing: self.groups.default_addressing,
         };
         let recipients: BTreeSet<String> = group.members.keys().cloned().collect();
         let node = Node::new("create").children([self.group_node(&group)]);
@@ -519,7 +595,8 @@ impl State {
         info!(group = %jid, creator = %creator, members = group.members.len(), "group created");
         self.groups.by_id.insert(id.clone(), group);
         self.groups.counters.created += 1;
-        self.notify_group(&jid, &pn(&creator), actor, &recipients, node);
+        let addressing = self.groups.default_addressing;
+        self.notify_group(&jid, addressing, &creator, actor, &recipients, node);
         Ok((id, outcomes))
     }
 
@@ -596,20 +673,31 @@ impl State {
             });
         }
         let jid = group.jid();
+        let addressing = group.addressing;
+        let ranks: Vec<(String, Option<&'static str>)> = changed
+            .iter()
+            .map(|phone| {
+                let rank = group.members.get(phone).and_then(|r| r.wire());
+                (
+                    phone.clone(),
+                    rank.filter(|_| action != GroupAction::Remove),
+                )
+            })
+            .collect();
         info!(group = %jid, action = action.tag(), changed = changed.len(), "group participants changed");
-        if !changed.is_empty() {
-            let ranks: Vec<Node> = changed
+        if !ranks.is_empty() {
+            let nodes: Vec<Node> = ranks
                 .iter()
-                .map(|phone| {
-                    let p = Node::new("participant").attr("jid", pn(phone));
-                    match group.members.get(phone).and_then(|r| r.wire()) {
-                        Some(ty) if action != GroupAction::Remove => p.attr("type", ty),
-                        _ => p,
+                .map(|(phone, rank)| {
+                    let p = self.participant_node(phone, addressing);
+                    match rank {
+                        Some(ty) => p.attr("type", *ty),
+                        None => p,
                     }
                 })
                 .collect();
-            let child = Node::new(action.tag()).children(ranks);
-            self.notify_group(&jid, &pn(&author), actor, &recipients, child);
+            let child = Node::new(action.tag()).children(nodes);
+            self.notify_group(&jid, addressing, &author, actor, &recipients, child);
         }
         Ok(outcomes)
     }
@@ -807,9 +895,14 @@ impl State {
         if sender == member {
             return out;
         }
+        let lid = self
+            .groups
+            .by_id
+            .get(&group.user)
+            .map_or(GroupAddressing::Pn, |g| g.addressing);
         let mut receipt = Node::new("receipt")
             .attr("from", group)
-            .attr("participant", member.clone())
+            .attr("participant", self.device_in(&member, lid))
             .attr("id", id.to_owned())
             .attr(
                 "t",
@@ -902,10 +995,15 @@ impl State {
             }
         }
         let phash = node.attr_str("phash").map(str::to_owned);
+        let rendered: Vec<Jid> = recipients
+            .iter()
+            .map(|d| self.device_in(d, group.addressing))
+            .collect();
+        let author = self.device_in(&sender, group.addressing);
         let mismatch = only.is_none()
             && phash
                 .as_deref()
-                .is_some_and(|p| !phash_matches(p, &recipients));
+                .is_some_and(|p| !phash_matches(p, &rendered));
         let t = unix_now().to_string();
         let notify = self
             .phones
@@ -929,7 +1027,7 @@ impl State {
             }
             let mut stanza = Node::new("message")
                 .attr("from", to.clone())
-                .attr("participant", sender.clone())
+                .attr("participant", author.clone())
                 .attr("id", msg_id.clone())
                 .attr("t", t.clone());
             for key in ["type", "edit"] {
@@ -940,7 +1038,12 @@ impl State {
             if let Some(name) = &notify {
                 stanza = stanza.attr("notify", name.clone());
             }
-            let stanza = stanza.attr("addressing_mode", "pn").children(encs);
+            if group.addressing.is_lid() {
+                stanza = stanza.attr("participant_pn", sender.clone());
+            }
+            let stanza = stanza
+                .attr("addressing_mode", group.addressing.wire())
+                .children(encs);
             if self.deliver(device, stanza) {
                 self.groups.counters.deliveries += 1;
                 delivered += 1;
@@ -959,7 +1062,7 @@ impl State {
         info!(group = %to, %sender, id = %msg_id, delivered, recipients = recipients.len(), "group message fanned out");
         let ack = if mismatch {
             self.groups.counters.phash_mismatches += 1;
-            ack.attr("phash", server_phash(&recipients))
+            ack.attr("phash", server_phash(&rendered))
         } else {
             ack
         };
@@ -1026,6 +1129,11 @@ impl Simulator {
         state
             .update_group_as(&pn(&creator), &id, action, &targets)
             .map_err(|r| r.into_sim_error(&group.to_string()))
+    }
+
+    /// How groups created from now on name their members (phone numbers by default).
+    pub fn set_group_addressing(&self, addressing: GroupAddressing) {
+        self.inner.shared.lock().groups.default_addressing = addressing;
     }
 
     /// A group as the server knows it.
@@ -1697,6 +1805,64 @@ mod tests {
         let (_b1, _rx, nodes) = login(&mut state);
         let tags: Vec<&str> = nodes.iter().map(|n| n.tag.as_ref()).collect();
         assert_eq!(tags, vec!["success", "ib"]);
+    }
+
+    #[test]
+    fn a_lid_addressed_group_names_members_by_lid_with_their_phone_numbers() {
+        let mut state = state(&[A, B]);
+        state.groups.default_addressing = GroupAddressing::Lid;
+        let (a1, mut a1_rx) = online(&mut state, A, 1);
+        let (b1, mut b1_rx) = online(&mut state, B, 1);
+        let lid = |state: &State, phone: &str| {
+            Jid::new(state.phones[phone].lid_user.clone(), Server::Lid)
+        };
+        let (a_lid, b_lid) = (lid(&state, A), lid(&state, B));
+        let group = created(&mut state, a1);
+        let got = received(&mut b1_rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let n = &got[0];
+        assert_eq!(jid_of(n, "participant"), a_lid.to_string());
+        assert_eq!(jid_of(n, "participant_pn"), format!("{A}@s.whatsapp.net"));
+        let inner = n
+            .child_by_tag("create")
+            .and_then(|c| c.child_by_tag("group"))
+            .expect("<create><group>");
+        assert_eq!(inner.attr_str("addressing_mode"), Some("lid"));
+        assert_eq!(jid_of(inner, "creator"), a_lid.to_string());
+        assert_eq!(jid_of(inner, "creator_pn"), format!("{A}@s.whatsapp.net"));
+        let listed: Vec<(String, String)> = inner
+            .children_by_tag("participant")
+            .map(|p| (jid_of(p, "jid"), jid_of(p, "phone_number")))
+            .collect();
+        assert!(listed.contains(&(b_lid.to_string(), format!("{B}@s.whatsapp.net"))));
+
+        // A LID-addressed send: phash over LID devices, author as a LID device.
+        let expected = server_phash(&[a_lid.clone(), b_lid.clone(), b_lid.clone().with_device(1)]);
+        let tos = vec![to(b_lid.clone().with_device(1), enc("pkmsg", 1))];
+        let ack = only(state.on_node(a1, group_message(&group, "L1", Some(expected), tos)));
+        assert_eq!(ack.attr_str("phash"), None, "{ack:?}");
+        let got = received(&mut b1_rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let m = &got[0];
+        assert_eq!(
+            jid_of(m, "participant"),
+            a_lid.clone().with_device(1).to_string()
+        );
+        assert_eq!(jid_of(m, "participant_pn"), format!("{A}:1@s.whatsapp.net"));
+        assert_eq!(m.attr_str("addressing_mode"), Some("lid"));
+        assert_eq!(encs(m)[0], ("pkmsg".to_owned(), 1));
+        // B's receipt reaches A naming B by LID.
+        let receipt = Node::new("receipt")
+            .attr("id", "L1")
+            .attr("to", group.clone())
+            .attr("participant", a_lid.with_device(1));
+        only(state.on_node(b1, receipt));
+        let got = received(&mut a1_rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            jid_of(&got[0], "participant"),
+            b_lid.with_device(1).to_string()
+        );
     }
 
     /// Vectors computed with Node's `crypto` from the strings each implementation hashes.

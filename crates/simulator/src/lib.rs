@@ -59,8 +59,8 @@ use connection::ServerIdentity;
 use state::{Policy, Shared};
 
 pub use groups::{
-    GroupAction, GroupCounters, GroupInfo, GroupParticipant, GroupRank, ParticipantOutcome,
-    GROUP_ID_PREFIX,
+    GroupAction, GroupAddressing, GroupCounters, GroupInfo, GroupParticipant, GroupRank,
+    ParticipantOutcome, GROUP_ID_PREFIX,
 };
 pub use messages::{participant_hash, INBOX_LIMIT, LOW_PREKEYS, QUEUE_LIMIT};
 pub use phone::{PLATFORM, REPLY_TIMEOUT};
