@@ -10,7 +10,7 @@
 //! | `POST /devices/{jid}/unlink` | | `{}` |
 //! | `POST /devices/{jid}/drop` | | `{"dropped":N}` |
 //! | `GET /counters` | | [`Counters`](crate::Counters) |
-//! | `POST /groups` | `{"creator":"1555…","subject":"…","participants":["1555…"]}` | the group (`201`) |
+//! | `POST /groups` | `{"creator":"1555…","subject":"…","participants":["1555…"][,"addressing_mode":"pn\|lid"]}` | the group (`201`) |
 //! | `GET /groups/{jid}` | | the group |
 //! | `POST /groups/{jid}/participants` | `{"action":"add\|remove\|promote\|demote","participants":["1555…"]}` | `{"participants":[{"jid","status"}]}` |
 //!
@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use wafleet_protocol::jid::Jid;
 
-use crate::{GroupAction, SimError, Simulator, Tamper};
+use crate::{GroupAction, GroupAddressing, SimError, Simulator, Tamper};
 
 /// The router over a simulator handle.
 pub fn router(sim: Simulator) -> Router {
@@ -189,6 +189,8 @@ struct NewGroup {
     subject: String,
     #[serde(default)]
     participants: Vec<String>,
+    #[serde(default)]
+    addressing_mode: Option<GroupAddressing>,
 }
 
 #[derive(Deserialize)]
@@ -208,7 +210,12 @@ async fn create_group(
 ) -> ApiResult {
     let request = body(payload)?;
     let members: Vec<&str> = request.participants.iter().map(String::as_str).collect();
-    let group = sim.create_group(&request.creator, &request.subject, &members)?;
+    let group = match request.addressing_mode {
+        Some(addressing) => {
+            sim.create_group_with(&request.creator, &request.subject, &members, addressing)?
+        }
+        None => sim.create_group(&request.creator, &request.subject, &members)?,
+    };
     Ok((StatusCode::CREATED, Json(group.to_json())).into_response())
 }
 

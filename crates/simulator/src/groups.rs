@@ -561,6 +561,7 @@ impl State {
         actor: &Jid,
         subject: &str,
         invited: &[Jid],
+        addressing: GroupAddressing,
     ) -> Result<(String, Vec<ParticipantOutcome>), Refusal> {
         let creator = self.account_of(actor).ok_or(Refusal::Forbidden)?;
         if subject.trim().is_empty() {
@@ -587,7 +588,7 @@ impl State {
             creation: unix_now(),
             creator: creator.clone(),
             members,
-            addressing: self.groups.default_addressing,
+            addressing,
         };
         let recipients: BTreeSet<String> = group.members.keys().cloned().collect();
         let node = Node::new("create").children([self.group_node(&group)]);
@@ -595,7 +596,6 @@ impl State {
         info!(group = %jid, creator = %creator, members = group.members.len(), "group created");
         self.groups.by_id.insert(id.clone(), group);
         self.groups.counters.created += 1;
-        let addressing = self.groups.default_addressing;
         self.notify_group(&jid, addressing, &creator, actor, &recipients, node);
         Ok((id, outcomes))
     }
@@ -750,7 +750,8 @@ impl State {
                     .children_by_tag("participant")
                     .map(|p| jid_attr(p, "jid").ok_or(Refusal::BadRequest))
                     .collect::<Result<_, _>>()?;
-                let (id, failed) = self.create_group_as(device, subject, &invited)?;
+                let addressing = self.groups.default_addressing;
+                let (id, failed) = self.create_group_as(device, subject, &invited, addressing)?;
                 let group = self.groups.by_id.get(&id).ok_or(Refusal::NotFound)?;
                 let mut group_node = self.group_node(group);
                 if let Content::Nodes(children) = &mut group_node.content {
@@ -1092,6 +1093,18 @@ impl Simulator {
         subject: &str,
         members: &[&str],
     ) -> Result<GroupInfo, SimError> {
+        let addressing = self.inner.shared.lock().groups.default_addressing;
+        self.create_group_with(creator, subject, members, addressing)
+    }
+
+    /// [`Simulator::create_group`] with the group's addressing given.
+    pub fn create_group_with(
+        &self,
+        creator: &str,
+        subject: &str,
+        members: &[&str],
+        addressing: GroupAddressing,
+    ) -> Result<GroupInfo, SimError> {
         let mut state = self.inner.shared.lock();
         state.phone(creator)?;
         for member in members {
@@ -1099,7 +1112,7 @@ impl Simulator {
         }
         let invited: Vec<Jid> = members.iter().map(|m| pn(m)).collect();
         let (id, _) = state
-            .create_group_as(&pn(creator), subject, &invited)
+            .create_group_as(&pn(creator), subject, &invited, addressing)
             .map_err(|r| r.into_sim_error(subject))?;
         let group = state
             .groups

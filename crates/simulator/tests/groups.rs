@@ -59,7 +59,7 @@ async fn groups_over_the_api_and_http() {
         &base,
         "POST",
         "/groups",
-        Some(&json!({"creator": B, "subject": "Over HTTP", "participants": [A]})),
+        Some(&json!({"creator": B, "subject": "Over HTTP", "participants": [A], "addressing_mode": "lid"})),
     )
     .await;
     assert_eq!(status, 201, "{created}");
