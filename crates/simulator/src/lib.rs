@@ -195,6 +195,9 @@ pub struct Counters {
     /// Stanzas waiting for their device's acknowledgement now, per device.
     #[serde(default)]
     pub queued_now: HashMap<String, usize>,
+    /// Routed `<enc>` copies by type (`pkmsg`, `msg`, `skmsg`, …).
+    #[serde(default)]
+    pub encs_routed: HashMap<String, u64>,
 }
 
 /// Simulator errors.

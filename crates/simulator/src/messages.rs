@@ -132,6 +132,7 @@ pub(crate) struct MessageCounters {
     pub queue_dropped: u64,
     pub redelivered: u64,
     pub prekey_low_sent: u64,
+    pub encs_routed: HashMap<String, u64>,
 }
 
 impl Messaging {
@@ -424,6 +425,10 @@ impl State {
                 if lid { "sender_pn" } else { "sender_lid" },
                 self.address(sender, !lid),
             );
+            for e in &encs {
+                let kind = e.attr_str("type").unwrap_or("?").to_owned();
+                *self.messaging.counters.encs_routed.entry(kind).or_default() += 1;
+            }
             let pkmsg = encs.iter().any(|e| e.attr_str("type") == Some("pkmsg"));
             let mut children = encs;
             if pkmsg {
@@ -833,6 +838,8 @@ mod tests {
         assert_eq!(c.messages_routed, 4);
         assert_eq!(c.messages_queued, 1, "bob:2 is offline");
         assert_eq!(c.messages_refused, 3);
+        assert_eq!(c.encs_routed.get("pkmsg"), Some(&3));
+        assert_eq!(c.encs_routed.get("msg"), Some(&1));
         assert_eq!(c.queued_now.get(&pn(B, 2).to_string()), Some(&1));
         assert_eq!(c.queued_now.get(&pn(C, 1).to_string()), None);
     }

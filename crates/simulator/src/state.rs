@@ -432,6 +432,7 @@ impl State {
             redelivered: self.messaging.counters.redelivered,
             queue_dropped: self.messaging.counters.queue_dropped,
             prekey_low_sent: self.messaging.counters.prekey_low_sent,
+            encs_routed: self.messaging.counters.encs_routed.clone(),
             queued_now: self
                 .messaging
                 .queues

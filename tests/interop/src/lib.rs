@@ -290,6 +290,42 @@ impl EventScript {
     pub fn seen(&self) -> &[Value] {
         &self.seen
     }
+
+    /// Writes one JSON line to the script's stdin (a command, for scripts that take them).
+    pub fn send(&mut self, command: &Value) {
+        let stdin = self.child.stdin.as_mut().expect("script stdin is piped");
+        let mut line = serde_json::to_string(command).expect("command serializes");
+        line.push('\n');
+        stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to the script's stdin");
+    }
+
+    /// Waits until `pick` accepts an event (skipping others), and returns what it returned;
+    /// panics after `timeout` or if the script exits first. Blocking, as [`Self::wait_for`].
+    pub fn wait_until<T>(
+        &mut self,
+        timeout: std::time::Duration,
+        mut pick: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if let Some(found) = pick(&event) {
+                        return found;
+                    }
+                }
+                Err(e) => panic!(
+                    "the awaited event did not come ({e}); events so far: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
 }
 
 impl Drop for EventScript {

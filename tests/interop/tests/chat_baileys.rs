@@ -1,0 +1,289 @@
+//! Two stock Baileys (`makeWASocket`, only the pinned root key re-pointed), each linked to
+//! its own simulated phone account, chat 1:1 through the wafleet simulator.
+//!
+//! Baileys does everything a real client does against WhatsApp: usync device lists with
+//! LIDs, prekey bundle fetches, X3DH and the ratchet (libsignal-node), fan-out to the peer's
+//! devices and to its own phone, server acks, delivery receipts. That each side's
+//! `messages.upsert` shows the other's text, in order, and that delivery receipts come back
+//! is what proves the simulator routes messages and receipts as WhatsApp does — not our own
+//! code agreeing with itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::task::block_in_place;
+use wafleet_interop::EventScript;
+use wafleet_sim::{SimConfig, Simulator};
+
+const ALICE: &str = "15551110001";
+const BOB: &str = "15552220002";
+const STEP: Duration = Duration::from_secs(40);
+
+/// Baileys' `proto.WebMessageInfo.Status.DELIVERY_ACK`.
+const DELIVERY_ACK: i64 = 3;
+
+/// Polls the counters until `check` holds.
+async fn eventually(sim: &Simulator, what: &str, check: impl Fn(&wafleet_sim::Counters) -> bool) {
+    for _ in 0..2000 {
+        if check(&sim.counters()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not reached; counters {:?}", sim.counters());
+}
+
+/// Starts `chat.mjs` named `name` with its auth state in `auth`.
+fn chat_script(sim: &Simulator, name: &str, auth: &Path) -> EventScript {
+    let url = sim.ws_url();
+    let root = hex::encode(sim.root_public_key());
+    let auth = auth.to_str().expect("UTF-8 temp path");
+    EventScript::start(
+        "chat.mjs",
+        &[
+            "--url", &url, "--root", &root, "--name", name, "--auth", auth,
+        ],
+    )
+}
+
+/// A fresh directory for a Baileys auth state, removed on drop.
+struct AuthDir(PathBuf);
+
+impl AuthDir {
+    fn new(name: &str) -> AuthDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wafleet-chat-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("auth dir");
+        AuthDir(dir)
+    }
+}
+
+impl Drop for AuthDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `chat.mjs` named `name`, links it to `phone` by QR and waits until it logged in,
+/// went online and its prekeys are on the server.
+async fn linked_baileys(sim: &Simulator, phone: &str, name: &str, auth: &Path) -> EventScript {
+    let mut baileys = chat_script(sim, name, auth);
+    let qr = block_in_place(|| baileys.wait_for("qr", STEP));
+    let qr = qr["qr"].as_str().expect("QR text").to_owned();
+    let device = sim
+        .scan_qr(phone, &qr)
+        .await
+        .expect("the phone links Baileys");
+    let close = block_in_place(|| baileys.wait_for("close", STEP));
+    assert_eq!(close["code"], 515, "{close}");
+    let open = block_in_place(|| baileys.wait_for("open", STEP));
+    assert_eq!(open["me"], device.to_string(), "{open}");
+    block_in_place(|| baileys.wait_for("online", STEP));
+    let key = device.to_string();
+    eventually(sim, "Baileys' prekeys stored", |c| {
+        c.prekeys_stored.get(&key) == Some(&812)
+    })
+    .await;
+    baileys
+}
+
+/// The first event (already seen or still to come) that `pick` accepts.
+fn event<T>(script: &mut EventScript, mut pick: impl FnMut(&Value) -> Option<T>) -> T {
+    if let Some(found) = script.seen().iter().find_map(&mut pick) {
+        return found;
+    }
+    block_in_place(|| script.wait_until(STEP, pick))
+}
+
+/// Sends `text` to `to`; returns the message id Baileys chose. (Each send waits for its
+/// `sent`, so the next `sent` event that arrives is this one's.)
+fn send(script: &mut EventScript, to: &str, text: &str) -> String {
+    script.send(&json!({"cmd": "send", "to": to, "text": text}));
+    block_in_place(|| {
+        script.wait_until(STEP, |e| {
+            assert_ne!(e["event"], "error", "Baileys failed to send: {e}");
+            (e["event"] == "sent").then(|| e["id"].as_str().expect("sent id").to_owned())
+        })
+    })
+}
+
+/// The ids of the texts `script` received from `user` (not from itself), in order.
+fn received_from(script: &EventScript, user: &str) -> Vec<(String, String)> {
+    script
+        .seen()
+        .iter()
+        .filter(|e| {
+            e["event"] == "message"
+                && e["fromMe"] == false
+                && e["remoteJid"]
+                    .as_str()
+                    .is_some_and(|j| j.starts_with(&format!("{user}@")))
+        })
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap_or_default().to_owned(),
+                e["text"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `script` received all of `expected` (id, text) from `user`, and checks they
+/// came in that order and decrypted (no stub).
+fn wait_received(script: &mut EventScript, user: &str, expected: &[(String, String)]) {
+    let prefix = format!("{user}@");
+    for (id, _) in expected {
+        let stub = event(script, |e| {
+            (e["event"] == "message" && e["id"] == id.as_str()).then(|| e["stub"].clone())
+        });
+        assert_eq!(stub, Value::Null, "message {id} did not decrypt");
+    }
+    let got = received_from(script, user);
+    assert_eq!(got, expected, "texts from {prefix} in order");
+}
+
+/// Waits until `script` saw a delivery (or later) status for each of `ids`.
+fn wait_delivered(script: &mut EventScript, ids: &[String]) {
+    for id in ids {
+        event(script, |e| {
+            (e["event"] == "update"
+                && e["id"] == id.as_str()
+                && e["fromMe"] == true
+                && e["status"].as_i64().is_some_and(|s| s >= DELIVERY_ACK))
+            .then_some(())
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_baileys_chat_one_to_one_through_the_simulator() {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("simulator starts");
+    sim.add_phone(ALICE).expect("alice's phone");
+    sim.add_phone(BOB).expect("bob's phone");
+    let (alice_auth, bob_auth) = (AuthDir::new("alice"), AuthDir::new("bob"));
+    let mut alice = linked_baileys(&sim, ALICE, "Alice", &alice_auth.0).await;
+    let mut bob = linked_baileys(&sim, BOB, "Bob", &bob_auth.0).await;
+    let alice_jid = format!("{ALICE}@s.whatsapp.net");
+    let bob_jid = format!("{BOB}@s.whatsapp.net");
+
+    // Alice → Bob: a first message (pkmsg) and more (msg), in order.
+    let mut to_bob = Vec::new();
+    for i in 1..=3 {
+        let text = format!("hello bob {i}");
+        let id = send(&mut alice, &bob_jid, &text);
+        to_bob.push((id, text));
+    }
+    wait_received(&mut bob, ALICE, &to_bob);
+    let ids: Vec<String> = to_bob.iter().map(|(id, _)| id.clone()).collect();
+    wait_delivered(&mut alice, &ids);
+    // The server sends Alice's push name along (`notify`).
+    let first = bob
+        .seen()
+        .iter()
+        .find(|e| e["event"] == "message" && e["id"] == ids[0].as_str())
+        .cloned()
+        .expect("first message");
+    assert_eq!(first["pushName"], "Alice", "{first}");
+    assert_eq!(first["upsert"], "notify", "{first}");
+
+    // Bob → Alice: replies on the session Alice started, then Alice answers after Bob's
+    // ratchet step.
+    let mut to_alice = Vec::new();
+    for i in 1..=3 {
+        let text = format!("hi alice {i}");
+        let id = send(&mut bob, &alice_jid, &text);
+        to_alice.push((id, text));
+    }
+    wait_received(&mut alice, BOB, &to_alice);
+    let ids: Vec<String> = to_alice.iter().map(|(id, _)| id.clone()).collect();
+    wait_delivered(&mut bob, &ids);
+
+    let text = "and back to bob".to_owned();
+    let id = send(&mut alice, &bob_jid, &text);
+    to_bob.push((id.clone(), text));
+    wait_received(&mut bob, ALICE, &to_bob);
+    wait_delivered(&mut alice, &[id]);
+
+    // Bob's Baileys is killed; Alice writes twice; his copies wait on the server and reach
+    // his next run (same auth state, no new link) as offline messages, in order.
+    let bob_device = format!("{BOB}:1@s.whatsapp.net");
+    drop(bob);
+    eventually(&sim, "bob's socket gone", |c| {
+        !c.live_sockets.contains_key(&bob_device)
+    })
+    .await;
+    let mut while_away = Vec::new();
+    for i in 1..=2 {
+        let text = format!("while you were away {i}");
+        let id = send(&mut alice, &bob_jid, &text);
+        while_away.push((id, text));
+    }
+    eventually(&sim, "queued for bob", |c| {
+        c.queued_now.get(&bob_device).is_some_and(|n| *n >= 2)
+    })
+    .await;
+    let receipts_before = sim.counters().receipts_routed;
+    let mut bob = chat_script(&sim, "Bob", &bob_auth.0);
+    let open = block_in_place(|| bob.wait_for("open", STEP));
+    assert_eq!(open["me"], bob_device, "{open}");
+    wait_received(&mut bob, ALICE, &while_away);
+    for (id, _) in &while_away {
+        let upsert = event(&mut bob, |e| {
+            (e["event"] == "message" && e["id"] == id.as_str()).then(|| e["upsert"].clone())
+        });
+        assert_eq!(
+            upsert, "append",
+            "an offline message is appended, not notified"
+        );
+    }
+    // Bob's receipts for them reach Alice's device, which acks them. (Baileys shows no
+    // delivery for these: it processes offline messages before it goes online again, so its
+    // receipts are `inactive` ones, which WhatsApp passes on but clients do not render.)
+    let alice_device = format!("{ALICE}:1@s.whatsapp.net");
+    let routed_before = receipts_before;
+    eventually(
+        &sim,
+        "bob's receipts routed and acked, bob's queue empty",
+        |c| {
+            c.receipts_routed >= routed_before + 2
+                && !c.queued_now.contains_key(&bob_device)
+                && !c.queued_now.contains_key(&alice_device)
+        },
+    )
+    .await;
+
+    // Each side's own phone got the sent-message copies (DeviceSentMessage), from the
+    // companion, with the chat as `recipient`.
+    let copies = sim.phone_inbox(ALICE).expect("alice's phone");
+    assert!(
+        copies.iter().any(|n| n.tag == "message"
+            && n.get_attr("recipient").map(|r| r.to_string()) == Some(bob_jid.clone())),
+        "alice's phone got her sent copies: {copies:?}"
+    );
+    let counters = sim.counters();
+    assert!(counters.receipts_routed >= 7, "{counters:?}");
+    assert!(counters.messages_routed >= 14, "{counters:?}");
+    assert_eq!(counters.messages_refused, 0, "{counters:?}");
+    assert!(counters.redelivered >= 2, "{counters:?}");
+    // Sessions started with pkmsg and continued with msg once the peer answered.
+    assert!(
+        counters.encs_routed.get("pkmsg").is_some_and(|n| *n > 0),
+        "{counters:?}"
+    );
+    assert!(
+        counters.encs_routed.get("msg").is_some_and(|n| *n > 0),
+        "{counters:?}"
+    );
+    drop(alice);
+    drop(bob);
+    sim.shutdown().await;
+}
