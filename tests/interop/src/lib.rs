@@ -176,7 +176,6 @@ pub fn first_diff(a: &Value, b: &Value) -> Option<String> {
 /// script is killed on drop.
 pub struct EventScript {
     child: Child,
-    stdin: Option<ChildStdin>,
     events: std::sync::mpsc::Receiver<Value>,
     seen: Vec<Value>,
 }
@@ -198,7 +197,6 @@ impl EventScript {
             .expect(
                 "cannot start node: the interop suite needs Node.js (apt-get install nodejs npm)",
             );
-        let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("script stdout"));
         let (tx, events) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -213,7 +211,6 @@ impl EventScript {
         });
         EventScript {
             child,
-            stdin,
             events,
             seen: Vec::new(),
         }
@@ -237,39 +234,6 @@ impl EventScript {
                     "no {name:?} event from the script ({e}); events so far: {:?}",
                     self.seen
                 ),
-            }
-        }
-    }
-
-    /// Writes one JSON command line to the script's stdin.
-    pub fn command(&mut self, command: &Value) {
-        let mut line = serde_json::to_string(command).expect("command serializes");
-        line.push('\n');
-        let stdin = self.stdin.as_mut().expect("script stdin");
-        stdin.write_all(line.as_bytes()).expect("write to script");
-        stdin.flush().expect("flush script stdin");
-    }
-
-    /// Waits for the next event for which `check` holds, skipping others (kept in
-    /// [`EventScript::seen`]); panics after `timeout` or if the script exits first.
-    /// Blocking, like [`EventScript::wait_for`].
-    pub fn wait_until(
-        &mut self,
-        what: &str,
-        timeout: std::time::Duration,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(event) => {
-                    self.seen.push(event.clone());
-                    if check(&event) {
-                        return event;
-                    }
-                }
-                Err(e) => panic!("{what}: not seen ({e}); events so far: {:?}", self.seen),
             }
         }
     }

@@ -54,12 +54,9 @@ async fn linked(sim: &Simulator, phone: &str) -> (EventScript, Jid) {
 /// Sends a command and waits for its answer (`ref` echoed), panicking on an error event.
 fn call(script: &mut EventScript, reference: &str, mut command: Value) -> Value {
     command["ref"] = json!(reference);
-    script.command(&command);
-    let reply = block_in_place(|| {
-        script.wait_until(&format!("answer to {reference}"), STEP, |e| {
-            e["ref"] == reference
-        })
-    });
+    script.send(&command);
+    let reply =
+        block_in_place(|| script.wait_until(STEP, |e| (e["ref"] == reference).then(|| e.clone())));
     assert_ne!(reply["event"], "error", "{command} failed: {reply}");
     reply
 }
@@ -71,8 +68,8 @@ fn pn(phone: &str) -> String {
 /// Waits until `script`'s Baileys upserts a message from someone else in `group` with `text`.
 fn receives(script: &mut EventScript, group: &str, text: &str, author: &str) -> Value {
     let message = block_in_place(|| {
-        script.wait_until(&format!("{text:?} in {group}"), STEP, |e| {
-            e["event"] == "message" && e["chat"] == group && e["text"] == text
+        script.wait_until(STEP, |e| {
+            (e["event"] == "message" && e["chat"] == group && e["text"] == text).then(|| e.clone())
         })
     });
     assert_eq!(message["from_me"], false, "{message}");
@@ -135,8 +132,9 @@ async fn group_chat(addressing: GroupAddressing) {
     assert_eq!(admins[0]["id"], names[0].as_str());
     for script in [&mut b, &mut c] {
         let upsert = block_in_place(|| {
-            script.wait_until("groups.upsert of the new group", STEP, |e| {
-                e["event"] == "groups_upsert" && e["groups"][0]["id"] == group.as_str()
+            script.wait_until(STEP, |e| {
+                (e["event"] == "groups_upsert" && e["groups"][0]["id"] == group.as_str())
+                    .then(|| e.clone())
             })
         });
         assert_eq!(upsert["groups"][0]["subject"], "Interop", "{upsert}");
@@ -193,8 +191,8 @@ async fn group_chat(addressing: GroupAddressing) {
     assert_eq!(removed["result"][0]["status"], "200", "{removed}");
     for script in [&mut c, &mut b] {
         let update = block_in_place(|| {
-            script.wait_until("group-participants.update remove", STEP, |e| {
-                e["event"] == "group_participants" && e["id"] == group.as_str()
+            script.wait_until(STEP, |e| {
+                (e["event"] == "group_participants" && e["id"] == group.as_str()).then(|| e.clone())
             })
         });
         assert_eq!(update["action"], "remove", "{update}");
