@@ -10,6 +10,9 @@
 //! | `POST /devices/{jid}/unlink` | | `{}` |
 //! | `POST /devices/{jid}/drop` | | `{"dropped":N}` |
 //! | `GET /counters` | | [`Counters`](crate::Counters) |
+//! | `POST /groups` | `{"creator":"1555…","subject":"…","participants":["1555…"][,"addressing_mode":"pn\|lid"]}` | the group (`201`) |
+//! | `GET /groups/{jid}` | | the group |
+//! | `POST /groups/{jid}/participants` | `{"action":"add\|remove\|promote\|demote","participants":["1555…"]}` | `{"participants":[{"jid","status"}]}` |
 //!
 //! Errors are `{"error":{"code":"…","message":"…"}}` with a 4xx/5xx status.
 
@@ -23,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use wafleet_protocol::jid::Jid;
 
-use crate::{SimError, Simulator, Tamper};
+use crate::{GroupAction, GroupAddressing, SimError, Simulator, Tamper};
 
 /// The router over a simulator handle.
 pub fn router(sim: Simulator) -> Router {
@@ -36,6 +39,9 @@ pub fn router(sim: Simulator) -> Router {
         .route("/devices/{jid}/unlink", post(unlink))
         .route("/devices/{jid}/drop", post(drop_connections))
         .route("/counters", get(counters))
+        .route("/groups", post(create_group))
+        .route("/groups/{jid}", get(group))
+        .route("/groups/{jid}/participants", post(group_participants))
         .fallback(not_found)
         .with_state(sim)
 }
@@ -175,4 +181,56 @@ async fn not_found() -> ApiError {
 
 async fn counters(State(sim): State<Simulator>) -> Json<Value> {
     Json(serde_json::to_value(sim.counters()).unwrap_or(Value::Null))
+}
+
+#[derive(Deserialize)]
+struct NewGroup {
+    creator: String,
+    subject: String,
+    #[serde(default)]
+    participants: Vec<String>,
+    #[serde(default)]
+    addressing_mode: Option<GroupAddressing>,
+}
+
+#[derive(Deserialize)]
+struct ParticipantsChange {
+    action: GroupAction,
+    participants: Vec<String>,
+}
+
+fn group_jid(jid: &str) -> Result<Jid, ApiError> {
+    jid.parse::<Jid>()
+        .map_err(|e| ApiError::from(SimError::BadJid(e.to_string())))
+}
+
+async fn create_group(
+    State(sim): State<Simulator>,
+    payload: Result<Json<NewGroup>, JsonRejection>,
+) -> ApiResult {
+    let request = body(payload)?;
+    let members: Vec<&str> = request.participants.iter().map(String::as_str).collect();
+    let group = match request.addressing_mode {
+        Some(addressing) => {
+            sim.create_group_with(&request.creator, &request.subject, &members, addressing)?
+        }
+        None => sim.create_group(&request.creator, &request.subject, &members)?,
+    };
+    Ok((StatusCode::CREATED, Json(group.to_json())).into_response())
+}
+
+async fn group(State(sim): State<Simulator>, Path(jid): Path<String>) -> ApiResult {
+    let group = sim.group(&group_jid(&jid)?)?;
+    Ok(Json(group.to_json()).into_response())
+}
+
+async fn group_participants(
+    State(sim): State<Simulator>,
+    Path(jid): Path<String>,
+    payload: Result<Json<ParticipantsChange>, JsonRejection>,
+) -> ApiResult {
+    let request = body(payload)?;
+    let phones: Vec<&str> = request.participants.iter().map(String::as_str).collect();
+    let outcomes = sim.update_group(&group_jid(&jid)?, request.action, &phones)?;
+    Ok(Json(json!({ "participants": outcomes })).into_response())
 }

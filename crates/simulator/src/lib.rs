@@ -35,6 +35,7 @@
 
 mod connection;
 pub mod control;
+mod groups;
 mod keys;
 mod messages;
 mod phone;
@@ -61,6 +62,10 @@ use wafleet_protocol::noise::KeyPair;
 use connection::ServerIdentity;
 use state::{Policy, Shared};
 
+pub use groups::{
+    GroupAction, GroupAddressing, GroupCounters, GroupInfo, GroupParticipant, GroupRank,
+    ParticipantOutcome, GROUP_ID_PREFIX,
+};
 pub use messages::{participant_hash, INBOX_LIMIT, LOW_PREKEYS, QUEUE_LIMIT};
 pub use phone::{PLATFORM, REPLY_TIMEOUT};
 
@@ -161,6 +166,9 @@ pub struct Counters {
     /// Successful logins per device, over the whole run.
     #[serde(default)]
     pub logins: HashMap<String, u64>,
+    /// Groups: created, messages fanned out, notifications sent and acked.
+    #[serde(default)]
+    pub groups: GroupCounters,
     /// Message copies delivered to a device (live, queued or to a phone's inbox).
     #[serde(default)]
     pub messages_routed: u64,
@@ -263,6 +271,15 @@ pub enum SimError {
     /// A device JID did not parse.
     #[error("bad device JID: {0}")]
     BadJid(String),
+    /// No such group.
+    #[error("no group {0}")]
+    UnknownGroup(String),
+    /// The group request is malformed (e.g. an empty subject).
+    #[error("bad group request: {0}")]
+    BadGroupRequest(String),
+    /// The acting account may not do this (not a member, or not an admin).
+    #[error("not allowed in group {0}")]
+    GroupForbidden(String),
 }
 
 impl SimError {
@@ -286,6 +303,9 @@ impl SimError {
             SimError::Timeout => (504, "timeout"),
             SimError::UnknownDevice(_) => (404, "unknown_device"),
             SimError::BadJid(_) => (400, "bad_jid"),
+            SimError::UnknownGroup(_) => (404, "unknown_group"),
+            SimError::BadGroupRequest(_) => (400, "bad_group_request"),
+            SimError::GroupForbidden(_) => (403, "group_forbidden"),
         }
     }
 }

@@ -198,6 +198,7 @@ pub(crate) struct State {
     pub devices: HashMap<String, Device>,
     pub sockets: BTreeMap<SocketId, SocketEntry>,
     pub counters: CounterState,
+    pub groups: crate::groups::Groups,
     /// LID user → phone digits.
     pub lids: HashMap<String, String>,
     /// Offline queues, who sent which message, message counters.
@@ -291,6 +292,7 @@ impl State {
             devices: HashMap::new(),
             sockets: BTreeMap::new(),
             counters: CounterState::default(),
+            groups: crate::groups::Groups::default(),
             lids: HashMap::new(),
             messaging: Messaging::default(),
             next_socket: 1,
@@ -420,6 +422,7 @@ impl State {
             pair_success_rejected: self.counters.pair_success_rejected,
             max_live_sockets_per_device: self.counters.max_live_sockets_per_device,
             logins: self.counters.logins.clone(),
+            groups: self.groups.counters(),
             messages_routed: self.messaging.counters.messages_routed,
             messages_queued: self.messaging.counters.messages_queued,
             messages_acked: self.messaging.counters.messages_acked,
@@ -663,6 +666,13 @@ impl State {
 
     /// Handles one node from a socket after the handshake.
     pub fn on_node(&mut self, id: SocketId, node: Node) -> Vec<Outbound> {
+        if State::is_group_message(&node) {
+            return self.group_message(id, node);
+        }
+        if State::is_group_receipt(&node) {
+            return self.group_receipt(id, &node);
+        }
+        self.observe_group_ack(id, &node);
         match &*node.tag {
             "iq" => {}
             "message" => return self.on_message(id, &node),
@@ -697,6 +707,7 @@ impl State {
                 self.usync(id, &node)
             }
             ("encrypt", "set") => self.prekey_upload(id, &node),
+            ("w:g2", _) => self.group_iq(id, &node),
             ("md", "set") if node.child_by_tag("link_code_companion_reg").is_some() => {
                 self.link_code_stage(id, &node)
             }

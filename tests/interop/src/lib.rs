@@ -238,6 +238,18 @@ impl EventScript {
         }
     }
 
+    /// Collects the events that arrive within `wait` into [`EventScript::seen`].
+    pub fn settle(&mut self, wait: std::time::Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => self.seen.push(event),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Every event received so far, in order.
     pub fn seen(&self) -> &[Value] {
         &self.seen

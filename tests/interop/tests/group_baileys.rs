@@ -1,0 +1,227 @@
+//! Three stock Baileys companions (`makeWASocket`, only the pinned root key re-pointed), one
+//! per simulator account, in one group: Baileys creates the group over `w:g2`, the others
+//! learn it from the `w:gp2` notification, each sends a text that the other two decrypt
+//! (sender keys through the simulator's `skmsg` fan-out), and after a removal the removed
+//! member is told and a later message reaches only the remaining one.
+//!
+//! Everything checked here is Baileys' own view (`messages.upsert`, `groups.upsert`,
+//! `group-participants.update`), not the simulator agreeing with itself.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::task::block_in_place;
+use wafleet_interop::EventScript;
+use wafleet_protocol::jid::Jid;
+use wafleet_sim::{GroupAddressing, SimConfig, Simulator};
+
+const PHONES: [&str; 3] = ["15550000001", "15550000002", "15550000003"];
+const STEP: Duration = Duration::from_secs(60);
+
+/// Polls the counters until `check` holds.
+async fn eventually(sim: &Simulator, what: &str, check: impl Fn(&wafleet_sim::Counters) -> bool) {
+    for _ in 0..1500 {
+        if check(&sim.counters()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not reached; counters {:?}", sim.counters());
+}
+
+/// Starts a Baileys companion, links it to `phone` by QR and waits until it logged in with
+/// its prekeys uploaded.
+async fn linked(sim: &Simulator, phone: &str) -> (EventScript, Jid) {
+    let url = sim.ws_url();
+    let root = hex::encode(sim.root_public_key());
+    let mut script = EventScript::start("group-chat.mjs", &["--url", &url, "--root", &root]);
+    let qr = block_in_place(|| script.wait_for("qr", STEP));
+    let qr = qr["qr"].as_str().expect("QR text").to_owned();
+    let device = sim
+        .scan_qr(phone, &qr)
+        .await
+        .expect("the phone links Baileys");
+    let open = block_in_place(|| script.wait_for("open", STEP));
+    assert_eq!(open["me"], device.to_string(), "{open}");
+    let key = device.to_string();
+    eventually(sim, "prekeys uploaded", |c| {
+        c.prekeys_stored.get(&key).is_some_and(|n| *n > 0)
+    })
+    .await;
+    (script, device)
+}
+
+/// Sends a command and waits for its answer (`ref` echoed), panicking on an error event.
+fn call(script: &mut EventScript, reference: &str, mut command: Value) -> Value {
+    command["ref"] = json!(reference);
+    script.send(&command);
+    let reply =
+        block_in_place(|| script.wait_until(STEP, |e| (e["ref"] == reference).then(|| e.clone())));
+    assert_ne!(reply["event"], "error", "{command} failed: {reply}");
+    reply
+}
+
+fn pn(phone: &str) -> String {
+    format!("{phone}@s.whatsapp.net")
+}
+
+/// Waits until `script`'s Baileys upserts a message from someone else in `group` with `text`.
+fn receives(script: &mut EventScript, group: &str, text: &str, author: &str) -> Value {
+    let message = block_in_place(|| {
+        script.wait_until(STEP, |e| {
+            (e["event"] == "message" && e["chat"] == group && e["text"] == text).then(|| e.clone())
+        })
+    });
+    assert_eq!(message["from_me"], false, "{message}");
+    assert_eq!(message["upsert"], "notify", "{message}");
+    let participant = message["participant"].as_str().unwrap_or_default();
+    assert!(
+        participant.starts_with(author),
+        "author {participant} is not {author}: {message}"
+    );
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_baileys_chat_in_a_group_and_a_removed_member_is_cut_off() {
+    group_chat(GroupAddressing::Pn).await;
+}
+
+/// The same in a LID-addressed group, as WhatsApp creates them today: members named by
+/// LID (with their phone numbers), Baileys' sender keys under its LID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_baileys_chat_in_a_lid_addressed_group() {
+    group_chat(GroupAddressing::Lid).await;
+}
+
+async fn group_chat(addressing: GroupAddressing) {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("simulator starts");
+    sim.set_group_addressing(addressing);
+    // How the group names each account: `<phone>@s.whatsapp.net` or `<lid>@lid`.
+    let mut names = Vec::new();
+    for phone in PHONES {
+        let info = sim.add_phone(phone).expect("phone added");
+        names.push(match addressing {
+            GroupAddressing::Pn => info.jid.to_string(),
+            GroupAddressing::Lid => info.lid.to_string(),
+        });
+    }
+    let user = |i: usize| names[i].split('@').next().unwrap_or_default().to_owned();
+    let (mut a, _) = linked(&sim, PHONES[0]).await;
+    let (mut b, _) = linked(&sim, PHONES[1]).await;
+    let (mut c, _) = linked(&sim, PHONES[2]).await;
+
+    // A creates the group with B and C.
+    let created = call(
+        &mut a,
+        "create",
+        json!({"cmd": "group_create", "subject": "Interop", "participants": [pn(PHONES[1]), pn(PHONES[2])]}),
+    );
+    let group = created["id"].as_str().expect("group id").to_owned();
+    assert!(group.ends_with("@g.us"), "{created}");
+    assert_eq!(created["subject"], "Interop");
+    let admins: Vec<&Value> = created["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .filter(|p| p["admin"] == "superadmin")
+        .collect();
+    assert_eq!(admins.len(), 1, "{created}");
+    assert_eq!(admins[0]["id"], names[0].as_str());
+    for script in [&mut b, &mut c] {
+        let upsert = block_in_place(|| {
+            script.wait_until(STEP, |e| {
+                (e["event"] == "groups_upsert" && e["groups"][0]["id"] == group.as_str())
+                    .then(|| e.clone())
+            })
+        });
+        assert_eq!(upsert["groups"][0]["subject"], "Interop", "{upsert}");
+        assert_eq!(
+            upsert["groups"][0]["participants"].as_array().map(Vec::len),
+            Some(3),
+            "{upsert}"
+        );
+    }
+    let metadata = call(
+        &mut b,
+        "meta",
+        json!({"cmd": "group_metadata", "jid": group}),
+    );
+    assert_eq!(metadata["participants"].as_array().map(Vec::len), Some(3));
+
+    // Each of the three sends; the other two decrypt.
+    call(
+        &mut a,
+        "a1",
+        json!({"cmd": "send", "to": group, "text": "hello from A"}),
+    );
+    receives(&mut b, &group, "hello from A", &user(0));
+    receives(&mut c, &group, "hello from A", &user(0));
+    call(
+        &mut b,
+        "b1",
+        json!({"cmd": "send", "to": group, "text": "hello from B"}),
+    );
+    receives(&mut a, &group, "hello from B", &user(1));
+    receives(&mut c, &group, "hello from B", &user(1));
+    call(
+        &mut c,
+        "c1",
+        json!({"cmd": "send", "to": group, "text": "hello from C"}),
+    );
+    receives(&mut a, &group, "hello from C", &user(2));
+    receives(&mut b, &group, "hello from C", &user(2));
+    // A second round uses the sender keys already distributed.
+    call(
+        &mut a,
+        "a2",
+        json!({"cmd": "send", "to": group, "text": "again from A"}),
+    );
+    receives(&mut b, &group, "again from A", &user(0));
+    receives(&mut c, &group, "again from A", &user(0));
+
+    // A removes C: C (and B) get the notification; a later message reaches B only.
+    let removed = call(
+        &mut a,
+        "remove",
+        json!({"cmd": "group_participants", "jid": group, "action": "remove", "participants": [pn(PHONES[2])]}),
+    );
+    assert_eq!(removed["result"][0]["status"], "200", "{removed}");
+    for script in [&mut c, &mut b] {
+        let update = block_in_place(|| {
+            script.wait_until(STEP, |e| {
+                (e["event"] == "group_participants" && e["id"] == group.as_str()).then(|| e.clone())
+            })
+        });
+        assert_eq!(update["action"], "remove", "{update}");
+        assert_eq!(update["participants"], json!([names[2]]), "{update}");
+    }
+    call(
+        &mut a,
+        "a3",
+        json!({"cmd": "send", "to": group, "text": "after the removal"}),
+    );
+    receives(&mut b, &group, "after the removal", &user(0));
+    block_in_place(|| c.settle(Duration::from_secs(3)));
+    assert!(
+        !c.seen()
+            .iter()
+            .any(|e| e["event"] == "message" && e["text"] == "after the removal"),
+        "the removed member got a later message: {:?}",
+        c.seen()
+    );
+
+    let counters = sim.counters().groups;
+    assert_eq!(counters.created, 1, "{counters:?}");
+    assert!(counters.messages >= 5, "{counters:?}");
+    assert_eq!(counters.messages_refused, 0, "{counters:?}");
+    // Create (B, C) and remove (B, C): four notifications to live companions, all acked.
+    eventually(&sim, "w:gp2 notifications acked", |c| {
+        c.groups.notifications_acked >= 4
+    })
+    .await;
+    drop((a, b, c));
+    sim.shutdown().await;
+}
