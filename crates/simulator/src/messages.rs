@@ -539,11 +539,17 @@ impl State {
                 // the sending device. Baileys keys its sent messages by chat and resends a
                 // retried one to `participant` alone.
                 let device = self.address(from, lid);
+                // A group's receipt comes from the group (`to` of the receipt).
+                let chat = to
+                    .as_ref()
+                    .filter(|j| j.is_group())
+                    .cloned()
+                    .unwrap_or_else(|| device.to_non_ad());
                 let mut out = Node::new("receipt")
-                    .attr("from", device.to_non_ad())
+                    .attr("from", chat)
                     .attr("id", first.clone())
                     .attr("t", t);
-                if from.device != 0 {
+                if from.device != 0 || to.as_ref().is_some_and(Jid::is_group) {
                     out = out.attr("participant", device);
                 }
                 if let Some(kind) = &kind {
@@ -1088,6 +1094,31 @@ mod tests {
             !c.queued_now.contains_key(&pn(B, 1).to_string()),
             "the retry receipt acknowledged R1 for bob: {c:?}"
         );
+    }
+
+    #[test]
+    fn a_group_receipt_comes_from_the_group_with_the_device_as_participant() {
+        let mut state = state();
+        link(&mut state, A, 1);
+        link(&mut state, B, 1);
+        let (mut alice, _) = login(&mut state, A, 1);
+        let (bob, _) = login(&mut state, B, 1);
+        let sender = DeviceRef {
+            phone: A.to_owned(),
+            device: 1,
+        };
+        state.messaging.remember("G1", Sent { sender, lid: false });
+        let group = Jid::new("120363000000000001", Server::Group);
+        state.on_node(
+            bob.id,
+            Node::new("receipt")
+                .attr("id", "G1")
+                .attr("to", group.clone())
+                .attr("participant", pn(A, 1)),
+        );
+        let got = alice.received();
+        assert_eq!(jid_attr(&got[0], "from"), Some(group.to_string()));
+        assert_eq!(jid_attr(&got[0], "participant"), Some(pn(B, 1).to_string()));
     }
 
     #[test]
