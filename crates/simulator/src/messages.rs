@@ -23,10 +23,12 @@
 //!   message it decrypted), a receipt or notification by `<ack class=receipt|notification>`.
 //!   A logged-in device gets it at once; at each login the whole queue is sent again
 //!   (`offline="1"`), then `<ib><offline count=N/>`.
-//! - A `<receipt id to [type] [participant] [recipient]><list><item id/>…</list>` is routed
-//!   to the device that sent message `id` (the server remembers), falling back to the `to`
-//!   device, as `<receipt from=<receipt sender> id t [type] …>` with the same children, and
-//!   answered with `<ack class=receipt id>`.
+//! - A `<receipt id to [type] [recipient]><list><item id/>…</list>` is routed to the device
+//!   that sent message `id` (the server remembers), falling back to the `to` device, as
+//!   `<receipt from=<receipt sender's user> participant=<its device> id t [type]
+//!   [recipient]>` with the same children (`list`, a retry's `retry`/`registration`/`keys`),
+//!   and answered with `<ack class=receipt id>`. (Baileys finds the message a retry receipt
+//!   asks for by that `from` and resends it to `participant` alone.)
 //! - Phones (device 0) are always online: what is delivered to a phone lands in its inbox
 //!   (`Simulator::phone_inbox`), already acknowledged.
 
@@ -533,17 +535,28 @@ impl State {
                     .attr_str("t")
                     .map(str::to_owned)
                     .unwrap_or_else(|| unix_now().to_string());
+                // As WhatsApp: `from` is the chat (the receipt sender's user), `participant`
+                // the sending device. Baileys keys its sent messages by chat and resends a
+                // retried one to `participant` alone.
+                let device = self.address(from, lid);
+                // A group's receipt comes from the group (`to` of the receipt).
+                let chat = to
+                    .as_ref()
+                    .filter(|j| j.is_group())
+                    .cloned()
+                    .unwrap_or_else(|| device.to_non_ad());
                 let mut out = Node::new("receipt")
-                    .attr("from", self.address(from, lid))
+                    .attr("from", chat)
                     .attr("id", first.clone())
                     .attr("t", t);
+                if from.device != 0 || to.as_ref().is_some_and(Jid::is_group) {
+                    out = out.attr("participant", device);
+                }
                 if let Some(kind) = &kind {
                     out = out.attr("type", kind.clone());
                 }
-                for key in ["recipient", "participant"] {
-                    if let Some(v) = node.get_attr(key) {
-                        out = out.attr(key, v.clone());
-                    }
+                if let Some(v) = node.get_attr("recipient") {
+                    out = out.attr("recipient", v.clone());
                 }
                 let out = match node.child_nodes() {
                     [] => out,
@@ -992,7 +1005,8 @@ mod tests {
         let receipts: Vec<&Node> = delivered.iter().filter(|n| n.tag == "receipt").collect();
         assert_eq!(receipts.len(), 2);
         let r = receipts[0];
-        assert_eq!(jid_attr(r, "from"), Some(pn(B, 1).to_string()));
+        assert_eq!(jid_attr(r, "from"), Some(pn(B, 0).to_string()));
+        assert_eq!(jid_attr(r, "participant"), Some(pn(B, 1).to_string()));
         assert_eq!(r.attr_str("id"), Some("M1"));
         assert_eq!(r.attr_str("type"), Some("read"));
         assert_eq!(r.attr_str("t"), Some("1700000000"));
@@ -1008,14 +1022,15 @@ mod tests {
         assert_eq!(items, ["M2"]);
         assert_eq!(receipts[1].attr_str("type"), None, "the delivery receipt");
 
-        // Alice acks the delivery receipt (as Baileys: to = its from, no type): the read one
-        // stays queued.
+        // Alice acks the delivery receipt (as Baileys: to = its from, its participant, no
+        // type): the read one stays queued.
         state.on_node(
             alice.id,
             Node::new("ack")
                 .attr("class", "receipt")
                 .attr("id", "M1")
-                .attr("to", pn(B, 1)),
+                .attr("to", pn(B, 0))
+                .attr("participant", pn(B, 1)),
         );
         let c = state.counters();
         assert_eq!(c.receipts_acked, 1);
@@ -1069,7 +1084,8 @@ mod tests {
         };
         assert_eq!(r.tag, "receipt");
         assert_eq!(r.attr_str("type"), Some("retry"));
-        assert_eq!(jid_attr(r, "from"), Some(pn(B, 1).to_string()));
+        assert_eq!(jid_attr(r, "from"), Some(pn(B, 0).to_string()));
+        assert_eq!(jid_attr(r, "participant"), Some(pn(B, 1).to_string()));
         let tags: Vec<&str> = r.child_nodes().iter().map(|n| &*n.tag).collect();
         assert_eq!(tags, ["retry", "registration", "keys"]);
         let c = state.counters();
@@ -1078,6 +1094,31 @@ mod tests {
             !c.queued_now.contains_key(&pn(B, 1).to_string()),
             "the retry receipt acknowledged R1 for bob: {c:?}"
         );
+    }
+
+    #[test]
+    fn a_group_receipt_comes_from_the_group_with_the_device_as_participant() {
+        let mut state = state();
+        link(&mut state, A, 1);
+        link(&mut state, B, 1);
+        let (mut alice, _) = login(&mut state, A, 1);
+        let (bob, _) = login(&mut state, B, 1);
+        let sender = DeviceRef {
+            phone: A.to_owned(),
+            device: 1,
+        };
+        state.messaging.remember("G1", Sent { sender, lid: false });
+        let group = Jid::new("120363000000000001", Server::Group);
+        state.on_node(
+            bob.id,
+            Node::new("receipt")
+                .attr("id", "G1")
+                .attr("to", group.clone())
+                .attr("participant", pn(A, 1)),
+        );
+        let got = alice.received();
+        assert_eq!(jid_attr(&got[0], "from"), Some(group.to_string()));
+        assert_eq!(jid_attr(&got[0], "participant"), Some(pn(B, 1).to_string()));
     }
 
     #[test]
@@ -1120,6 +1161,10 @@ mod tests {
         let receipt = alice.received();
         assert_eq!(
             jid_attr(&receipt[0], "from"),
+            Some(lid_of(&state, B, 0).to_string())
+        );
+        assert_eq!(
+            jid_attr(&receipt[0], "participant"),
             Some(lid_of(&state, B, 1).to_string())
         );
     }

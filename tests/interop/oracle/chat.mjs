@@ -24,7 +24,7 @@
 //   {"cmd":"read","to":"<jid>","id":"…"}         -> {"event":"read_sent","id":"…"}
 // stdout, one JSON object per line (besides link.mjs' qr/paired/close/open/error):
 //   {"event":"online","name":"N"}                                           (with --name)
-//   {"event":"message","id","remoteJid","fromMe","text","pushName","upsert","stub"}
+//   {"event":"message","id","remoteJid","fromMe","text","pushName","status","upsert","stub"}
 //                                                                            (messages.upsert)
 //   {"event":"update","id","remoteJid","fromMe","status"}                    (messages.update)
 //   {"event":"receipt","id","remoteJid","userJid","receiptTimestamp","readTimestamp"}
@@ -117,6 +117,9 @@ function connect() {
                 fromMe: !!m.key.fromMe,
                 text: textOf(m.message),
                 pushName: m.pushName ?? null,
+                // Baileys folds a receipt that arrives while the upsert is still buffered
+                // into the message's status.
+                status: m.status ?? null,
                 upsert: type,
                 stub: m.messageStubType ? [m.messageStubType, ...(m.messageStubParameters ?? [])] : null,
             });

@@ -153,7 +153,9 @@ fn wait_received(script: &mut EventScript, user: &str, expected: &[(String, Stri
 fn wait_delivered(script: &mut EventScript, ids: &[String]) {
     for id in ids {
         event(script, |e| {
-            (e["event"] == "update"
+            // A messages.update, or the status of the sender's own upsert when Baileys
+            // folded the receipt into it (it buffers events).
+            ((e["event"] == "update" || e["event"] == "message")
                 && e["id"] == id.as_str()
                 && e["fromMe"] == true
                 && e["status"].as_i64().is_some_and(|s| s >= DELIVERY_ACK))
@@ -260,6 +262,37 @@ async fn two_baileys_chat_one_to_one_through_the_simulator() {
         },
     )
     .await;
+
+    // Bob's Baileys loses its Signal sessions (its session files are deleted while it is
+    // down). Alice's next message does not decrypt; Bob's retry receipt travels to Alice's
+    // device, her Baileys sends the message again (to Bob's device alone), and Bob reads it.
+    drop(bob);
+    eventually(&sim, "bob's socket gone", |c| {
+        !c.live_sockets.contains_key(&bob_device)
+    })
+    .await;
+    let mut lost = 0;
+    for entry in std::fs::read_dir(&bob_auth.0)
+        .expect("bob's auth dir")
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with("session-") {
+            std::fs::remove_file(entry.path()).expect("remove a session file");
+            lost += 1;
+        }
+    }
+    assert!(lost > 0, "bob had sessions on disk");
+    let mut bob = chat_script(&sim, "Bob", &bob_auth.0);
+    block_in_place(|| bob.wait_for("online", STEP));
+    let text = "after your lost session";
+    let id = send(&mut alice, &bob_jid, text);
+    event(&mut bob, |e| {
+        (e["event"] == "message" && e["id"] == id.as_str() && e["text"] == text).then_some(())
+    });
+    assert!(
+        sim.counters().encs_routed.contains_key("msg"),
+        "the resend went through the server"
+    );
 
     // Each side's own phone got the sent-message copies (DeviceSentMessage), from the
     // companion, with the chat as `recipient`.
