@@ -7,6 +7,8 @@
 //! Everything checked here is Baileys' own view (`messages.upsert`, `groups.upsert`,
 //! `group-participants.update`), not the simulator agreeing with itself.
 
+mod wafleet_support;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,6 +16,7 @@ use tokio::task::block_in_place;
 use wafleet_interop::EventScript;
 use wafleet_protocol::jid::Jid;
 use wafleet_sim::{GroupAddressing, SimConfig, Simulator};
+use wafleet_support::{inbound, linked_wafleet};
 
 const PHONES: [&str; 3] = ["15550000001", "15550000002", "15550000003"];
 const STEP: Duration = Duration::from_secs(60);
@@ -223,5 +226,83 @@ async fn group_chat(addressing: GroupAddressing) {
     })
     .await;
     drop((a, b, c));
+    sim.shutdown().await;
+}
+
+/// Two stock Baileys and a wafleet session (the real driver) in one group: Baileys creates
+/// it with the other two, each of the three sends a text and the other two decrypt it
+/// (Baileys' sender keys reach wafleet inside `pkmsg`s, wafleet's reach Baileys the same
+/// way, `skmsg` fan-out through the simulator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_baileys_and_a_wafleet_session_chat_in_a_group() {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("simulator starts");
+    for phone in PHONES {
+        sim.add_phone(phone).expect("phone added");
+    }
+    let dir = std::env::temp_dir().join(format!("wafleet-group-{}", std::process::id()));
+    let mut wafleet = linked_wafleet(&sim, &dir, PHONES[2]).await;
+    let (mut a, _) = linked(&sim, PHONES[0]).await;
+    let (mut b, _) = linked(&sim, PHONES[1]).await;
+
+    let created = call(
+        &mut a,
+        "create",
+        json!({"cmd": "group_create", "subject": "Mixed", "participants": [pn(PHONES[1]), pn(PHONES[2])]}),
+    );
+    let group = created["id"].as_str().expect("group id").to_owned();
+    block_in_place(|| {
+        b.wait_until(STEP, |e| {
+            (e["event"] == "groups_upsert" && e["groups"][0]["id"] == group.as_str()).then_some(())
+        })
+    });
+
+    // A sends: B and wafleet decrypt it.
+    call(
+        &mut a,
+        "a1",
+        json!({"cmd": "send", "to": group, "text": "hello from A"}),
+    );
+    receives(&mut b, &group, "hello from A", PHONES[0]);
+    let got = inbound(&mut wafleet, 1).await;
+    assert_eq!(got[0].chat, group);
+    assert_eq!(got[0].sender, pn(PHONES[0]));
+    assert_eq!(got[0].text.as_deref(), Some("hello from A"));
+
+    // B sends: A and wafleet decrypt it.
+    call(
+        &mut b,
+        "b1",
+        json!({"cmd": "send", "to": group, "text": "hello from B"}),
+    );
+    receives(&mut a, &group, "hello from B", PHONES[1]);
+    let got = inbound(&mut wafleet, 1).await;
+    assert_eq!(
+        (got[0].chat.as_str(), got[0].sender.as_str()),
+        (group.as_str(), pn(PHONES[1]).as_str())
+    );
+    assert_eq!(got[0].text.as_deref(), Some("hello from B"));
+
+    // wafleet sends: A and B decrypt it.
+    let sent = wafleet
+        .control()
+        .send_text(&group, "hello from wafleet")
+        .await
+        .expect("server acked wafleet's group message");
+    let at_a = receives(&mut a, &group, "hello from wafleet", PHONES[2]);
+    let at_b = receives(&mut b, &group, "hello from wafleet", PHONES[2]);
+    assert_eq!(at_a["id"], sent.id.as_str());
+    assert_eq!(at_b["id"], sent.id.as_str());
+    let groups = sim.counters().groups;
+    assert_eq!(groups.messages, 3, "{groups:?}");
+    assert_eq!(
+        groups.phash_mismatches, 0,
+        "wafleet's phash is the server's: {groups:?}"
+    );
+
+    wafleet.stop();
+    let _ = wafleet.finish().await;
+    let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
 }
