@@ -9,14 +9,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use wafleet_protocol::cert::RootKey;
 use wafleet_session_worker::{
@@ -28,44 +26,11 @@ const ALICE: &str = "15550000011";
 const BOB: &str = "15550000012";
 const MESSAGES: usize = 500;
 const KILLS: usize = 4;
+mod cli_support;
+
+use cli_support::{command, link};
+
 const GUARD: Duration = Duration::from_secs(120);
-
-fn command(sim: &Simulator, data_dir: &Path, verb: &str, session: &str, extra: &[&str]) -> Command {
-    let root = hex::encode(sim.root_public_key());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wafleet"));
-    command
-        .args([verb, "--session", session, "--server"])
-        .arg(sim.ws_url())
-        .args(["--root-key", &root, "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-async fn link(sim: &Simulator, data_dir: &Path, session: &str, phone: &str) -> String {
-    let mut child = command(sim, data_dir, "link", session, &["--json"])
-        .spawn()
-        .expect("wafleet runs");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut jid = None;
-    while let Some(line) = tokio::time::timeout(GUARD, stdout.next_line())
-        .await
-        .expect("link printed nothing in time")
-        .unwrap()
-    {
-        let event: Value = serde_json::from_str(&line).unwrap();
-        if event["event"] == "qr" && jid.is_none() {
-            let code = event["code"].as_str().unwrap();
-            jid = Some(sim.scan_qr(phone, code).await.unwrap().to_string());
-        }
-    }
-    assert!(child.wait().await.unwrap().success(), "link {session}");
-    jid.expect("a QR was shown")
-}
 
 /// One run of `wafleet listen --json`: its stdout lines go to `lines` (tagged with the
 /// run number) until it ends.

@@ -12,23 +12,11 @@ use wafleet_sim::{SimConfig, Simulator};
 
 const ALICE: &str = "15550000001";
 const BOB: &str = "15550000002";
-const GUARD: Duration = Duration::from_secs(60);
+mod cli_support;
 
-fn command(sim: &Simulator, data_dir: &Path, verb: &str, session: &str, extra: &[&str]) -> Command {
-    let root = hex::encode(sim.root_public_key());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wafleet"));
-    command
-        .args([verb, "--session", session, "--server"])
-        .arg(sim.ws_url())
-        .args(["--root-key", &root, "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
+use cli_support::{command, link};
+
+const GUARD: Duration = Duration::from_secs(60);
 
 /// What a finished command printed.
 struct Output {
@@ -47,30 +35,6 @@ async fn run(mut command: Command) -> Output {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
-}
-
-/// Links `session` to the account of `phone` with `wafleet link` (QR scanned by the
-/// simulated phone); returns the device JID.
-async fn link(sim: &Simulator, data_dir: &Path, session: &str, phone: &str) -> String {
-    let mut child = command(sim, data_dir, "link", session, &["--json"])
-        .spawn()
-        .expect("wafleet runs");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut jid = None;
-    while let Some(line) = tokio::time::timeout(GUARD, stdout.next_line())
-        .await
-        .expect("link printed nothing in time")
-        .unwrap()
-    {
-        let event: Value = serde_json::from_str(&line).unwrap();
-        if event["event"] == "qr" && jid.is_none() {
-            let code = event["code"].as_str().unwrap();
-            jid = Some(sim.scan_qr(phone, code).await.unwrap().to_string());
-        }
-    }
-    let status = child.wait().await.unwrap();
-    assert!(status.success(), "link {session}: {status:?}");
-    jid.expect("a QR was shown")
 }
 
 /// A running `wafleet listen --json`.
