@@ -5,6 +5,8 @@
 //! `cargo bench -p wafleet-session-worker --bench link_latency` (release build). Prints
 //! p50/p99/max per phase. Results and the command are recorded in docs/BENCHMARKS.md.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,21 +85,6 @@ async fn one_link(sim: Arc<Simulator>, dir: std::path::PathBuf, index: usize) ->
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn report(label: &str, mut values: Vec<Duration>) {
-    values.sort();
-    println!(
-        "  {label:<28} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
-        percentile(&values, 50.0).as_secs_f64() * 1e3,
-        percentile(&values, 99.0).as_secs_f64() * 1e3,
-        values.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
-}
-
 /// `rounds` rounds of `concurrent` simultaneous links; percentiles over all links.
 async fn measure(sim: &Arc<Simulator>, concurrent: usize, rounds: usize, first_index: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -119,16 +106,19 @@ async fn measure(sim: &Arc<Simulator>, concurrent: usize, rounds: usize, first_i
         samples.len(),
         started.elapsed().as_secs_f64()
     );
-    report(
+    support::report(
         "start -> first QR",
+        28,
         samples.iter().map(|s| s.to_qr).collect(),
     );
-    report(
+    support::report(
         "scan -> ready",
+        28,
         samples.iter().map(|s| s.scan_to_ready).collect(),
     );
-    report(
+    support::report(
         "scan -> prekeys on server",
+        28,
         samples.iter().map(|s| s.scan_to_prekeys).collect(),
     );
 }
@@ -136,43 +126,14 @@ async fn measure(sim: &Arc<Simulator>, concurrent: usize, rounds: usize, first_i
 /// Stock Baileys against the same simulator through its control API
 /// (`tests/interop/oracle/link-bench.mjs`), if the oracle is installed.
 fn measure_baileys(sim: &Simulator, links: usize, concurrency: usize, prefix: &str) {
-    let oracle =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/oracle");
-    if !oracle.join("node_modules/baileys").exists() {
-        println!("Baileys: not installed (bash scripts/install-oracle.sh); no peer measured");
-        return;
-    }
-    let Some(control) = sim.control_url() else {
-        println!("Baileys: the simulator has no control API");
+    let started = Instant::now();
+    let Some(stdout) = support::run_oracle(sim, "link-bench.mjs", links, concurrency, prefix)
+    else {
         return;
     };
-    let started = Instant::now();
-    let output = std::process::Command::new("node")
-        .current_dir(&oracle)
-        .args([
-            "link-bench.mjs",
-            &sim.ws_url(),
-            &hex_encode(&sim.root_public_key()),
-            &control,
-            &links.to_string(),
-            &concurrency.to_string(),
-            prefix,
-        ])
-        .output()
-        .expect("node runs");
-    if !output.status.success() {
-        println!(
-            "Baileys: failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return;
-    }
     let mut to_qr = Vec::new();
     let mut to_open = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
+    for line in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
         let ms = |k: &str| Duration::from_secs_f64(v[k].as_f64().expect("number") / 1e3);
         to_qr.push(ms("to_qr_ms"));
@@ -183,12 +144,8 @@ fn measure_baileys(sim: &Simulator, links: usize, concurrency: usize, prefix: &s
         to_qr.len(),
         started.elapsed().as_secs_f64()
     );
-    report("start -> first QR", to_qr);
-    report("scan -> open (prekeys acked)", to_open);
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    support::report("start -> first QR", 28, to_qr);
+    support::report("scan -> open (prekeys acked)", 28, to_open);
 }
 
 fn main() {

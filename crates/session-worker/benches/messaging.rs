@@ -9,6 +9,8 @@
 //! `cargo bench -p wafleet-session-worker --bench messaging` (release build). Results and
 //! the command are recorded in docs/BENCHMARKS.md.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,21 +54,6 @@ async fn linked(sim: &Simulator, dir: &std::path::Path, phone: &str) -> SessionD
             _ => {}
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn report(label: &str, mut values: Vec<Duration>) {
-    values.sort();
-    println!(
-        "  {label:<30} p50 {:>8.2} ms   p99 {:>8.2} ms   max {:>8.2} ms",
-        percentile(&values, 50.0).as_secs_f64() * 1e3,
-        percentile(&values, 99.0).as_secs_f64() * 1e3,
-        values.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
 }
 
 /// A sends `n` texts to `to`; `concurrency` tasks each send one after the other, or, with
@@ -184,47 +171,17 @@ async fn run(
         wall.as_secs_f64(),
         n as f64 / wall.as_secs_f64()
     );
-    report("send_text -> B decrypted", latencies);
+    support::report("send_text -> B decrypted", 30, latencies);
     b
 }
 
 /// Stock Baileys against the same simulator through its control API
 /// (`tests/interop/oracle/msg-bench.mjs`), if the oracle is installed.
 fn measure_baileys(sim: &Simulator, n: usize, concurrency: usize, prefix: &str) {
-    let oracle =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/oracle");
-    if !oracle.join("node_modules/baileys").exists() {
-        println!("Baileys: not installed (bash scripts/install-oracle.sh); no peer measured");
-        return;
-    }
-    let Some(control) = sim.control_url() else {
-        println!("Baileys: the simulator has no control API");
+    let Some(stdout) = support::run_oracle(sim, "msg-bench.mjs", n, concurrency, prefix) else {
         return;
     };
-    let output = std::process::Command::new("node")
-        .current_dir(&oracle)
-        .args([
-            "msg-bench.mjs",
-            &sim.ws_url(),
-            &hex_encode(&sim.root_public_key()),
-            &control,
-            &n.to_string(),
-            &concurrency.to_string(),
-            prefix,
-        ])
-        .output()
-        .expect("node runs");
-    if !output.status.success() {
-        println!(
-            "Baileys: failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return;
-    }
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
+    for line in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
         if let Some(lat) = v["latencies_ms"].as_array() {
             let values = lat
@@ -239,15 +196,11 @@ fn measure_baileys(sim: &Simulator, n: usize, concurrency: usize, prefix: &str) 
                 v["wall_ms"].as_f64().unwrap_or(0.0) / 1e3,
                 v["msg_per_s"].as_f64().unwrap_or(0.0)
             );
-            report("sendMessage -> B upsert", values);
+            support::report("sendMessage -> B upsert", 30, values);
         } else {
             println!("Baileys: {line}");
         }
     }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn main() {
