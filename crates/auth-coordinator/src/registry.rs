@@ -358,6 +358,15 @@ fn serde_json_metadata(text: &str) -> Result<BTreeMap<String, String>, RegistryE
     serde_json::from_str(text).map_err(|e| RegistryError::InvalidRow(format!("metadata: {e}")))
 }
 
+/// Where [`Registry::grant`] may place an unleased session that has a last worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// The last worker when it is live and has room, else the least loaded.
+    PreferLast,
+    /// The last worker or nobody.
+    OnlyLast,
+}
+
 /// The `lease_expires_at` a holder may trust, for `RETURNING` in a statement whose `$3`
 /// is the worker and whose parameter `dead_after` holds the dead-after seconds: the earlier
 /// of the lease's expiry and the moment the worker counts as dead (its last heartbeat +
@@ -599,6 +608,33 @@ impl Registry {
         ttl: Duration,
         dead_after: Duration,
     ) -> Result<Option<Lease>, RegistryError> {
+        self.grant(address, from, ttl, dead_after, Placement::PreferLast)
+            .await
+    }
+
+    /// Like [`Registry::grant_to_least_loaded`] for an unleased session, but a session
+    /// with a last worker goes only to that worker: `None` while it is not live. For the
+    /// first moments after the coordinator (re)gains NATS, when a worker's silence may be
+    /// the coordinator's own outage and not the worker's death: the session waits for its
+    /// worker instead of moving to whichever worker heartbeated first.
+    pub async fn grant_to_last_worker(
+        &self,
+        address: &SessionAddress,
+        ttl: Duration,
+        dead_after: Duration,
+    ) -> Result<Option<Lease>, RegistryError> {
+        self.grant(address, None, ttl, dead_after, Placement::OnlyLast)
+            .await
+    }
+
+    async fn grant(
+        &self,
+        address: &SessionAddress,
+        from: Option<&WorkerId>,
+        ttl: Duration,
+        dead_after: Duration,
+        placement: Placement,
+    ) -> Result<Option<Lease>, RegistryError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Lock the session row first so two grants for it do not both pick.
@@ -628,12 +664,18 @@ impl Registry {
                    AND w.last_heartbeat > now() - make_interval(secs => $1)
                    AND w.capacity > 0
                    AND w.worker_id IS DISTINCT FROM $2
+                   AND ($4 IS FALSE OR $3::text IS NULL OR w.worker_id = $3)
                  GROUP BY w.worker_id, w.capacity
                  HAVING count(s.session) < w.capacity
                  ORDER BY COALESCE(w.worker_id = $3, FALSE) DESC,
                      count(s.session)::float8 / w.capacity, w.worker_id
                  LIMIT 1",
-                &[&dead_after.as_secs_f64(), &exclude, &prefer],
+                &[
+                    &dead_after.as_secs_f64(),
+                    &exclude,
+                    &prefer,
+                    &(placement == Placement::OnlyLast),
+                ],
             )
             .await?;
         let Some(pick) = pick else {

@@ -547,28 +547,35 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Grants the unleased sessions. Until the heard window is full (see
+    /// [`Coordinator::heard_enough`]) a session waits for the last worker that held it:
+    /// after an outage of NATS or of the coordinator every worker was silent, and the
+    /// first one heard must not collect the others' sessions.
     async fn grant_unleased(&self) -> Result<(), RegistryError> {
+        let wait_for_last = !self.heard_enough();
         for address in self.registry.unleased_running(self.config.batch).await? {
-            if !self.grant(&address).await? {
+            if !self.grant(&address).await? && !wait_for_last {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Grants the session to the least loaded worker and offers it; false when no worker
-    /// can take it.
+    /// Grants the session (to its last worker if live, else the least loaded; only to its
+    /// last worker until the heard window is full) and offers it; false when no worker
+    /// can take it now.
     async fn grant(&self, address: &SessionAddress) -> Result<bool, RegistryError> {
-        let granted = match self
-            .registry
-            .grant_to_least_loaded(
-                address,
-                None,
-                self.config.lease_ttl,
-                self.config.dead_after(),
-            )
-            .await
-        {
+        let (ttl, dead_after) = (self.config.lease_ttl, self.config.dead_after());
+        let granted = if self.heard_enough() {
+            self.registry
+                .grant_to_least_loaded(address, None, ttl, dead_after)
+                .await
+        } else {
+            self.registry
+                .grant_to_last_worker(address, ttl, dead_after)
+                .await
+        };
+        let granted = match granted {
             // A start command and the tick both saw it unleased; the other one granted it.
             Err(RegistryError::AlreadyLeased { .. }) => return Ok(true),
             other => other?,

@@ -778,3 +778,83 @@ async fn no_lease_ends_before_the_leader_horizon() {
     assert_eq!(ended[0].epoch, lease.epoch);
     schema.drop_schema().await;
 }
+
+/// Right after the coordinator (re)gains NATS every worker has been silent; a session
+/// must wait for its last worker, not go to whichever worker was heard first. Once the
+/// last worker is heard it gets the session back; a session that never had a worker goes
+/// anywhere.
+#[tokio::test]
+async fn a_grant_to_the_last_worker_waits_for_it_and_never_picks_another() {
+    let Some(url) = pg_url() else { return };
+    let schema = TestSchema::create(&url).await;
+    let registry = schema.registry().await;
+    let dead_after = Duration::from_secs(1);
+    for w in ["early", "late"] {
+        registry
+            .record_heartbeat(&worker(w), 10, false, "t")
+            .await
+            .expect("heartbeat");
+    }
+    let s = address("sticky");
+    registry
+        .create_session(&s, &BTreeMap::new())
+        .await
+        .expect("create");
+    // "early" has fewer sessions relative to capacity after this, so least-loaded
+    // placement would pick it; hold the session on "late" first.
+    let mut lease = registry
+        .grant_to_least_loaded(&s, None, TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("a worker");
+    if lease.worker.as_str() != "late" {
+        lease = registry
+            .grant_to_least_loaded(&s, Some(&lease.worker), TTL, dead_after)
+            .await
+            .expect("move")
+            .expect("a worker");
+    }
+    assert_eq!(lease.worker.as_str(), "late");
+    registry
+        .release_lease(&s, &lease.worker, lease.epoch)
+        .await
+        .expect("release");
+    // Both silent past dead-after; only "early" comes back.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    registry
+        .record_heartbeat(&worker("early"), 10, false, "t")
+        .await
+        .expect("heartbeat");
+    let waiting = registry
+        .grant_to_last_worker(&s, TTL, dead_after)
+        .await
+        .expect("grant");
+    assert!(waiting.is_none(), "{waiting:?}");
+    let record = registry.session(&s).await.expect("session");
+    assert_eq!(record.worker, None);
+    assert_eq!(record.epoch, lease.epoch);
+    // "late" is heard: the session goes back to it.
+    registry
+        .record_heartbeat(&worker("late"), 10, false, "t")
+        .await
+        .expect("heartbeat");
+    let back = registry
+        .grant_to_last_worker(&s, TTL, dead_after)
+        .await
+        .expect("grant")
+        .expect("the last worker");
+    assert_eq!(back.worker.as_str(), "late");
+    assert_eq!(back.epoch, lease.epoch + 1);
+    // A session no worker ever held is placed at once.
+    let fresh = address("fresh");
+    registry
+        .create_session(&fresh, &BTreeMap::new())
+        .await
+        .expect("create");
+    let placed = registry
+        .grant_to_last_worker(&fresh, TTL, dead_after)
+        .await
+        .expect("grant");
+    assert!(placed.is_some(), "{placed:?}");
+    schema.drop_schema().await;
+}
