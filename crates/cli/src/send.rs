@@ -76,6 +76,12 @@ pub fn run(args: SendArgs) -> Result<(), Failure> {
         if args.json {
             println!("{}", DriverEvent::MessageSent(sent).to_json_line());
         } else {
+            for skipped in &sent.skipped {
+                eprintln!(
+                    "warning: not sent to device {}: {}",
+                    skipped.device, skipped.reason
+                );
+            }
             println!("{}", sent.id);
         }
         Ok(())
@@ -106,6 +112,7 @@ async fn send(
                             id: sent.id,
                             chat: sent.chat,
                             timestamp: sent.server_timestamp,
+                            skipped: sent.skipped,
                         })
                     }
                     // Lost between the login and the command: wait for the next login.

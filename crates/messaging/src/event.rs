@@ -140,6 +140,9 @@ pub enum MessengerEvent {
         id: String,
         /// The ack's `t` (Unix seconds), when given.
         server_timestamp: Option<u64>,
+        /// Addressed devices the message was not encrypted for, and why (e.g. a device
+        /// that has not uploaded its prekeys yet): they will not get it.
+        skipped: Vec<SkippedDevice>,
     },
     /// A send failed.
     SendFailed {
@@ -148,6 +151,32 @@ pub enum MessengerEvent {
         /// Why.
         error: SendError,
     },
+}
+
+/// An addressed device a sent message left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedDevice {
+    /// The device.
+    pub device: Jid,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+/// Why a device was left out of a sent message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    /// The server had no prekey bundle for it (it has not uploaded its keys yet).
+    #[error("no prekey bundle: {0}")]
+    NoBundle(String),
+    /// Its bundle was refused (a bad signed-prekey signature, an untrusted identity).
+    #[error("prekey bundle refused: {0}")]
+    BundleRefused(String),
+    /// No session with it and none could be started.
+    #[error("no session")]
+    NoSession,
+    /// Encrypting for it failed.
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
 }
 
 /// What to send.

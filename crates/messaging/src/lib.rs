@@ -53,7 +53,8 @@ use wafleet_protocol::jid::Jid;
 
 pub use error::{SendError, UndecryptableReason};
 pub use event::{
-    InboundKey, InboundMessage, MessengerEvent, Outgoing, Receipt, ReceiptKind, Undecryptable,
+    InboundKey, InboundMessage, MessengerEvent, Outgoing, Receipt, ReceiptKind, SkipReason,
+    SkippedDevice, Undecryptable,
 };
 pub use state::{DeviceList, Keys, SignalState, RECENT_INBOUND, RECENT_OUTBOUND};
 

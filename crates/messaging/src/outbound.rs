@@ -12,7 +12,7 @@ use wafleet_signal::message::CiphertextMessage;
 use wafleet_signal::{encrypt, padding, process_prekey_bundle, SessionRecord, SignalError};
 
 use crate::error::SendError;
-use crate::event::{MessengerEvent, Outgoing};
+use crate::event::{MessengerEvent, Outgoing, SkipReason, SkippedDevice};
 use crate::group;
 use crate::state::{address, DeviceList, Identities, Keys, RecentOutbound};
 use crate::usync;
@@ -54,6 +54,9 @@ pub(crate) struct Job {
     pub bundles_fetched: bool,
     /// Whether the `<message>` was queued: waiting for the server ack.
     pub sent: bool,
+    /// Addressed devices the message could not be encrypted for (no bundle, a refused
+    /// bundle, an encryption error): reported with the ack, never dropped silently.
+    pub skipped: Vec<SkippedDevice>,
 }
 
 /// An iq the messenger issued.
@@ -145,6 +148,7 @@ impl Messenger {
             devices_fetched: false,
             bundles_fetched: false,
             sent: false,
+            skipped: Vec::new(),
         };
         self.jobs.insert(id.clone(), job);
         self.advance(&id, keys, now_ms, rng);
@@ -179,6 +183,7 @@ impl Messenger {
             devices_fetched: false,
             bundles_fetched: false,
             sent: false,
+            skipped: Vec::new(),
         };
         self.jobs.insert(key.clone(), job);
         self.advance(&key, keys, now_ms, rng);
@@ -374,7 +379,7 @@ impl Messenger {
     /// [<device-identity/>]</message>`.
     fn direct_stanza(
         &mut self,
-        job: &Job,
+        job: &mut Job,
         targets: &[Jid],
         keys: &mut Keys<'_>,
         rng: &mut impl CryptoRngCore,
@@ -386,7 +391,7 @@ impl Messenger {
         let mut last_error = None;
         for device in targets {
             if !keys.signal.has_session(device) {
-                debug!(id = %job.id, %device, "no session (no bundle): device skipped");
+                note_skipped(job, device, || SkipReason::NoSession);
                 continue;
             }
             let own = self.own.is_own_user(device);
@@ -402,6 +407,7 @@ impl Messenger {
                 Err(e) => {
                     warn!(id = %job.id, %device, error = %e, "encryption failed: device skipped");
                     last_error = Some(e.to_string());
+                    note_skipped(job, device, || SkipReason::Encrypt(e.to_string()));
                 }
             }
         }
@@ -427,7 +433,7 @@ impl Messenger {
     /// whatsmeow's device lists leave out the local device too).
     fn group_stanza(
         &mut self,
-        job: &Job,
+        job: &mut Job,
         targets: &[Jid],
         keys: &mut Keys<'_>,
         rng: &mut impl CryptoRngCore,
@@ -449,7 +455,7 @@ impl Messenger {
             .filter(|d| !sent_set.contains(&d.to_string()))
         {
             if !keys.signal.has_session(device) {
-                debug!(id = %job.id, %device, "no session for the sender key: device skipped");
+                note_skipped(job, device, || SkipReason::NoSession);
                 continue;
             }
             match encrypt_for(keys, device, &skdm_message, rng) {
@@ -462,7 +468,10 @@ impl Messenger {
                         .or_default()
                         .insert(device.to_string());
                 }
-                Err(e) => warn!(id = %job.id, %device, error = %e, "sender key not sent to device"),
+                Err(e) => {
+                    warn!(id = %job.id, %device, error = %e, "sender key not sent to device");
+                    note_skipped(job, device, || SkipReason::Encrypt(e.to_string()));
+                }
             }
         }
         let mut children = vec![Node::new("enc")
@@ -566,9 +575,13 @@ impl Messenger {
             ),
             (JobKind::Send, None) => {
                 info!(id = %job.id, "message acked by the server");
+                if !job.skipped.is_empty() {
+                    warn!(id = %job.id, skipped = job.skipped.len(), "acked, but some addressed devices were skipped");
+                }
                 self.events.push_back(MessengerEvent::Sent {
                     id: job.id,
                     server_timestamp: node.attr_str("t").and_then(|t| t.parse().ok()),
+                    skipped: job.skipped,
                 });
             }
             (JobKind::Resend { device, .. }, error) => {
@@ -639,9 +652,15 @@ impl Messenger {
             }),
             IqWhat::Bundles => usync::parse_bundles(node).map(|bundles| {
                 for (device, bundle) in bundles {
-                    match bundle {
-                        Ok(bundle) => self.start_session(keys, &device, &bundle, rng),
-                        Err(e) => info!(%device, error = %e, "no prekey bundle for device"),
+                    let refused = match bundle {
+                        Ok(bundle) => self.start_session(keys, &device, &bundle, rng).err(),
+                        Err(e) => Some(SkipReason::NoBundle(e)),
+                    };
+                    if let Some(reason) = refused {
+                        warn!(%device, %reason, "no session for an addressed device");
+                        if let Some(job) = self.jobs.get_mut(&key) {
+                            job.skipped.push(SkippedDevice { device, reason });
+                        }
                     }
                 }
             }),
@@ -652,14 +671,15 @@ impl Messenger {
         }
     }
 
-    /// A new session with `device` from its bundle (the current one, if any, is archived).
+    /// A new session with `device` from its bundle (the current one, if any, is archived);
+    /// why not when the bundle is refused (a bad signature, an untrusted identity).
     pub(crate) fn start_session(
         &mut self,
         keys: &mut Keys<'_>,
         device: &Jid,
         bundle: &wafleet_signal::PreKeyBundle,
         rng: &mut impl CryptoRngCore,
-    ) {
+    ) -> Result<(), SkipReason> {
         let addr = address(device);
         let key = addr.to_string();
         let empty = SessionRecord::new();
@@ -672,8 +692,26 @@ impl Messenger {
                     .insert(key.clone(), bundle.identity_key);
                 keys.signal.sessions.insert(key, setup.record);
                 debug!(%device, "session started from prekey bundle");
+                Ok(())
             }
-            Err(e) => warn!(%device, error = %e, "prekey bundle refused"),
+            Err(e) => {
+                warn!(%device, error = %e, "prekey bundle refused");
+                Err(SkipReason::BundleRefused(e.to_string()))
+            }
         }
     }
+}
+
+/// Records that `device` is left out of `job`'s message (once: a bundle error already
+/// recorded is the better reason).
+fn note_skipped(job: &mut Job, device: &Jid, reason: impl FnOnce() -> SkipReason) {
+    if job.skipped.iter().any(|s| &s.device == device) {
+        return;
+    }
+    let reason = reason();
+    warn!(id = %job.id, %device, %reason, "device skipped");
+    job.skipped.push(SkippedDevice {
+        device: device.clone(),
+        reason,
+    });
 }

@@ -250,10 +250,8 @@ impl crate::Messenger {
         }
         let fresh = match node.child_by_tag("keys") {
             Some(bundle_node) => match crate::usync::parse_bundle(bundle_node, node) {
-                Ok(bundle) => {
-                    self.start_session(keys, &device, &bundle, rng);
-                    false
-                }
+                // A refused bundle leaves no session: the resend then fails, reported.
+                Ok(bundle) => self.start_session(keys, &device, &bundle, rng).is_err(),
                 Err(e) => {
                     tracing::info!(%id, %device, error = %e, "unreadable retry keys: fetching a bundle");
                     true

@@ -106,6 +106,8 @@ pub(crate) struct Net {
     pub ack_error: Option<String>,
     /// Message stanzas the server received, by sender.
     pub relayed: Vec<(usize, Node)>,
+    /// Devices (JID strings) the server has no bundle for: they have not uploaded keys.
+    pub no_bundle: Vec<String>,
 }
 
 fn norm(j: &Jid) -> (String, Server, u16) {
@@ -127,6 +129,7 @@ impl Net {
             drop_server_acks: false,
             ack_error: None,
             relayed: Vec::new(),
+            no_bundle: Vec::new(),
         }
     }
 
@@ -309,7 +312,10 @@ impl Net {
                 let mut out = Vec::new();
                 for u in key.children_by_tag("user") {
                     let device = jid_attr(u, "jid").unwrap().unwrap();
-                    let Some(i) = self.index_of(&device) else {
+                    let known = self
+                        .index_of(&device)
+                        .filter(|&i| !self.no_bundle.contains(&self.devices[i].jid.to_string()));
+                    let Some(i) = known else {
                         out.push(
                             Node::new("user")
                                 .attr("jid", device)

@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -64,7 +64,7 @@ use wafleet_protocol::pairing_code::{PhoneNumber, PhoneNumberError};
 use crate::backoff::Backoff;
 use crate::event::{
     reason_code, reason_detail, DriverEvent, MessageEvent, ReceiptEvent, Secret, SentEvent,
-    UndecryptableEvent,
+    SkippedDevice, UndecryptableEvent,
 };
 use crate::recipient::{InvalidRecipient, Recipient};
 use crate::store::{SessionStore, StoreError, StoredSession};
@@ -93,6 +93,10 @@ const COMMAND_QUEUE: usize = 16;
 pub const ORIGIN: &str = "https://web.whatsapp.com";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// At most this many further ready WebSocket messages and commands join one turn of the
+/// connection loop (one save covers them; see `SessionDriver::connection`).
+const GROUP_COMMIT_MAX: usize = 64;
 
 /// Which server to connect to and which certificate root its Noise chain must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,6 +294,8 @@ pub struct SentMessage {
     pub chat: String,
     /// The server's time of the message (unix ms), when its ack gave one.
     pub server_timestamp: Option<u64>,
+    /// Addressed devices the message was not encrypted for (they will not get it).
+    pub skipped: Vec<SkippedDevice>,
 }
 
 /// Why a [`DriverControl`] command was refused or failed.
@@ -1077,29 +1083,73 @@ impl Runner {
                         self.check_logout_deadline();
                         self.check_send_deadlines();
                     }
-                    message = ws.next() => match message {
-                        Some(Ok(Message::Binary(bytes))) => {
-                            if let Err(e) = conn.receive(&bytes) {
-                                break 'run Outcome::Lost { reason: "noise_error", detail: e.to_string() };
-                            }
-                            let frames = drain_frames(&mut conn);
-                            self.handle_frames(&mut session, frames);
+                    message = ws.next() => {
+                        if let Some(outcome) = self.on_ws_message(message, &mut conn, &mut session) {
+                            break 'run outcome;
                         }
-                        Some(Ok(Message::Close(frame))) => break 'run Outcome::Lost {
-                            reason: "connection_closed",
-                            detail: format!("server closed the WebSocket: {frame:?}"),
-                        },
-                        Some(Ok(Message::Text(_))) => warn!(session = %self.config.label, "ignoring a text WebSocket message"),
-                        Some(Ok(_)) => {} // ping/pong (answered by tungstenite), raw frames
-                        Some(Err(e)) => break 'run Outcome::Lost { reason: "connection_lost", detail: e.to_string() },
-                        None => break 'run Outcome::Lost { reason: "connection_closed", detail: "end of stream".into() },
-                    },
+                    }
+                }
+                // Group commit: what else is ready now joins this turn, so under load one
+                // save (and one flush) covers many messages instead of one each. The
+                // order of frames and commands is kept, and nothing queued is sent before
+                // the save that covers it (`pump`).
+                for _ in 0..GROUP_COMMIT_MAX {
+                    if let Ok(command) = self.commands.try_recv() {
+                        self.on_command(command, &mut session);
+                    } else if let Some(message) = ws.next().now_or_never() {
+                        if let Some(outcome) = self.on_ws_message(message, &mut conn, &mut session)
+                        {
+                            break 'run outcome;
+                        }
+                    } else {
+                        break;
+                    }
                 }
             }
         };
         self.connection_ended();
         let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
         outcome
+    }
+
+    /// One WebSocket message: frames decrypted and routed; the connection's end if it
+    /// ended.
+    fn on_ws_message(
+        &mut self,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        conn: &mut ClientConnection,
+        session: &mut Session,
+    ) -> Option<Outcome> {
+        match message {
+            Some(Ok(Message::Binary(bytes))) => {
+                if let Err(e) = conn.receive(&bytes) {
+                    return Some(Outcome::Lost {
+                        reason: "noise_error",
+                        detail: e.to_string(),
+                    });
+                }
+                let frames = drain_frames(conn);
+                self.handle_frames(session, frames);
+                None
+            }
+            Some(Ok(Message::Close(frame))) => Some(Outcome::Lost {
+                reason: "connection_closed",
+                detail: format!("server closed the WebSocket: {frame:?}"),
+            }),
+            Some(Ok(Message::Text(_))) => {
+                warn!(session = %self.config.label, "ignoring a text WebSocket message");
+                None
+            }
+            Some(Ok(_)) => None, // ping/pong (answered by tungstenite), raw frames
+            Some(Err(e)) => Some(Outcome::Lost {
+                reason: "connection_lost",
+                detail: e.to_string(),
+            }),
+            None => Some(Outcome::Lost {
+                reason: "connection_closed",
+                detail: "end of stream".into(),
+            }),
+        }
     }
 
     /// TCP/TLS/WebSocket connect, the Noise handshake with the session's payload, and the
@@ -1411,7 +1461,10 @@ impl Runner {
             MessengerEvent::Sent {
                 id,
                 server_timestamp,
+                skipped,
             } => {
+                let skipped: Vec<SkippedDevice> =
+                    skipped.iter().map(SkippedDevice::from_messenger).collect();
                 let server_timestamp = server_timestamp.map(|t| t.saturating_mul(1000));
                 let chat = self
                     .sends
@@ -1424,12 +1477,14 @@ impl Runner {
                         id: id.clone(),
                         chat: chat.clone(),
                         server_timestamp,
+                        skipped: skipped.clone(),
                     }));
                 }
                 self.emit(DriverEvent::MessageSent(SentEvent {
                     id,
                     chat,
                     timestamp: server_timestamp,
+                    skipped,
                 }));
             }
             MessengerEvent::SendFailed { id, error } => {

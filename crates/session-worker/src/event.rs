@@ -337,6 +337,28 @@ pub struct SentEvent {
     pub chat: String,
     /// The server's time of the message, unix milliseconds, when it gave one.
     pub timestamp: Option<u64>,
+    /// Addressed devices the message was not encrypted for (they will not get it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedDevice>,
+}
+
+/// A device a sent message left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedDevice {
+    /// The device JID.
+    pub device: String,
+    /// Why, in words (`no prekey bundle: error 404`, …).
+    pub reason: String,
+}
+
+impl SkippedDevice {
+    /// The messenger's report, as the event carries it.
+    pub fn from_messenger(skipped: &wafleet_messaging::SkippedDevice) -> Self {
+        SkippedDevice {
+            device: skipped.device.to_string(),
+            reason: skipped.reason.to_string(),
+        }
+    }
 }
 
 /// The snake_case code of a disconnect reason.
@@ -540,9 +562,23 @@ mod tests {
             parse(&DriverEvent::MessageSent(SentEvent {
                 id: "C".into(),
                 chat: "c".into(),
-                timestamp: Some(9000)
+                timestamp: Some(9000),
+                skipped: Vec::new(),
             })),
             json!({"event":"sent","id":"C","chat":"c","timestamp":9000})
+        );
+        assert_eq!(
+            parse(&DriverEvent::MessageSent(SentEvent {
+                id: "D".into(),
+                chat: "c".into(),
+                timestamp: None,
+                skipped: vec![SkippedDevice {
+                    device: "1:2@s.whatsapp.net".into(),
+                    reason: "no session".into(),
+                }],
+            })),
+            json!({"event":"sent","id":"D","chat":"c","timestamp":null,
+                   "skipped":[{"device":"1:2@s.whatsapp.net","reason":"no session"}]})
         );
     }
 

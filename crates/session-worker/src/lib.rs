@@ -28,6 +28,8 @@ pub use driver::{
     PairingCodeIssued, SentMessage, ServerConfig, SessionDriver, SinkError, LOGOUT_TIMEOUT,
     SEND_TIMEOUT,
 };
-pub use event::{DriverEvent, MessageEvent, ReceiptEvent, Secret, SentEvent, UndecryptableEvent};
+pub use event::{
+    DriverEvent, MessageEvent, ReceiptEvent, Secret, SentEvent, SkippedDevice, UndecryptableEvent,
+};
 pub use recipient::{InvalidRecipient, Recipient};
 pub use store::{FsSessionStore, SessionName, SessionStore, StoreError, StoredSession};

@@ -26,7 +26,7 @@ fn first_message_is_pkmsg_then_msg_and_replies_flow_both_ways() {
     assert_eq!(net.devices[b].pre_keys.len(), 19);
     // A got the server ack, then B's delivery receipt.
     assert!(net.devices[a].events.iter().any(|e| matches!(e,
-        MessengerEvent::Sent { id: sid, server_timestamp: Some(_) } if *sid == id)));
+        MessengerEvent::Sent { id: sid, server_timestamp: Some(_), .. } if *sid == id)));
     assert!(net.devices[a].events.iter().any(|e| matches!(e,
         MessengerEvent::Receipt(r) if r.ids == vec![id.clone()] && r.kind == ReceiptKind::Delivered)));
 
@@ -622,4 +622,58 @@ fn a_lid_addressed_peer_gets_its_own_session_address() {
     net.send(l, "222@s.whatsapp.net", "again").unwrap();
     assert_eq!(net.devices[l].texts(), vec!["to a lid"]);
     assert_eq!(net.devices[b].texts(), vec!["from a lid", "again"]);
+}
+
+/// A device listed for the user but without a bundle on the server (it has not uploaded
+/// its prekeys yet) cannot get the message: the send still reaches the others, and the
+/// ack names the left-out device and why, instead of dropping it quietly.
+#[test]
+fn a_device_without_a_bundle_is_reported_with_the_ack() {
+    let mut net = Net::new(11);
+    let a = net.add("111:1@s.whatsapp.net");
+    let b0 = net.add("222@s.whatsapp.net");
+    let b1 = net.add("222:1@s.whatsapp.net");
+    net.no_bundle.push("222:1@s.whatsapp.net".into());
+    let id = net.send(a, "222@s.whatsapp.net", "partly").unwrap();
+    assert_eq!(net.devices[b0].texts(), vec!["partly"]);
+    assert!(net.devices[b1].texts().is_empty());
+    let skipped = net.devices[a]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            MessengerEvent::Sent {
+                id: sid, skipped, ..
+            } if *sid == id => Some(skipped.clone()),
+            _ => None,
+        })
+        .expect("the server ack");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].device, jid("222:1@s.whatsapp.net"));
+    assert!(
+        matches!(&skipped[0].reason, SkipReason::NoBundle(e) if e.contains("404")),
+        "{skipped:?}"
+    );
+    // Once it has uploaded its keys, a later send reaches it (the next message fetches
+    // the missing bundle again) and nothing is skipped.
+    net.no_bundle.clear();
+    let next = net.send(a, "222@s.whatsapp.net", "all").unwrap();
+    assert_eq!(net.devices[b1].texts(), vec!["all"]);
+    assert!(net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::Sent { id: sid, skipped, .. } if *sid == next && skipped.is_empty())));
+}
+
+/// No device of the recipient has a bundle: the send fails, typed; nothing is acked.
+#[test]
+fn no_device_with_a_bundle_fails_the_send() {
+    let mut net = Net::new(12);
+    let a = net.add("111:1@s.whatsapp.net");
+    let _b = net.add("222:1@s.whatsapp.net");
+    net.no_bundle.push("222:1@s.whatsapp.net".into());
+    let id = net.send(a, "222@s.whatsapp.net", "nobody").unwrap();
+    assert!(
+        net.devices[a].events.iter().any(|e| matches!(e,
+        MessengerEvent::SendFailed { id: sid, error: SendError::NoDevices } if *sid == id)),
+        "{:?}",
+        net.devices[a].events
+    );
 }
