@@ -1,126 +1,16 @@
 //! `wafleet listen` and `wafleet send`, run as the built binary against an in-process
 //! simulator: two wafleet sessions linked to two simulated accounts talk to each other.
 
-use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::Command;
 use wafleet_sim::{SimConfig, Simulator};
 
 const ALICE: &str = "15550000001";
 const BOB: &str = "15550000002";
 mod cli_support;
 
-use cli_support::{command, link};
-
-const GUARD: Duration = Duration::from_secs(60);
-
-/// What a finished command printed.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(mut command: Command) -> Output {
-    let output = tokio::time::timeout(GUARD, command.output())
-        .await
-        .expect("wafleet exits in time")
-        .expect("wafleet runs");
-    Output {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// A running `wafleet listen --json`.
-struct Listener {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: Lines<BufReader<ChildStderr>>,
-}
-
-impl Listener {
-    fn start(sim: &Simulator, data_dir: &Path, session: &str) -> Listener {
-        let mut child = command(sim, data_dir, "listen", session, &["--json"])
-            .spawn()
-            .expect("wafleet runs");
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        Listener {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits for the `ready: <jid>` line on stderr.
-    async fn ready(&mut self) -> String {
-        loop {
-            let line = tokio::time::timeout(GUARD, self.stderr.next_line())
-                .await
-                .expect("listen never got ready")
-                .unwrap()
-                .expect("listen ended before it was ready");
-            if let Some(jid) = line.strip_prefix("ready: ") {
-                return jid.to_owned();
-            }
-        }
-    }
-
-    /// The next JSON line on stdout.
-    async fn event(&mut self) -> Value {
-        let line = tokio::time::timeout(GUARD, self.stdout.next_line())
-            .await
-            .expect("listen printed nothing in time")
-            .unwrap()
-            .expect("listen's output ended");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
-    }
-
-    /// The next `message` line (receipts on the way are skipped).
-    async fn message(&mut self) -> Value {
-        loop {
-            let event = self.event().await;
-            match event["event"].as_str() {
-                Some("message") => return event,
-                Some("receipt") => continue,
-                _ => panic!("unexpected line: {event}"),
-            }
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
-}
-
-/// `wafleet send --json`; the `sent` line.
-async fn send(sim: &Simulator, data_dir: &Path, session: &str, to: &str, text: &str) -> Value {
-    let out = run(command(
-        sim,
-        data_dir,
-        "send",
-        session,
-        &["--to", to, "--text", text, "--json"],
-    ))
-    .await;
-    assert!(
-        out.status.success(),
-        "send: {:?} {}",
-        out.status,
-        out.stderr
-    );
-    let sent: Value = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("not JSON: {:?}: {e}", out.stdout));
-    assert_eq!(sent["event"], "sent", "{sent}");
-    sent
-}
+use cli_support::{command, link, run, send, Listener};
 
 async fn two_accounts() -> Simulator {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
@@ -253,7 +143,7 @@ async fn send_to_an_unknown_number_or_an_unreachable_server_fails_typed() {
     // A server that does not answer: no login within --timeout.
     let root = hex::encode(sim.root_public_key());
     let out = run({
-        let mut c = Command::new(env!("CARGO_BIN_EXE_wafleet"));
+        let mut c = Command::new(cli_support::wafleet_bin());
         c.args([
             "send",
             "--session",
