@@ -20,9 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use rand_core::OsRng;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
-use wafleet_messaging::{
-    Keys, Messenger, MessengerEvent, Outgoing, ReceiptKind, SendError, SignalState,
-};
+use wafleet_messaging::{Keys, Messenger, MessengerEvent, Outgoing, SendError, SignalState};
 use wafleet_protocol::binary::Node;
 use wafleet_protocol::jid::{Jid, Server};
 
@@ -210,7 +208,7 @@ fn drain(account: &mut Account) -> Vec<Node> {
                     ids: receipt.ids,
                     chat: receipt.chat,
                     sender: receipt.sender,
-                    kind: receipt_name(&receipt.kind),
+                    kind: receipt.kind.name().to_owned(),
                     timestamp: receipt.timestamp,
                 },
             ),
@@ -227,10 +225,6 @@ fn drain(account: &mut Account) -> Vec<Node> {
         }
     }
     std::iter::from_fn(|| chat.messenger.poll_transmit()).collect()
-}
-
-fn receipt_name(kind: &ReceiptKind) -> String {
-    kind.name().to_owned()
 }
 
 fn text_of(content: &wafleet_protocol::message::MessageContent, text: &mut Option<String>) {
@@ -296,7 +290,7 @@ impl State {
                 return;
             }
             for node in transmits {
-                for answer in self.from_phone(phone, node) {
+                for answer in self.serve_phone(phone, node) {
                     let Some(account) = self.phones.get_mut(phone) else {
                         return;
                     };
@@ -309,7 +303,7 @@ impl State {
     }
 
     /// A stanza the phone sends, handled as a logged-in device's: what the server answers.
-    fn from_phone(&mut self, phone: &str, node: Node) -> Vec<Node> {
+    fn serve_phone(&mut self, phone: &str, node: Node) -> Vec<Node> {
         let device = DeviceRef {
             phone: phone.to_owned(),
             device: 0,
