@@ -16,8 +16,15 @@
 //! - `keys`: the key server: stored prekey uploads, bundle fetches, usync device lists.
 //! - `messages`: the message server: `<message>` fan-out, per-device queues kept until acked
 //!   (redelivered at each login, then `<ib><offline count>`), receipts routed to the sender
-//!   device, the low-prekey notification. Phones have Signal keys in the key server and an
-//!   inbox ([`Simulator::phone_inbox`]); they do not decrypt yet.
+//!   device, the low-prekey notification. What reaches a phone is kept raw
+//!   ([`Simulator::phone_inbox`]) and handed to the phone's Signal stack.
+//! - `phone_chat`: the phones' Signal stack, a `wafleet-messaging` `Messenger` per phone with
+//!   the keys the key server hands out for it. A phone decrypts what reaches it (acks and
+//!   delivery receipts go back through the server) into [`Simulator::phone_messages`], keeps
+//!   the receipts for what it sent ([`Simulator::phone_receipts`]), and sends texts 1:1 or
+//!   to a group ([`Simulator::phone_send_text`]); its stanzas (usync, bundle fetches, `w:g2`
+//!   queries, messages, receipts) go through the same server code as a companion's, as
+//!   device 0's, and its companions get a device-sent copy (`from_me`).
 //! - [`control`]: the HTTP control API.
 //!
 //! ```no_run
