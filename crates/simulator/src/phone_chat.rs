@@ -255,6 +255,31 @@ impl State {
         self.phone_work.push_back((phone.to_owned(), node));
     }
 
+    /// `phone`'s account linked or lost a device: every phone's messenger is told with
+    /// `<notification type=devices from=<user>>` (phone-number and LID forms), so its next
+    /// send fetches that account's device list again instead of using a cached one.
+    pub(crate) fn devices_changed(&mut self, phone: &str) {
+        let Some(account) = self.phones.get(phone) else {
+            return;
+        };
+        let users = [
+            Jid::new(phone, Server::WhatsApp),
+            Jid::new(account.lid_user.clone(), Server::Lid),
+        ];
+        let phones: Vec<String> = self.phones.keys().cloned().collect();
+        for user in users {
+            let id = self.next_iq_id();
+            let notification = Node::new("notification")
+                .attr("from", user)
+                .attr("id", id)
+                .attr("type", "devices")
+                .attr("t", crate::state::unix_now().to_string());
+            for to in &phones {
+                self.phone_received(to, notification.clone());
+            }
+        }
+    }
+
     /// Lets the phones handle what was delivered to them, and what that causes, until
     /// nothing is left. Not re-entrant: a call while the queue is being run returns at once
     /// (the running call picks the new work up).
@@ -370,6 +395,9 @@ impl State {
         if to.is_group() && !self.groups.exists(&to.user) {
             return Err(SimError::UnknownGroup(to.to_string()));
         }
+        self.phone(phone)?;
+        // What the phone got meanwhile (a device list change) comes first.
+        self.run_phones();
         let account = self.phone(phone)?;
         let started = with_messenger(account, |messenger, keys| {
             messenger.send(to.clone(), Outgoing::text(text), keys, now_ms(), &mut OsRng)

@@ -488,6 +488,9 @@ impl State {
         if self.devices.remove(device).is_none() {
             return Err(SimError::UnknownDevice(device.to_owned()));
         }
+        if let Ok(jid) = device.parse::<Jid>() {
+            self.devices_changed(&jid.user);
+        }
         self.counters.prekey_uploads.remove(device);
         self.messaging.queues.remove(device);
         let ids: Vec<SocketId> = self
