@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use wafleet_messaging::{Keys, Messenger, MessengerEvent, Outgoing, SendError, SignalState};
 use wafleet_protocol::binary::Node;
 use wafleet_protocol::jid::{Jid, Server};
+use wafleet_protocol::message::MessageContent;
 
 use crate::messages::{DeviceRef, INBOX_LIMIT};
 use crate::state::{result_for, Account, Outbound, SocketId, State};
@@ -167,8 +168,6 @@ fn drain(account: &mut Account) -> Vec<Node> {
         match event {
             MessengerEvent::StateChanged => {}
             MessengerEvent::Message(message) => {
-                let mut text = None;
-                text_of(&message.content, &mut text);
                 debug!(phone = %account.phone, id = %message.id, "phone decrypted a message");
                 chat.messenger.delivered(&message.key);
                 push_bounded(
@@ -180,7 +179,7 @@ fn drain(account: &mut Account) -> Vec<Node> {
                         from_me: message.from_me,
                         timestamp: message.timestamp,
                         kind: message.content.type_name().to_owned(),
-                        text,
+                        text: text_of(&message.content),
                         error: None,
                     },
                 );
@@ -227,12 +226,12 @@ fn drain(account: &mut Account) -> Vec<Node> {
     std::iter::from_fn(|| chat.messenger.poll_transmit()).collect()
 }
 
-fn text_of(content: &wafleet_protocol::message::MessageContent, text: &mut Option<String>) {
-    use wafleet_protocol::message::MessageContent;
+/// The text of a text message, or of an edit's new content.
+fn text_of(content: &MessageContent) -> Option<String> {
     match content {
-        MessageContent::Text { text: t, .. } => *text = Some(t.clone()),
-        MessageContent::Edit { content, .. } => text_of(content, text),
-        _ => {}
+        MessageContent::Text { text, .. } => Some(text.clone()),
+        MessageContent::Edit { content, .. } => text_of(content),
+        _ => None,
     }
 }
 
