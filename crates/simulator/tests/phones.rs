@@ -10,7 +10,7 @@ use support::{eventually, http, link_by_qr, Companion};
 use wafleet_messaging::{Keys, Messenger, MessengerEvent, SignalState};
 use wafleet_protocol::client::Event;
 use wafleet_protocol::jid::{Jid, Server};
-use wafleet_sim::{PhoneMessage, SimConfig, SimError, Simulator};
+use wafleet_sim::{GroupAddressing, PhoneMessage, SimConfig, SimError, Simulator};
 
 const A: &str = "15550000101";
 const B: &str = "15550000102";
@@ -134,6 +134,22 @@ async fn phones_text_one_to_one_and_in_a_group() {
         (3, 0),
         "{groups:?}"
     );
+
+    // A LID-addressed group (as WhatsApp creates them today): members named by LID.
+    let lid_group = sim
+        .create_group_with(A, "By LID", &[B], GroupAddressing::Lid)
+        .expect("group")
+        .jid;
+    let by_lid = sim
+        .phone_send_text(B, &lid_group.to_string(), "in a LID group")
+        .expect("acked");
+    let at_a = sim.phone_messages(A).expect("phone");
+    let last = at_a.last().expect("a message");
+    assert_eq!(
+        (last.id.as_str(), &last.chat, last.text.as_deref()),
+        (by_lid.as_str(), &lid_group, Some("in a LID group"))
+    );
+    assert_eq!(last.sender.server, Server::Lid, "{last:?}");
 
     // Over HTTP: B sends to the group, A reads it.
     let base = sim.control_url().expect("control API");
