@@ -405,14 +405,17 @@ impl State {
         account.chat.pending.insert(id.clone());
         self.pump_phone(phone);
         self.run_phones();
-        let outcome = self
-            .phones
-            .get_mut(phone)
-            .and_then(|account| {
-                account.chat.pending.remove(&id);
-                account.chat.outcomes.remove(&id)
-            })
-            .unwrap_or(Err(SendError::Timeout));
+        let outcome = self.phones.get_mut(phone).and_then(|account| {
+            if !account.chat.outcomes.contains_key(&id) {
+                // Everything the server answers is answered by now: what still waits never
+                // gets an answer, so the messenger gives it up (`SendFailed`, not kept).
+                account.chat.messenger.handle_timeout(u64::MAX);
+                let _ = drain(account);
+            }
+            account.chat.pending.remove(&id);
+            account.chat.outcomes.remove(&id)
+        });
+        let outcome = outcome.unwrap_or(Err(SendError::Timeout));
         outcome
             .map(|()| id)
             .map_err(|error| send_failed(&to, error))

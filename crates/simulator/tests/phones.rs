@@ -150,6 +150,12 @@ async fn phones_text_one_to_one_and_in_a_group() {
         (by_lid.as_str(), &lid_group, Some("in a LID group"))
     );
     assert_eq!(last.sender.server, Server::Lid, "{last:?}");
+    // C is no member: the server refuses the group query, the send fails with its reason.
+    let refused = sim.phone_send_text(C, &lid_group.to_string(), "let me in");
+    assert!(
+        matches!(&refused, Err(SimError::SendFailed(reason)) if reason.contains("403")),
+        "{refused:?}"
+    );
 
     // Over HTTP: B sends to the group, A reads it.
     let base = sim.control_url().expect("control API");
