@@ -78,6 +78,40 @@ async fn listen_prints_what_another_session_sends_and_both_directions_work() {
     sim.shutdown().await;
 }
 
+/// The account's simulated phone writes to another chat: `wafleet listen` of its companion
+/// prints the phone's device-sent copy as `from_me`, in the chat with the recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_the_phones_own_message_as_from_me() {
+    let sim = two_accounts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = link(&sim, dir.path(), "alice", ALICE).await;
+    let mut listen = Listener::start(&sim, dir.path(), "alice");
+    assert_eq!(listen.ready().await, alice);
+    // The phone reaches the companion only once the companion's prekeys are on the server.
+    for _ in 0..500 {
+        if sim
+            .counters()
+            .prekeys_stored
+            .get(&alice)
+            .is_some_and(|n| *n > 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = sim
+        .phone_send_text(ALICE, BOB, "from alice's phone")
+        .expect("the server acked the phone's message");
+    let got = listen.message().await;
+    assert_eq!(got["id"], id.as_str(), "{got}");
+    assert_eq!(got["from_me"], true, "{got}");
+    assert_eq!(got["chat"], format!("{BOB}@s.whatsapp.net"));
+    assert_eq!(got["sender"], format!("{ALICE}@s.whatsapp.net"));
+    assert_eq!(got["text"], "from alice's phone");
+    listen.stop().await;
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlinked_sessions_fail_at_once_with_typed_exit_codes() {
     let sim = two_accounts().await;

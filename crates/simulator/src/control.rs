@@ -7,6 +7,8 @@
 //! | `POST /phones/{phone}/pairing-code` | `{"code":"ABCD-EFGH"}` | `{"device":"<jid>"}` |
 //! | `POST /phones/{phone}/tamper` | `{"tamper":"none\|hmac\|account_signature"}` | `{}` |
 //! | `GET /phones/{phone}/inbox` | | `{"inbox":[<node JSON>…]}`: what reached the phone, raw |
+//! | `POST /phones/{phone}/send` | `{"to":"1555…\|<user JID>\|<group JID>","text":"…"}` | `{"id":"<message id>"}` once the server acked it |
+//! | `GET /phones/{phone}/messages` | | `{"messages":[{"id","chat","sender","from_me","timestamp","type","text","error"}…],"receipts":[{"ids","chat","sender","type","timestamp"}…]}`: what the phone decrypted, and the receipts for what it sent |
 //! | `POST /devices/{jid}/unlink` | | `{}` |
 //! | `POST /devices/{jid}/drop` | | `{"dropped":N}` |
 //! | `GET /counters` | | [`Counters`](crate::Counters) |
@@ -36,6 +38,8 @@ pub fn router(sim: Simulator) -> Router {
         .route("/phones/{phone}/pairing-code", post(pairing_code))
         .route("/phones/{phone}/tamper", post(tamper))
         .route("/phones/{phone}/inbox", get(inbox))
+        .route("/phones/{phone}/send", post(phone_send))
+        .route("/phones/{phone}/messages", get(phone_messages))
         .route("/devices/{jid}/unlink", post(unlink))
         .route("/devices/{jid}/drop", post(drop_connections))
         .route("/counters", get(counters))
@@ -106,6 +110,12 @@ struct Code {
 }
 
 #[derive(Deserialize)]
+struct PhoneSend {
+    to: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
 struct SetTamper {
     tamper: Tamper,
 }
@@ -169,6 +179,30 @@ async fn inbox(State(sim): State<Simulator>, Path(phone): Path<String>) -> ApiRe
         .map(wafleet_protocol::binary::json::to_value)
         .collect();
     Ok(Json(json!({ "inbox": nodes })).into_response())
+}
+
+async fn phone_send(
+    State(sim): State<Simulator>,
+    Path(phone): Path<String>,
+    payload: Result<Json<PhoneSend>, JsonRejection>,
+) -> ApiResult {
+    let request = body(payload)?;
+    let id = sim.phone_send_text(&phone, &request.to, &request.text)?;
+    Ok(Json(json!({ "id": id })).into_response())
+}
+
+async fn phone_messages(State(sim): State<Simulator>, Path(phone): Path<String>) -> ApiResult {
+    let messages: Vec<Value> = sim
+        .phone_messages(&phone)?
+        .iter()
+        .map(|m| m.to_json())
+        .collect();
+    let receipts: Vec<Value> = sim
+        .phone_receipts(&phone)?
+        .iter()
+        .map(|r| r.to_json())
+        .collect();
+    Ok(Json(json!({ "messages": messages, "receipts": receipts })).into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -262,6 +262,11 @@ impl Groups {
         }
     }
 
+    /// Whether a group with this id (the user part of its JID) exists.
+    pub fn exists(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> GroupCounters {
         self.counters.clone()
@@ -1114,6 +1119,7 @@ impl Simulator {
         let (id, _) = state
             .create_group_as(&pn(creator), subject, &invited, addressing)
             .map_err(|r| r.into_sim_error(subject))?;
+        state.run_phones();
         let group = state
             .groups
             .by_id
@@ -1139,9 +1145,11 @@ impl Simulator {
             .map(|g| g.creator.clone())
             .ok_or_else(|| SimError::UnknownGroup(group.to_string()))?;
         let targets: Vec<Jid> = phones.iter().map(|p| pn(p)).collect();
-        state
+        let outcomes = state
             .update_group_as(&pn(&creator), &id, action, &targets)
-            .map_err(|r| r.into_sim_error(&group.to_string()))
+            .map_err(|r| r.into_sim_error(&group.to_string()));
+        state.run_phones();
+        outcomes
     }
 
     /// How groups created from now on name their members (phone numbers by default).
@@ -1210,6 +1218,8 @@ mod tests {
         let mut nodes = Vec::new();
         while let Ok(out) = rx.try_recv() {
             match out {
+                // The phones ask for the made-up ciphertexts of these tests to be resent.
+                Outbound::Node(n) if crate::messages::tests::phone_retry(&n) => {}
                 Outbound::Node(n) => nodes.push(n),
                 other => panic!("unexpected {other:?}"),
             }
@@ -1696,7 +1706,8 @@ mod tests {
                 .and_then(|r| r.attr_str("count")),
             Some("1")
         );
-        assert_eq!(state.counters().groups.receipts_routed, 2);
+        // B:1's two receipts, and the two phones' retry receipts for the made-up ciphertext.
+        assert_eq!(state.counters().groups.receipts_routed, 4);
         // A receipt for an id nobody sent to the group goes nowhere.
         let stray = Node::new("receipt")
             .attr("id", "NOPE")

@@ -16,8 +16,15 @@
 //! - `keys`: the key server: stored prekey uploads, bundle fetches, usync device lists.
 //! - `messages`: the message server: `<message>` fan-out, per-device queues kept until acked
 //!   (redelivered at each login, then `<ib><offline count>`), receipts routed to the sender
-//!   device, the low-prekey notification. Phones have Signal keys in the key server and an
-//!   inbox ([`Simulator::phone_inbox`]); they do not decrypt yet.
+//!   device, the low-prekey notification. What reaches a phone is kept raw
+//!   ([`Simulator::phone_inbox`]) and handed to the phone's Signal stack.
+//! - `phone_chat`: the phones' Signal stack, a `wafleet-messaging` `Messenger` per phone with
+//!   the keys the key server hands out for it. A phone decrypts what reaches it (acks and
+//!   delivery receipts go back through the server) into [`Simulator::phone_messages`], keeps
+//!   the receipts for what it sent ([`Simulator::phone_receipts`]), and sends texts 1:1 or
+//!   to a group ([`Simulator::phone_send_text`]); its stanzas (usync, bundle fetches, `w:g2`
+//!   queries, messages, receipts) go through the same server code as a companion's, as
+//!   device 0's, and its companions get a device-sent copy (`from_me`).
 //! - [`control`]: the HTTP control API.
 //!
 //! ```no_run
@@ -39,6 +46,7 @@ mod groups;
 mod keys;
 mod messages;
 mod phone;
+mod phone_chat;
 pub mod server;
 mod state;
 
@@ -68,6 +76,7 @@ pub use groups::{
 };
 pub use messages::{participant_hash, INBOX_LIMIT, LOW_PREKEYS, QUEUE_LIMIT};
 pub use phone::{PLATFORM, REPLY_TIMEOUT};
+pub use phone_chat::{PhoneMessage, PhoneReceipt};
 
 /// How long [`Simulator::enter_pairing_code`] waits for the companion's request to reach
 /// the server before it answers [`SimError::NoPendingLink`].
@@ -280,6 +289,15 @@ pub enum SimError {
     /// The acting account may not do this (not a member, or not an admin).
     #[error("not allowed in group {0}")]
     GroupForbidden(String),
+    /// A phone's send names no user or group (bare digits, a user JID or a group JID).
+    #[error("invalid recipient {0:?}: give bare digits, a user JID or a group JID")]
+    InvalidRecipient(String),
+    /// A phone's send names a user without an account here.
+    #[error("no such user {0}")]
+    NoSuchUser(String),
+    /// A phone's send failed (the server refused it, no device could be encrypted for, …).
+    #[error("send failed: {0}")]
+    SendFailed(String),
 }
 
 impl SimError {
@@ -306,6 +324,9 @@ impl SimError {
             SimError::UnknownGroup(_) => (404, "unknown_group"),
             SimError::BadGroupRequest(_) => (400, "bad_group_request"),
             SimError::GroupForbidden(_) => (403, "group_forbidden"),
+            SimError::InvalidRecipient(_) => (400, "invalid_recipient"),
+            SimError::NoSuchUser(_) => (404, "no_such_user"),
+            SimError::SendFailed(_) => (502, "send_failed"),
         }
     }
 }
@@ -502,8 +523,8 @@ impl Simulator {
     }
 
     /// What was delivered to `phone_digits`'s phone (device 0), oldest first: the raw
-    /// `<message>`/`<receipt>` stanzas as the server sent them (the phone does not decrypt
-    /// yet).
+    /// `<message>`/`<receipt>`/`<notification>` stanzas as the server sent them (before the
+    /// phone decrypted them: see [`Simulator::phone_messages`]).
     pub fn phone_inbox(&self, phone_digits: &str) -> Result<Vec<Node>, SimError> {
         Ok(self
             .inner
@@ -511,6 +532,48 @@ impl Simulator {
             .lock()
             .phone(phone_digits)?
             .inbox
+            .iter()
+            .cloned()
+            .collect())
+    }
+
+    /// `phone_digits`'s phone sends a text to `to`: bare digits or a user JID
+    /// (`…@s.whatsapp.net`, `…@lid`) for a 1:1 chat, a group JID (`…@g.us`) for a group.
+    /// Resolves with the message id once the server acked it. The phone encrypts with its
+    /// own Signal stack for every device of the chat and, wrapped as a `DeviceSentMessage`,
+    /// for its account's companions (which see it as `from_me`).
+    pub fn phone_send_text(
+        &self,
+        phone_digits: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<String, SimError> {
+        self.inner
+            .shared
+            .lock()
+            .phone_send_text(phone_digits, to, text)
+    }
+
+    /// What `phone_digits`'s phone decrypted (or could not), oldest first: 1:1 and group
+    /// messages from other accounts, and its own companions' messages (`from_me`).
+    pub fn phone_messages(&self, phone_digits: &str) -> Result<Vec<PhoneMessage>, SimError> {
+        let mut state = self.inner.shared.lock();
+        Ok(state
+            .phone(phone_digits)?
+            .chat
+            .messages
+            .iter()
+            .cloned()
+            .collect())
+    }
+
+    /// The receipts `phone_digits`'s phone got for the messages it sent, oldest first.
+    pub fn phone_receipts(&self, phone_digits: &str) -> Result<Vec<PhoneReceipt>, SimError> {
+        let mut state = self.inner.shared.lock();
+        Ok(state
+            .phone(phone_digits)?
+            .chat
+            .receipts
             .iter()
             .cloned()
             .collect())

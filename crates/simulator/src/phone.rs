@@ -330,6 +330,7 @@ async fn link(shared: &Shared, job: LinkJob) -> Result<Jid, SimError> {
     state
         .devices
         .insert(device_jid.to_string(), Device::new(lid));
+    state.devices_changed(&job.phone);
     state.end_socket(
         job.socket,
         Outbound::Close(Some(Node::new("stream:error").attr("code", "515"))),

@@ -22,6 +22,7 @@ use wafleet_protocol::proto::ClientPayload;
 
 use crate::keys::{parse_prekey, KeyBundle};
 use crate::messages::{Messaging, LOW_PREKEYS};
+use crate::phone_chat::PhoneChat;
 use crate::{Counters, PhoneInfo, SimError, Tamper};
 
 /// Identifies one WebSocket connection for the whole run.
@@ -80,6 +81,8 @@ pub(crate) struct Account {
     pub inbox: VecDeque<Node>,
     /// The push name its companions announced (`<presence name>`), sent as `notify`.
     pub push_name: Option<String>,
+    /// Its Signal stack: the messenger, and what it decrypted.
+    pub chat: PhoneChat,
 }
 
 impl Account {
@@ -203,6 +206,10 @@ pub(crate) struct State {
     pub lids: HashMap<String, String>,
     /// Offline queues, who sent which message, message counters.
     pub messaging: Messaging,
+    /// Stanzas delivered to phones, waiting for their messengers ([`State::run_phones`]).
+    pub phone_work: VecDeque<(String, Node)>,
+    /// [`State::run_phones`] is running.
+    pub running_phones: bool,
     next_socket: SocketId,
     next_iq: u64,
 }
@@ -295,6 +302,8 @@ impl State {
             groups: crate::groups::Groups::default(),
             lids: HashMap::new(),
             messaging: Messaging::default(),
+            phone_work: VecDeque::new(),
+            running_phones: false,
             next_socket: 1,
             next_iq: 1,
         }
@@ -372,6 +381,7 @@ impl State {
             pre_keys,
             inbox: VecDeque::new(),
             push_name: None,
+            chat: PhoneChat::new(&digits, &lid_user),
         };
         let info = account.info();
         info!(phone = %digits, "phone added");
@@ -477,6 +487,9 @@ impl State {
     fn remove_device(&mut self, device: &str, except: Option<SocketId>) -> Result<usize, SimError> {
         if self.devices.remove(device).is_none() {
             return Err(SimError::UnknownDevice(device.to_owned()));
+        }
+        if let Ok(jid) = device.parse::<Jid>() {
+            self.devices_changed(&jid.user);
         }
         self.counters.prekey_uploads.remove(device);
         self.messaging.queues.remove(device);
@@ -664,8 +677,15 @@ impl State {
         vec![Outbound::Node(node)]
     }
 
-    /// Handles one node from a socket after the handshake.
+    /// Handles one node from a socket after the handshake, then lets the phones handle
+    /// what it delivered to them.
     pub fn on_node(&mut self, id: SocketId, node: Node) -> Vec<Outbound> {
+        let out = self.handle_node(id, node);
+        self.run_phones();
+        out
+    }
+
+    fn handle_node(&mut self, id: SocketId, node: Node) -> Vec<Outbound> {
         if State::is_group_message(&node) {
             return self.group_message(id, node);
         }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::task::block_in_place;
 use wafleet_interop::EventScript;
 use wafleet_protocol::jid::Jid;
-use wafleet_sim::{GroupAddressing, SimConfig, Simulator};
+use wafleet_sim::{GroupAddressing, PhoneMessage, SimConfig, Simulator};
 use wafleet_support::{inbound, linked_wafleet};
 
 const PHONES: [&str; 3] = ["15550000001", "15550000002", "15550000003"];
@@ -304,5 +304,143 @@ async fn two_baileys_and_a_wafleet_session_chat_in_a_group() {
     wafleet.stop();
     let _ = wafleet.finish().await;
     let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+/// Polls `phone`'s decrypted inbox (the simulated phone's own Signal stack) until it holds
+/// a text `text` in `chat`; returns that message.
+async fn phone_receives(sim: &Simulator, phone: &str, chat: &str, text: &str) -> PhoneMessage {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let messages = sim.phone_messages(phone).expect("phone exists");
+        if let Some(undecryptable) = messages.iter().find(|m| m.kind == "undecryptable") {
+            panic!("the phone could not decrypt: {undecryptable:?}");
+        }
+        let found = messages
+            .into_iter()
+            .find(|m| m.chat.to_string() == chat && m.text.as_deref() == Some(text));
+        if let Some(message) = found {
+            return message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{phone} did not decrypt {text:?} in {chat}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stock Baileys, a wafleet session and a simulated phone (its own Signal stack, no
+/// companion) in one group: each of the three sends, the other two decrypt. Then the phone
+/// of the wafleet session's account writes to Baileys 1:1: Baileys reads it, and the wafleet
+/// session gets the phone's device-sent copy as `from_me` in the chat with Baileys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baileys_a_wafleet_session_and_a_simulated_phone_chat_in_a_group() {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .expect("simulator starts");
+    for phone in PHONES {
+        sim.add_phone(phone).expect("phone added");
+    }
+    // PHONES[0]: Baileys; PHONES[1]: the phone alone; PHONES[2]: wafleet (and its phone).
+    let (baileys, phone, wafleet_account) = (PHONES[0], PHONES[1], PHONES[2]);
+    let dir = std::env::temp_dir().join(format!("wafleet-group-phone-{}", std::process::id()));
+    let mut wafleet = linked_wafleet(&sim, &dir, wafleet_account).await;
+    let (mut a, _) = linked(&sim, baileys).await;
+
+    let created = call(
+        &mut a,
+        "create",
+        json!({"cmd": "group_create", "subject": "With a phone", "participants": [pn(phone), pn(wafleet_account)]}),
+    );
+    let group = created["id"].as_str().expect("group id").to_owned();
+
+    // Baileys sends: the phone and wafleet decrypt it.
+    call(
+        &mut a,
+        "a1",
+        json!({"cmd": "send", "to": group, "text": "hello from Baileys"}),
+    );
+    let at_phone = phone_receives(&sim, phone, &group, "hello from Baileys").await;
+    assert_eq!(at_phone.sender.to_non_ad().to_string(), pn(baileys));
+    assert!(!at_phone.from_me);
+    let got = inbound(&mut wafleet, 1).await;
+    assert_eq!(
+        (
+            got[0].chat.as_str(),
+            got[0].sender.as_str(),
+            got[0].text.as_deref()
+        ),
+        (
+            group.as_str(),
+            pn(baileys).as_str(),
+            Some("hello from Baileys")
+        )
+    );
+
+    // The phone sends: Baileys and wafleet decrypt it.
+    let from_phone = sim
+        .phone_send_text(phone, &group, "hello from the phone")
+        .expect("server acked the phone's group message");
+    let at_a = receives(&mut a, &group, "hello from the phone", phone);
+    assert_eq!(at_a["id"], from_phone.as_str());
+    let got = inbound(&mut wafleet, 1).await;
+    assert_eq!(
+        (
+            got[0].id.as_str(),
+            got[0].chat.as_str(),
+            got[0].sender.as_str()
+        ),
+        (from_phone.as_str(), group.as_str(), pn(phone).as_str())
+    );
+    assert_eq!(got[0].text.as_deref(), Some("hello from the phone"));
+    assert!(!got[0].from_me);
+
+    // wafleet sends: Baileys and the phone decrypt it.
+    let sent = wafleet
+        .control()
+        .send_text(&group, "hello from wafleet")
+        .await
+        .expect("server acked wafleet's group message");
+    let at_a = receives(&mut a, &group, "hello from wafleet", wafleet_account);
+    assert_eq!(at_a["id"], sent.id.as_str());
+    let at_phone = phone_receives(&sim, phone, &group, "hello from wafleet").await;
+    assert_eq!(at_phone.id, sent.id);
+    assert_eq!(at_phone.sender.to_non_ad().to_string(), pn(wafleet_account));
+    let groups = sim.counters().groups;
+    assert_eq!(groups.messages, 3, "{groups:?}");
+
+    // wafleet's own phone writes to Baileys: Baileys reads it; wafleet sees it as its own.
+    let text = "from wafleet's phone";
+    let id = sim
+        .phone_send_text(wafleet_account, baileys, text)
+        .expect("server acked the phone's 1:1 message");
+    let at_a = block_in_place(|| {
+        a.wait_until(STEP, |e| {
+            (e["event"] == "message" && e["text"] == text).then(|| e.clone())
+        })
+    });
+    assert_eq!(at_a["id"], id.as_str(), "{at_a}");
+    assert_eq!(at_a["from_me"], false, "{at_a}");
+    let got = inbound(&mut wafleet, 1).await;
+    assert_eq!(got[0].id, id);
+    assert!(got[0].from_me, "{:?}", got[0]);
+    assert_eq!(
+        (
+            got[0].chat.as_str(),
+            got[0].sender.as_str(),
+            got[0].text.as_deref()
+        ),
+        (
+            pn(baileys).as_str(),
+            pn(wafleet_account).as_str(),
+            Some(text)
+        )
+    );
+
+    wafleet.stop();
+    let _ = wafleet.finish().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(a);
     sim.shutdown().await;
 }

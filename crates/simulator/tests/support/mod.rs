@@ -65,6 +65,7 @@ pub struct Companion {
     steps: mpsc::UnboundedReceiver<Step>,
     commands: mpsc::UnboundedSender<Command>,
     replies: mpsc::UnboundedReceiver<Node>,
+    messages: mpsc::UnboundedReceiver<Node>,
     next_raw: u32,
 }
 
@@ -128,6 +129,7 @@ impl Companion {
         let (step_tx, steps) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (reply_tx, replies) = mpsc::unbounded_channel();
+        let (message_tx, messages) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let result = drive(
                 ws,
@@ -139,6 +141,7 @@ impl Companion {
                 Outputs {
                     steps: step_tx.clone(),
                     replies: reply_tx,
+                    messages: message_tx,
                 },
             )
             .await;
@@ -150,6 +153,7 @@ impl Companion {
             steps,
             commands,
             replies,
+            messages,
             next_raw: 0,
         }
     }
@@ -233,16 +237,27 @@ impl Companion {
         reply
     }
 
+    /// The next `<message>` stanza the server delivered (the session acks it; a test
+    /// decrypts it itself), failing the test after [`STEP`].
+    pub async fn next_message(&mut self) -> Node {
+        tokio::time::timeout(STEP, self.messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no <message> within {STEP:?}"))
+            .expect("driver running")
+    }
+
     /// Closes the socket from the companion's side.
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
 }
 
-/// Where the driver reports: session steps, and replies to [`Companion::request`].
+/// Where the driver reports: session steps, replies to [`Companion::request`], and a copy
+/// of each `<message>` for [`Companion::next_message`].
 struct Outputs {
     steps: mpsc::UnboundedSender<Step>,
     replies: mpsc::UnboundedSender<Node>,
+    messages: mpsc::UnboundedSender<Node>,
 }
 
 type Ws =
@@ -257,7 +272,11 @@ async fn drive(
     mut commands: mpsc::UnboundedReceiver<Command>,
     outputs: Outputs,
 ) -> Result<(), String> {
-    let Outputs { steps, replies } = outputs;
+    let Outputs {
+        steps,
+        replies,
+        messages,
+    } = outputs;
     let mut rng = StdRng::from_entropy();
     let mut client_config = ClientConfig::new(identity.noise_key.clone());
     client_config.root = root;
@@ -293,6 +312,9 @@ async fn drive(
                                 if raw {
                                     let _ = replies.send(node);
                                 } else {
+                                    if node.tag == "message" {
+                                        let _ = messages.send(node.clone());
+                                    }
                                     session.handle_node(node, now_ms(), &mut rng);
                                 }
                             }
