@@ -2,6 +2,7 @@
 //! simulator: two wafleet sessions linked to two simulated accounts talk to each other.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::process::Command;
 use wafleet_sim::{SimConfig, Simulator};
