@@ -47,22 +47,15 @@ pub(crate) fn our_distribution(
     rng: &mut impl CryptoRngCore,
 ) -> SenderKeyDistributionMessage {
     let ours = address(own).to_string();
-    let records = keys
-        .signal
-        .sender_keys
-        .entry(group.to_string())
-        .or_default();
+    let group = group.to_string();
+    let current = keys.signal.sender_key_at(&group, &ours);
     let empty = SenderKeyRecord::new();
-    let (record, skdm) = create_sender_key_distribution(records.get(&ours).unwrap_or(&empty), rng);
-    if records.get(&ours) != Some(&record) {
+    let (record, skdm) = create_sender_key_distribution(current.unwrap_or(&empty), rng);
+    if current != Some(&record) {
         // A new sender key: nobody has it yet.
-        keys.signal.sender_key_sent.remove(&group.to_string());
+        keys.signal.clear_sender_key_sent(&group);
+        keys.signal.put_sender_key(group, ours, record);
     }
-    keys.signal
-        .sender_keys
-        .entry(group.to_string())
-        .or_default()
-        .insert(ours, record);
     skdm
 }
 
@@ -70,13 +63,9 @@ pub(crate) fn our_distribution(
 /// distributes it to every remaining device. Returns whether there was one.
 pub(crate) fn rotate_sender_key(keys: &mut Keys<'_>, group: &Jid, own: &Jid) -> bool {
     let ours = address(own).to_string();
-    let had = keys
-        .signal
-        .sender_keys
-        .get_mut(&group.to_string())
-        .and_then(|g| g.remove(&ours))
-        .is_some();
-    keys.signal.sender_key_sent.remove(&group.to_string());
+    let group = group.to_string();
+    let had = keys.signal.remove_sender_key(&group, &ours);
+    keys.signal.clear_sender_key_sent(&group);
     had
 }
 
@@ -89,16 +78,13 @@ pub(crate) fn encrypt(
     rng: &mut impl CryptoRngCore,
 ) -> Result<Vec<u8>, SendError> {
     let ours = address(own).to_string();
-    let records = keys
-        .signal
-        .sender_keys
-        .entry(group.to_string())
-        .or_default();
-    let record = records.get(&ours).cloned().unwrap_or_default();
+    let group = group.to_string();
+    let empty = SenderKeyRecord::new();
+    let record = keys.signal.sender_key_at(&group, &ours).unwrap_or(&empty);
     let padded = padding::pad(message, rng);
     let (record, skmsg) =
-        group_encrypt(&record, &padded, rng).map_err(|e| SendError::Encrypt(e.to_string()))?;
-    records.insert(ours, record);
+        group_encrypt(record, &padded, rng).map_err(|e| SendError::Encrypt(e.to_string()))?;
+    keys.signal.put_sender_key(group, ours, record);
     Ok(skmsg.serialize().to_vec())
 }
 

@@ -318,25 +318,19 @@ impl Messenger {
                 let group = addr.chat.to_string();
                 let record = keys
                     .signal
-                    .sender_keys
-                    .get(&group)
-                    .and_then(|g| g.get(&sender_key))
+                    .sender_key_at(&group, &sender_key)
                     .filter(|r| !r.is_empty())
                     .ok_or(UndecryptableReason::UnknownSenderKey)?;
                 let (record, plaintext) = group_decrypt(record, bytes)
                     .map_err(|e| UndecryptableReason::from_signal(&e))?;
-                keys.signal
-                    .sender_keys
-                    .entry(group)
-                    .or_default()
-                    .insert(sender_key, record);
+                keys.signal.put_sender_key(group, sender_key, record);
                 *changed = true;
                 plaintext
             }
             _ => {
                 let message = CiphertextMessage::from_wire(enc.kind.as_str(), bytes)
                     .map_err(|e| UndecryptableReason::from_signal(&e))?;
-                let record = keys.signal.sessions.get(&sender_key);
+                let record = keys.signal.session_at(&sender_key);
                 let usable = record
                     .is_some_and(|r| r.has_current_session() || r.previous().next().is_some());
                 if matches!(message, CiphertextMessage::Whisper(_)) && !usable {
@@ -348,17 +342,17 @@ impl Messenger {
                     CiphertextMessage::Whisper(_) => None,
                 };
                 let pre_keys = PreKeys::new(keys.identity, keys.pre_keys, wanted);
-                let identities = Identities::new(keys.identity, &keys.signal.identities);
+                let identities = Identities::new(keys.identity, keys.signal.identities());
                 let d = decrypt(&record, &sender, &identities, &pre_keys, &message, rng)
                     .map_err(|e| UndecryptableReason::from_signal(&e))?;
                 if let Some(current) = d.record.current() {
                     keys.signal
-                        .identities
-                        .insert(sender_key.clone(), *current.remote_identity());
+                        .put_identity(sender_key.clone(), *current.remote_identity());
                 }
-                keys.signal.sessions.insert(sender_key, d.record);
+                keys.signal.put_session(sender_key, d.record);
                 if let Some(id) = d.consumed_pre_key {
                     keys.pre_keys.retain(|k| k.id != id);
+                    keys.signal.note_pre_key_used(id);
                 }
                 *changed = true;
                 d.plaintext
@@ -388,17 +382,13 @@ fn store_sender_key(
         }
     };
     let sender = address(&addr.sender).to_string();
-    let records = keys
-        .signal
-        .sender_keys
-        .entry(group.to_string())
-        .or_default();
+    let group = group.to_string();
     let empty = SenderKeyRecord::new();
-    let current = records.get(&sender).unwrap_or(&empty);
+    let current = keys.signal.sender_key_at(&group, &sender).unwrap_or(&empty);
     let updated = process_sender_key_distribution(current, &skdm);
     if updated == *current {
         return false;
     }
-    records.insert(sender, updated);
+    keys.signal.put_sender_key(group, sender, updated);
     true
 }

@@ -56,7 +56,7 @@ pub use event::{
     InboundKey, InboundMessage, MessengerEvent, Outgoing, Receipt, ReceiptKind, SkipReason,
     SkippedDevice, Undecryptable,
 };
-pub use state::{DeviceList, Keys, SignalState, RECENT_INBOUND, RECENT_OUTBOUND};
+pub use state::{DeviceList, Keys, SignalState, StateChanges, RECENT_INBOUND, RECENT_OUTBOUND};
 
 use outbound::{Job, PendingIq};
 use stanza::Own;
@@ -189,9 +189,7 @@ impl Messenger {
         let changed = match node.attr_str("type") {
             Some("devices") if from.is_user() => keys
                 .signal
-                .devices
-                .remove(&from.to_non_ad().to_string())
-                .is_some(),
+                .remove_device_list(&from.to_non_ad().to_string()),
             Some("w:gp2") if from.is_group() => {
                 let left = node
                     .child_nodes()

@@ -98,15 +98,11 @@ fn encrypt_for(
 ) -> Result<(&'static str, Vec<u8>), SignalError> {
     let addr = address(device);
     let key = addr.to_string();
-    let record = keys
-        .signal
-        .sessions
-        .get(&key)
-        .ok_or(SignalError::NoSession)?;
+    let record = keys.signal.session_at(&key).ok_or(SignalError::NoSession)?;
     let padded = padding::pad(plaintext, rng);
-    let identities = Identities::new(keys.identity, &keys.signal.identities);
+    let identities = Identities::new(keys.identity, keys.signal.identities());
     let (record, ct) = encrypt(record, &addr, &identities, &padded)?;
-    keys.signal.sessions.insert(key, record);
+    keys.signal.put_session(key, record);
     let enc_type = match ct {
         CiphertextMessage::PreKey(_) => "pkmsg",
         CiphertextMessage::Whisper(_) => "msg",
@@ -325,8 +321,7 @@ impl Messenger {
         let fresh = matches!(job.kind, JobKind::Resend { fresh: true, .. });
         let sent_set = if group {
             keys.signal
-                .sender_key_sent
-                .get(&job.chat.to_string())
+                .sender_key_sent(&job.chat.to_string())
                 .cloned()
                 .unwrap_or_default()
         } else {
@@ -443,8 +438,7 @@ impl Messenger {
         // A new sender key clears the set: everyone needs it then.
         let sent_set = keys
             .signal
-            .sender_key_sent
-            .get(&job.chat.to_string())
+            .sender_key_sent(&job.chat.to_string())
             .map_or_else(Default::default, |s| s.clone());
         let skmsg = group::encrypt(keys, &job.chat, &own, &job.message, rng)?;
         let skdm_message = wire::sender_key_distribution(&job.chat, skdm.serialize());
@@ -463,10 +457,7 @@ impl Messenger {
                     pkmsg |= enc_type == "pkmsg";
                     tos.push(to_node(device, enc_type, ct));
                     keys.signal
-                        .sender_key_sent
-                        .entry(job.chat.to_string())
-                        .or_default()
-                        .insert(device.to_string());
+                        .mark_sender_key_sent(&job.chat.to_string(), device.to_string());
                 }
                 Err(e) => {
                     warn!(id = %job.id, %device, error = %e, "sender key not sent to device");
@@ -516,10 +507,7 @@ impl Messenger {
             .map_err(|e| SendError::Encrypt(e.to_string()))?;
         if group {
             keys.signal
-                .sender_key_sent
-                .entry(job.chat.to_string())
-                .or_default()
-                .insert(device.to_string());
+                .mark_sender_key_sent(&job.chat.to_string(), device.to_string());
         }
         let mut node = Node::new("message");
         if group {
@@ -632,7 +620,7 @@ impl Messenger {
                 let mut missing: Vec<Jid> = users;
                 for (user, devices) in lists {
                     missing.retain(|u| u.to_non_ad() != user);
-                    keys.signal.devices.insert(
+                    keys.signal.put_device_list(
                         user.to_string(),
                         DeviceList {
                             devices,
@@ -641,7 +629,7 @@ impl Messenger {
                     );
                 }
                 for user in missing {
-                    keys.signal.devices.insert(
+                    keys.signal.put_device_list(
                         user.to_non_ad().to_string(),
                         DeviceList {
                             devices: Vec::new(),
@@ -683,14 +671,12 @@ impl Messenger {
         let addr = address(device);
         let key = addr.to_string();
         let empty = SessionRecord::new();
-        let identities = Identities::new(keys.identity, &keys.signal.identities);
-        let record = keys.signal.sessions.get(&key).unwrap_or(&empty);
+        let identities = Identities::new(keys.identity, keys.signal.identities());
+        let record = keys.signal.session_at(&key).unwrap_or(&empty);
         match process_prekey_bundle(record, &addr, &identities, bundle, rng) {
             Ok(setup) => {
-                keys.signal
-                    .identities
-                    .insert(key.clone(), bundle.identity_key);
-                keys.signal.sessions.insert(key, setup.record);
+                keys.signal.put_identity(key.clone(), bundle.identity_key);
+                keys.signal.put_session(key, setup.record);
                 debug!(%device, "session started from prekey bundle");
                 Ok(())
             }

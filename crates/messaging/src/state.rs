@@ -54,24 +54,90 @@ pub(crate) struct RecentOutbound {
 
 /// Everything about Signal and messaging that must survive a restart. Persisted by the
 /// driver inside its stored session; every change is announced by
-/// [`crate::MessengerEvent::StateChanged`].
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+/// [`crate::MessengerEvent::StateChanged`] and recorded, so that
+/// [`SignalState::take_changes`] can hand a store just what changed since its last save.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SignalState {
     /// 1:1 sessions by Signal address (`user[_domain].device`).
-    pub(crate) sessions: BTreeMap<String, SessionRecord>,
+    sessions: BTreeMap<String, SessionRecord>,
     /// Remote identity keys by Signal address.
-    pub(crate) identities: BTreeMap<String, PublicKey>,
+    identities: BTreeMap<String, PublicKey>,
     /// Sender keys by group JID, then by the sender's Signal address (ours included).
-    pub(crate) sender_keys: BTreeMap<String, BTreeMap<String, SenderKeyRecord>>,
+    sender_keys: BTreeMap<String, BTreeMap<String, SenderKeyRecord>>,
     /// Device lists by user JID (no device).
-    pub(crate) devices: BTreeMap<String, DeviceList>,
+    devices: BTreeMap<String, DeviceList>,
     /// Per group, the device JIDs that already have our current sender key.
-    pub(crate) sender_key_sent: BTreeMap<String, BTreeSet<String>>,
+    sender_key_sent: BTreeMap<String, BTreeSet<String>>,
     /// Recently decrypted inbound messages, oldest first.
-    pub(crate) recent_inbound: VecDeque<RecentInbound>,
+    recent_inbound: VecDeque<RecentInbound>,
     /// Recently sent messages, oldest first.
-    pub(crate) recent_outbound: VecDeque<RecentOutbound>,
+    recent_outbound: VecDeque<RecentOutbound>,
+    /// What changed since the last [`SignalState::take_changes`] (not persisted).
+    #[serde(skip)]
+    dirty: Dirty,
+}
+
+/// The keys changed since the last [`SignalState::take_changes`], and the cache entries
+/// added (in order).
+#[derive(Clone, Default)]
+struct Dirty {
+    sessions: BTreeSet<String>,
+    identities: BTreeSet<String>,
+    sender_keys: BTreeSet<(String, String)>,
+    devices: BTreeSet<String>,
+    sender_key_sent: BTreeSet<String>,
+    inbound: Vec<RecentInbound>,
+    outbound: Vec<RecentOutbound>,
+    /// More entries were added than kept above: the changes carry the whole caches.
+    caches_overflowed: bool,
+    pre_keys_used: Vec<u32>,
+}
+
+/// What changed in a [`SignalState`] (and which one-time prekeys a `pkmsg` consumed) since
+/// the last [`SignalState::take_changes`]: the current value of each changed record
+/// (`None`: removed) and the cache entries added. Applied in order to the state it was
+/// taken from ([`SignalState::apply`]), the changes give the state they were taken at; a
+/// store can append them to a journal instead of rewriting the whole session.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StateChanges {
+    sessions: Vec<(String, Option<SessionRecord>)>,
+    identities: Vec<(String, PublicKey)>,
+    sender_keys: Vec<(String, String, Option<SenderKeyRecord>)>,
+    devices: Vec<(String, Option<DeviceList>)>,
+    sender_key_sent: Vec<(String, Option<BTreeSet<String>>)>,
+    inbound: Vec<RecentInbound>,
+    outbound: Vec<RecentOutbound>,
+    /// `inbound` and `outbound` are the whole caches, not entries to add.
+    caches_replaced: bool,
+    pre_keys_used: Vec<u32>,
+}
+
+impl StateChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == StateChanges::default()
+    }
+
+    /// The one-time prekeys consumed (their ids): the owner of the prekey list removes
+    /// them when it applies the changes.
+    pub fn pre_keys_used(&self) -> &[u32] {
+        &self.pre_keys_used
+    }
+}
+
+impl PartialEq for SignalState {
+    /// The persisted state only (not what changed since the last save).
+    fn eq(&self, other: &SignalState) -> bool {
+        self.sessions == other.sessions
+            && self.identities == other.identities
+            && self.sender_keys == other.sender_keys
+            && self.devices == other.devices
+            && self.sender_key_sent == other.sender_key_sent
+            && self.recent_inbound == other.recent_inbound
+            && self.recent_outbound == other.recent_outbound
+    }
 }
 
 impl std::fmt::Debug for SignalState {
@@ -101,7 +167,212 @@ impl SignalState {
 
     /// Forgets the session with this device (tests, or a reset forced by the operator).
     pub fn forget_session(&mut self, device: &Jid) {
-        self.sessions.remove(&device.signal_address());
+        let key = device.signal_address();
+        self.sessions.remove(&key);
+        self.dirty.sessions.insert(key);
+    }
+
+    /// The session under a Signal address.
+    pub(crate) fn session_at(&self, address: &str) -> Option<&SessionRecord> {
+        self.sessions.get(address)
+    }
+
+    pub(crate) fn put_session(&mut self, address: String, record: SessionRecord) {
+        self.dirty.sessions.insert(address.clone());
+        self.sessions.insert(address, record);
+    }
+
+    /// The remote identity keys on record, by Signal address.
+    pub(crate) fn identities(&self) -> &BTreeMap<String, PublicKey> {
+        &self.identities
+    }
+
+    pub(crate) fn put_identity(&mut self, address: String, key: PublicKey) {
+        if self.identities.get(&address) != Some(&key) {
+            self.dirty.identities.insert(address.clone());
+            self.identities.insert(address, key);
+        }
+    }
+
+    /// A sender key record by group JID and sender Signal address.
+    pub(crate) fn sender_key_at(&self, group: &str, sender: &str) -> Option<&SenderKeyRecord> {
+        self.sender_keys.get(group)?.get(sender)
+    }
+
+    pub(crate) fn put_sender_key(
+        &mut self,
+        group: String,
+        sender: String,
+        record: SenderKeyRecord,
+    ) {
+        self.dirty
+            .sender_keys
+            .insert((group.clone(), sender.clone()));
+        self.sender_keys
+            .entry(group)
+            .or_default()
+            .insert(sender, record);
+    }
+
+    /// Removes a sender key record; whether there was one.
+    pub(crate) fn remove_sender_key(&mut self, group: &str, sender: &str) -> bool {
+        let Some(records) = self.sender_keys.get_mut(group) else {
+            return false;
+        };
+        let had = records.remove(sender).is_some();
+        if records.is_empty() {
+            self.sender_keys.remove(group);
+        }
+        if had {
+            self.dirty
+                .sender_keys
+                .insert((group.to_owned(), sender.to_owned()));
+        }
+        had
+    }
+
+    pub(crate) fn put_device_list(&mut self, user: String, list: DeviceList) {
+        self.dirty.devices.insert(user.clone());
+        self.devices.insert(user, list);
+    }
+
+    /// Drops the cached device list of `user`; whether there was one.
+    pub(crate) fn remove_device_list(&mut self, user: &str) -> bool {
+        let had = self.devices.remove(user).is_some();
+        if had {
+            self.dirty.devices.insert(user.to_owned());
+        }
+        had
+    }
+
+    /// The devices (JIDs) of `group` that have our current sender key.
+    pub(crate) fn sender_key_sent(&self, group: &str) -> Option<&BTreeSet<String>> {
+        self.sender_key_sent.get(group)
+    }
+
+    pub(crate) fn mark_sender_key_sent(&mut self, group: &str, device: String) {
+        let set = self.sender_key_sent.entry(group.to_owned()).or_default();
+        if set.insert(device) {
+            self.dirty.sender_key_sent.insert(group.to_owned());
+        }
+    }
+
+    /// Nobody in `group` has our (new) sender key.
+    pub(crate) fn clear_sender_key_sent(&mut self, group: &str) {
+        if self.sender_key_sent.remove(group).is_some() {
+            self.dirty.sender_key_sent.insert(group.to_owned());
+        }
+    }
+
+    /// Records that a `pkmsg` consumed one-time prekey `id` (the caller removes it from its
+    /// list).
+    pub(crate) fn note_pre_key_used(&mut self, id: u32) {
+        self.dirty.pre_keys_used.push(id);
+    }
+
+    /// What changed since the last call (or since the state was loaded or created), and
+    /// forgets it: the next call reports only later changes.
+    pub fn take_changes(&mut self) -> StateChanges {
+        let dirty = std::mem::take(&mut self.dirty);
+        StateChanges {
+            sessions: dirty
+                .sessions
+                .into_iter()
+                .map(|k| {
+                    let v = self.sessions.get(&k).cloned();
+                    (k, v)
+                })
+                .collect(),
+            identities: dirty
+                .identities
+                .into_iter()
+                .filter_map(|k| {
+                    let v = *self.identities.get(&k)?;
+                    Some((k, v))
+                })
+                .collect(),
+            sender_keys: dirty
+                .sender_keys
+                .into_iter()
+                .map(|(g, s)| {
+                    let v = self.sender_key_at(&g, &s).cloned();
+                    (g, s, v)
+                })
+                .collect(),
+            devices: dirty
+                .devices
+                .into_iter()
+                .map(|k| {
+                    let v = self.devices.get(&k).cloned();
+                    (k, v)
+                })
+                .collect(),
+            sender_key_sent: dirty
+                .sender_key_sent
+                .into_iter()
+                .map(|k| {
+                    let v = self.sender_key_sent.get(&k).cloned();
+                    (k, v)
+                })
+                .collect(),
+            inbound: if dirty.caches_overflowed {
+                self.recent_inbound.iter().cloned().collect()
+            } else {
+                dirty.inbound
+            },
+            outbound: if dirty.caches_overflowed {
+                self.recent_outbound.iter().cloned().collect()
+            } else {
+                dirty.outbound
+            },
+            caches_replaced: dirty.caches_overflowed,
+            pre_keys_used: dirty.pre_keys_used,
+        }
+    }
+
+    /// Applies changes taken from this state's successor (a journal replayed onto the
+    /// snapshot it extends). Nothing is recorded as changed: the result is what was saved.
+    pub fn apply(&mut self, changes: StateChanges) {
+        for (k, v) in changes.sessions {
+            match v {
+                Some(v) => self.sessions.insert(k, v),
+                None => self.sessions.remove(&k),
+            };
+        }
+        self.identities.extend(changes.identities);
+        for (g, s, v) in changes.sender_keys {
+            match v {
+                Some(v) => {
+                    self.sender_keys.entry(g).or_default().insert(s, v);
+                }
+                None => {
+                    self.remove_sender_key(&g, &s);
+                }
+            }
+        }
+        for (k, v) in changes.devices {
+            match v {
+                Some(v) => self.devices.insert(k, v),
+                None => self.devices.remove(&k),
+            };
+        }
+        for (k, v) in changes.sender_key_sent {
+            match v {
+                Some(v) => self.sender_key_sent.insert(k, v),
+                None => self.sender_key_sent.remove(&k),
+            };
+        }
+        if changes.caches_replaced {
+            self.recent_inbound.clear();
+            self.recent_outbound.clear();
+        }
+        for entry in changes.inbound {
+            self.remember_inbound(entry);
+        }
+        for entry in changes.outbound {
+            self.remember_outbound(entry);
+        }
+        self.dirty = Dirty::default();
     }
 
     /// The identity key on record for this device.
@@ -122,6 +393,11 @@ impl SignalState {
     }
 
     pub(crate) fn remember_inbound(&mut self, entry: RecentInbound) {
+        if self.dirty.inbound.len() < RECENT_INBOUND {
+            self.dirty.inbound.push(entry.clone());
+        } else {
+            self.dirty.caches_overflowed = true;
+        }
         self.recent_inbound.push_back(entry);
         while self.recent_inbound.len() > RECENT_INBOUND {
             self.recent_inbound.pop_front();
@@ -141,6 +417,11 @@ impl SignalState {
     }
 
     pub(crate) fn remember_outbound(&mut self, entry: RecentOutbound) {
+        if self.dirty.outbound.len() < RECENT_OUTBOUND {
+            self.dirty.outbound.push(entry.clone());
+        } else {
+            self.dirty.caches_overflowed = true;
+        }
         self.recent_outbound.retain(|r| r.id != entry.id);
         self.recent_outbound.push_back(entry);
         while self.recent_outbound.len() > RECENT_OUTBOUND {

@@ -28,6 +28,9 @@ pub(crate) struct Device {
     pub messenger: Messenger,
     /// What was persisted at the last `StateChanged` (prekeys, state as JSON).
     pub saved: (Vec<PreKey>, String),
+    /// What a journal would hold: the state as created, with the changes taken at each
+    /// `StateChanged` applied (through JSON). Checked equal to the live state each time.
+    pub replica: (Vec<PreKey>, SignalState),
     /// Events other than `StateChanged`, in order.
     pub events: Vec<MessengerEvent>,
     pub state_changes: usize,
@@ -152,7 +155,8 @@ impl Net {
             identity,
             pre_keys: pre_keys.clone(),
             signal: SignalState::default(),
-            saved: (pre_keys, "{}".into()),
+            saved: (pre_keys.clone(), "{}".into()),
+            replica: (pre_keys, SignalState::default()),
             events: Vec::new(),
             state_changes: 0,
             auto_deliver: true,
@@ -225,6 +229,17 @@ impl Net {
                                 d.saved = (
                                     d.pre_keys.clone(),
                                     serde_json::to_string(&d.signal).unwrap(),
+                                );
+                                let changes = d.signal.take_changes();
+                                let json = serde_json::to_string(&changes).unwrap();
+                                let changes: StateChanges = serde_json::from_str(&json).unwrap();
+                                let (pre_keys, state) = &mut d.replica;
+                                pre_keys.retain(|k| !changes.pre_keys_used().contains(&k.id));
+                                state.apply(changes);
+                                assert!(
+                                    *state == d.signal && *pre_keys == d.pre_keys,
+                                    "{}: the changes taken do not rebuild the state",
+                                    d.jid
                                 );
                                 continue;
                             }

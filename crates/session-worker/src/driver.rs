@@ -1333,7 +1333,7 @@ impl Runner {
                 }
             }
             if self.unsaved {
-                if let Err(fatal) = self.save().await {
+                if let Err(fatal) = self.save_changes().await {
                     return Some(fatal);
                 }
             }
@@ -1497,7 +1497,38 @@ impl Runner {
         Ok(())
     }
 
+    /// Saves what the messenger changed since the last save: one record appended to the
+    /// store's journal when it keeps one with room, else the whole session.
+    async fn save_changes(&mut self) -> Result<(), Outcome> {
+        let changes = self.stored.signal.take_changes();
+        if changes.is_empty() {
+            self.unsaved = false;
+            return Ok(());
+        }
+        let store = Arc::clone(&self.store);
+        let result = tokio::task::spawn_blocking(move || store.append(&changes)).await;
+        match result {
+            Ok(Ok(true)) => {
+                self.unsaved = false;
+                Ok(())
+            }
+            // The changes taken are in the whole session too.
+            Ok(Ok(false)) => self.save().await,
+            Ok(Err(e)) => Err(Outcome::Fatal {
+                reason: "storage_error",
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(Outcome::Fatal {
+                reason: "storage_error",
+                detail: format!("save task failed: {e}"),
+            }),
+        }
+    }
+
+    /// Saves the whole session.
     async fn save(&mut self) -> Result<(), Outcome> {
+        // Everything changed so far is in the snapshot.
+        drop(self.stored.signal.take_changes());
         let store = Arc::clone(&self.store);
         let snapshot = self.stored.clone();
         let result = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;

@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod driver;
 pub mod event;
 pub mod fleet;
+pub mod journal;
 pub mod qr;
 pub mod recipient;
 pub mod store;

@@ -3,17 +3,24 @@
 //! [`SessionStore`] is what the driver needs; [`FsSessionStore`] keeps one directory per
 //! session name under a data directory, with one JSON file (`session.json`) written
 //! atomically: a temporary file in the same directory, fsync, rename, fsync of the
-//! directory. Files are created with mode 0600 and directories with 0700. A file that does
-//! not parse is a [`StoreError::Corrupt`] and is left as it is.
+//! directory. Beside it, a journal (`session.journal`, framing in [`crate::journal`])
+//! takes what a message changed ([`StateChanges`]) as one appended, synced record; once the
+//! journal outgrows the session file (and 1 MiB) the driver writes the whole session
+//! again, which starts a new journal. Files are created with mode 0600 and directories
+//! with 0700. A file that does not parse is a [`StoreError::Corrupt`] and is left as it is.
 
-use std::fs::{self, File};
-use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use wafleet_messaging::SignalState;
+use tracing::warn;
+use wafleet_messaging::{SignalState, StateChanges};
 use wafleet_protocol::client::{DeviceIdentity, PreKey};
+
+use crate::journal::{self, Replay};
 
 /// The file format version written by this code.
 pub const FORMAT_VERSION: u32 = 1;
@@ -23,6 +30,15 @@ pub const SESSION_FILE: &str = "session.json";
 
 /// Where a logged-out session's file is moved (kept for inspection, never loaded).
 pub const LOGGED_OUT_FILE: &str = "session.logged-out.json";
+
+/// The journal of changes since the session file was written.
+pub const JOURNAL_FILE: &str = "session.journal";
+
+/// A journal is not appended to past this size, nor past the session file's size: the
+/// next save rewrites the session file instead (so replaying a journal never reads more
+/// than about one more session file, and each byte of state changed is written at most
+/// about twice).
+pub const JOURNAL_MIN_LIMIT: u64 = 1 << 20;
 
 /// Everything stored for one session.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +77,15 @@ impl StoredSession {
             signal: SignalState::default(),
         }
     }
+
+    /// Applies changes taken from this session's Signal state (a replayed journal).
+    pub fn apply(&mut self, changes: StateChanges) {
+        let used = changes.pre_keys_used();
+        if !used.is_empty() {
+            self.pre_keys.retain(|k| !used.contains(&k.id));
+        }
+        self.signal.apply(changes);
+    }
 }
 
 /// Storage errors.
@@ -84,6 +109,15 @@ pub enum StoreError {
     #[error("corrupt session file {path}: {source} (left untouched; move it away to link again)")]
     Corrupt {
         /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A journal record passed its check but does not parse (written by another build).
+    #[error("corrupt session journal {path}: {source} (left untouched)")]
+    CorruptJournal {
+        /// The journal.
         path: PathBuf,
         /// The parse error.
         #[source]
@@ -116,6 +150,14 @@ pub trait SessionStore: Send + Sync {
     fn load(&self) -> Result<Option<StoredSession>, StoreError>;
     /// Replaces the stored session.
     fn save(&self, session: &StoredSession) -> Result<(), StoreError>;
+    /// Makes `changes` (everything changed since the last `save` or `append`) durable
+    /// without rewriting the whole session, if this store keeps a journal and it has room:
+    /// `Ok(true)`. `Ok(false)`: nothing was written, the caller saves the whole session
+    /// (the default, for stores without a journal). Atomic like `save`.
+    fn append(&self, changes: &StateChanges) -> Result<bool, StoreError> {
+        let _ = changes;
+        Ok(false)
+    }
     /// Marks the stored session as logged out: it is never loaded again.
     fn mark_logged_out(&self) -> Result<(), StoreError>;
 }
@@ -152,10 +194,37 @@ impl std::fmt::Display for SessionName {
     }
 }
 
-/// One session's directory under a data directory: `<data_dir>/<name>/session.json`.
+/// One session's directory under a data directory: `<data_dir>/<name>/session.json` and
+/// its journal. Clones share the journal's state; one process at a time uses a session.
 #[derive(Debug, Clone)]
 pub struct FsSessionStore {
     dir: PathBuf,
+    journal: Arc<Mutex<Journal>>,
+}
+
+/// Where the journal stands, once this store has read or written the session file.
+#[derive(Debug, Default)]
+struct Journal {
+    /// The digest of the session file on disk; `None` before this store read or wrote it
+    /// (then nothing is appended: the caller saves the whole session).
+    base: Option<[u8; 32]>,
+    /// The length of the journal's intact part for `base` (0: no journal for it yet).
+    len: u64,
+    /// The journal, open for writing at `len`.
+    file: Option<File>,
+    /// Appends stop at this length.
+    limit: u64,
+}
+
+impl Journal {
+    fn reset(&mut self, base: Option<[u8; 32]>, session_len: usize) {
+        *self = Journal {
+            base,
+            len: 0,
+            file: None,
+            limit: JOURNAL_MIN_LIMIT.max(session_len as u64),
+        };
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -171,6 +240,7 @@ impl FsSessionStore {
     pub fn new(data_dir: impl Into<PathBuf>, name: &SessionName) -> FsSessionStore {
         FsSessionStore {
             dir: data_dir.into().join(name.as_str()),
+            journal: Arc::default(),
         }
     }
 
@@ -196,6 +266,53 @@ impl FsSessionStore {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("sync directory", &self.dir))
+    }
+
+    /// The journal file.
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join(JOURNAL_FILE)
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies the journal of the session file `bytes` to `session` and records where it
+    /// stands for the next append.
+    fn replay(&self, bytes: &[u8], session: &mut StoredSession) -> Result<(), StoreError> {
+        let base = journal::digest(bytes);
+        let path = self.journal_path();
+        let journal = match fs::read(&path) {
+            Ok(journal) => journal,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let mut state = self.journal();
+        state.reset(Some(base), bytes.len());
+        if let Replay::Records {
+            payloads,
+            len,
+            torn,
+        } = journal::replay(&journal, &base)
+        {
+            for payload in payloads {
+                let changes: StateChanges = serde_json::from_slice(payload).map_err(|source| {
+                    StoreError::CorruptJournal {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                session.apply(changes);
+            }
+            if torn > 0 {
+                // An append cut short by a crash: it was never reported saved.
+                warn!(path = %path.display(), torn, "session journal: an incomplete last record is dropped");
+            }
+            state.len = len;
+        }
+        Ok(())
     }
 
     /// Writes `bytes` to `name` in the session directory atomically, mode 0600.
@@ -232,24 +349,92 @@ impl SessionStore for FsSessionStore {
                 found: version.version,
             });
         }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt { path, source })
+        let mut session: StoredSession = serde_json::from_slice(&bytes)
+            .map_err(|source| StoreError::Corrupt { path, source })?;
+        self.replay(&bytes, &mut session)?;
+        Ok(Some(session))
     }
 
     fn save(&self, session: &StoredSession) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(session).map_err(StoreError::Serialize)?;
-        self.write_atomic(SESSION_FILE, &bytes)
+        let mut journal = self.journal();
+        // Whatever happens below, the journal on disk no longer extends the file.
+        journal.reset(None, bytes.len());
+        self.write_atomic(SESSION_FILE, &bytes)?;
+        journal.reset(Some(journal::digest(&bytes)), bytes.len());
+        Ok(())
+    }
+
+    fn append(&self, changes: &StateChanges) -> Result<bool, StoreError> {
+        let mut journal = self.journal();
+        let Some(base) = journal.base else {
+            return Ok(false);
+        };
+        if journal.len >= journal.limit {
+            return Ok(false);
+        }
+        let payload = serde_json::to_vec(changes).map_err(StoreError::Serialize)?;
+        let record = journal::record(&payload);
+        let path = self.journal_path();
+        let written = (|| {
+            if journal.len == 0 {
+                // No journal for this session file yet: a new one, atomically.
+                let header = journal::header(&base);
+                self.write_atomic(JOURNAL_FILE, &header)?;
+                journal.len = header.len() as u64;
+                journal.file = None;
+            }
+            if journal.file.is_none() {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io_err("open", &path))?;
+                // Cut off a torn tail found when it was read.
+                file.set_len(journal.len)
+                    .and_then(|()| file.seek(io::SeekFrom::Start(journal.len)))
+                    .map_err(io_err("truncate", &path))?;
+                journal.file = Some(file);
+            }
+            let file = journal.file.as_mut().ok_or_else(|| StoreError::Io {
+                op: "open",
+                path: path.clone(),
+                source: io::Error::other("journal not open"),
+            })?;
+            file.write_all(&record)
+                .and_then(|()| file.sync_data())
+                .map_err(io_err("append to", &path))
+        })();
+        match written {
+            Ok(()) => {
+                journal.len += record.len() as u64;
+                Ok(true)
+            }
+            Err(e) => {
+                // What is on disk is unknown now: no more appends until a whole save.
+                journal.reset(None, 0);
+                Err(e)
+            }
+        }
     }
 
     fn mark_logged_out(&self) -> Result<(), StoreError> {
+        self.journal().reset(None, 0);
         let from = self.path();
         let to = self.dir.join(LOGGED_OUT_FILE);
         match fs::rename(&from, &to) {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("rename", &from)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("rename", &from)(e)),
         }
+        // The journal extended the file moved away: it is never read again.
+        let journal = self.journal_path();
+        match fs::remove_file(&journal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &journal)(e)),
+        }
+        self.sync_dir()
     }
 }
 
@@ -385,5 +570,138 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Changes as a messenger takes them: a device list cached, a prekey consumed.
+    fn changes(user: u32, used: &[u32]) -> StateChanges {
+        serde_json::from_value(serde_json::json!({
+            "devices": [[format!("{user}@s.whatsapp.net"), {"devices": [0, 1], "fetched_ms": user}]],
+            "pre_keys_used": used,
+        }))
+        .unwrap()
+    }
+
+    fn applied(mut s: StoredSession, all: &[StateChanges]) -> StoredSession {
+        for c in all {
+            s.apply(c.clone());
+        }
+        s
+    }
+
+    #[test]
+    fn appended_changes_are_replayed_onto_the_file_they_extend() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let s = session(4);
+        // Nothing read or written yet: the caller must save the whole session.
+        assert!(!store.append(&changes(1, &[])).unwrap());
+        store.save(&s).unwrap();
+        let all = [changes(1, &[1]), changes(2, &[]), changes(3, &[2, 3])];
+        for c in &all {
+            assert!(store.append(c).unwrap());
+        }
+        let expected = applied(s.clone(), &all);
+        assert_eq!(expected.pre_keys.len(), 2);
+        assert!(expected
+            .signal
+            .device_list(&"3@s.whatsapp.net".parse().unwrap())
+            .is_some());
+        // A fresh store (another process) reads file + journal, and appends after them.
+        let again = store(tmp.path());
+        assert_eq!(again.load().unwrap(), Some(expected.clone()));
+        assert!(again.append(&changes(4, &[])).unwrap());
+        let expected = applied(expected, &[changes(4, &[])]);
+        assert_eq!(store(tmp.path()).load().unwrap(), Some(expected.clone()));
+        let mode = fs::metadata(store.journal_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        // A whole save starts over: the old journal no longer applies (its base changed),
+        // even before the first append replaces it.
+        let mut s2 = expected.clone();
+        s2.pre_keys.clear();
+        again.save(&s2).unwrap();
+        assert!(store.journal_path().exists());
+        assert_eq!(store(tmp.path()).load().unwrap(), Some(s2.clone()));
+        assert!(again.append(&changes(5, &[])).unwrap());
+        assert_eq!(
+            store(tmp.path()).load().unwrap(),
+            Some(applied(s2, &[changes(5, &[])]))
+        );
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_and_cut_off_before_the_next_append() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let s = session(5);
+        store.save(&s).unwrap();
+        assert!(store.append(&changes(1, &[])).unwrap());
+        let intact = fs::read(store.journal_path()).unwrap();
+        assert!(store.append(&changes(2, &[1])).unwrap());
+        let whole = fs::read(store.journal_path()).unwrap();
+        // A crash in the middle of the second append.
+        let cut = intact.len() + (whole.len() - intact.len()) / 2;
+        fs::write(store.journal_path(), &whole[..cut]).unwrap();
+        let reader = store(tmp.path());
+        let first = applied(s, &[changes(1, &[])]);
+        assert_eq!(reader.load().unwrap(), Some(first.clone()));
+        assert!(reader.append(&changes(3, &[2])).unwrap());
+        assert_eq!(
+            store(tmp.path()).load().unwrap(),
+            Some(applied(first, &[changes(3, &[2])]))
+        );
+    }
+
+    #[test]
+    fn a_record_that_does_not_parse_is_a_typed_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        store.save(&session(6)).unwrap();
+        assert!(store.append(&changes(1, &[])).unwrap());
+        let mut bytes = fs::read(store.journal_path()).unwrap();
+        bytes.extend(journal::record(b"{\"devices\": 7}"));
+        fs::write(store.journal_path(), &bytes).unwrap();
+        match store(tmp.path()).load() {
+            Err(StoreError::CorruptJournal { path, .. }) => assert_eq!(path, store.journal_path()),
+            other => panic!("expected CorruptJournal, got {other:?}"),
+        }
+        assert_eq!(fs::read(store.journal_path()).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_full_journal_asks_for_a_whole_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        let s = session(7);
+        store.save(&s).unwrap();
+        let big = changes(1, &(0..20_000).collect::<Vec<u32>>());
+        let mut appended = 0;
+        while store.append(&big).unwrap() {
+            appended += 1;
+            assert!(appended < 1000, "the journal never filled");
+        }
+        let len = fs::metadata(store.journal_path()).unwrap().len();
+        assert!(len >= JOURNAL_MIN_LIMIT, "{len}");
+        assert!(len < JOURNAL_MIN_LIMIT + 2 * serde_json::to_vec(&big).unwrap().len() as u64);
+        // Refused changes are not written; a whole save makes room again.
+        assert_eq!(fs::metadata(store.journal_path()).unwrap().len(), len);
+        store.save(&s).unwrap();
+        assert!(store.append(&big).unwrap());
+    }
+
+    #[test]
+    fn logging_out_moves_the_file_and_drops_its_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path());
+        store.save(&session(8)).unwrap();
+        assert!(store.append(&changes(1, &[])).unwrap());
+        store.mark_logged_out().unwrap();
+        assert!(!store.journal_path().exists());
+        assert!(store.load().unwrap().is_none());
+        assert!(!store.append(&changes(2, &[])).unwrap());
+        assert!(!store.journal_path().exists());
     }
 }

@@ -417,9 +417,9 @@ fn version_3_enc_is_read_without_unpadding() {
     let d = &mut net.devices[a];
     let record = d.signal.session(&b_jid).unwrap().clone();
     let body = wafleet_protocol::message::encode_text("unpadded", None);
-    let identities = crate::state::Identities::new(&d.identity, &d.signal.identities);
+    let identities = crate::state::Identities::new(&d.identity, d.signal.identities());
     let (record, ct) = wafleet_signal::encrypt(&record, &addr, &identities, &body).unwrap();
-    d.signal.sessions.insert(addr.to_string(), record);
+    d.signal.put_session(addr.to_string(), record);
     let node = Node::new("message")
         .attr("from", d.jid.clone())
         .attr("id", "V3")
@@ -617,7 +617,7 @@ fn a_lid_addressed_peer_gets_its_own_session_address() {
     let m = net.devices[b].messages()[0].clone();
     assert_eq!(m.sender, jid("555:1@lid"));
     assert_eq!(m.chat, jid("555@lid"));
-    assert!(net.devices[b].signal.sessions.contains_key("555_1.1"));
+    assert!(net.devices[b].signal.session_at("555_1.1").is_some());
     net.send(b, "555@lid", "to a lid").unwrap();
     net.send(l, "222@s.whatsapp.net", "again").unwrap();
     assert_eq!(net.devices[l].texts(), vec!["to a lid"]);
