@@ -1,28 +1,42 @@
-//! Messaging throughput and latency on loopback against the project's simulator: two
-//! wafleet sessions (the real driver with a filesystem store), each linked to its own
-//! simulator account; A sends N texts to B with many sends in flight; B receives them as
-//! decrypted `DriverEvent::Message`s. Measured: messages/s end to end (first send to last
-//! decrypted message) and per-message latency from the `send_text` call to B's decrypted
-//! event (p50/p99/max). Then a paced run at 1,000 msg/s. Then stock Baileys on the same
-//! simulator (`tests/interop/oracle/msg-bench.mjs`), if the oracle is installed.
+//! Messaging throughput and latency on loopback against the project's simulator. wafleet
+//! sessions (the real driver with a filesystem store: session file plus journal) are
+//! linked to simulator accounts in pairs; in each pair A sends texts to B, and B receives
+//! them as decrypted `DriverEvent::Message`s. Measured: messages/s end to end (first send
+//! to last decrypted message), per-message latency from the `send_text` call to B's
+//! decrypted event (p50/p99/max), and the CPU time of the sessions' runtime (threads
+//! named "wafleet") apart from the simulator's ("sim"). Runs: one pair (burst, then paced
+//! at 1,000 msg/s), then `MSG_BENCH_SESSIONS` (default 100) sessions in this process as 50
+//! pairs (burst, then paced at 1,000 msg/s in all). Then stock Baileys on the same
+//! simulator does the same (`tests/interop/oracle/msg-bench.mjs`), if the oracle is
+//! installed. `MSG_BENCH_N` (default 1,000) messages per run.
 //!
 //! `cargo bench -p wafleet-session-worker --bench messaging` (release build). Results and
 //! the command are recorded in docs/BENCHMARKS.md.
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 use wafleet_protocol::cert::RootKey;
 use wafleet_session_worker::{
-    Backoff, DriverConfig, DriverEvent, FsSessionStore, ServerConfig, SessionDriver, SessionName,
+    Backoff, DriverConfig, DriverControl, DriverEvent, FsSessionStore, ServerConfig, SessionDriver,
+    SessionName,
 };
 use wafleet_sim::{SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Name prefixes of the threads of the two runtimes: the wafleet sessions (and this
+/// bench's sender and receiver tasks) run on one, the simulator on the other, so the CPU
+/// time of each is measured apart.
+const CLIENT_THREADS: &str = "wafleet";
+const SIM_THREADS: &str = "sim";
+
+/// A session linked to a fresh simulator account, once it is logged in and has uploaded
+/// its prekeys (a peer that fetched its bundle before that would leave it out).
 async fn linked(sim: &Simulator, dir: &std::path::Path, phone: &str) -> SessionDriver {
     sim.add_phone(phone).expect("phone");
     let name = SessionName::parse(&format!("bench-{phone}")).expect("name");
@@ -40,7 +54,8 @@ async fn linked(sim: &Simulator, dir: &std::path::Path, phone: &str) -> SessionD
     };
     let store = Arc::new(FsSessionStore::new(dir, &name));
     let mut driver = SessionDriver::start(config, store).expect("driver");
-    loop {
+    let (mut ready, mut keys_up) = (false, false);
+    while !(ready && keys_up) {
         match timeout(WAIT, driver.next_event())
             .await
             .expect("event in time")
@@ -49,93 +64,74 @@ async fn linked(sim: &Simulator, dir: &std::path::Path, phone: &str) -> SessionD
             DriverEvent::Qr { code, .. } => {
                 sim.scan_qr(phone, code.expose()).await.expect("scan");
             }
-            DriverEvent::Ready { .. } => return driver,
+            DriverEvent::Ready { .. } => ready = true,
+            DriverEvent::PreKeysUploaded { .. } => keys_up = true,
             DriverEvent::Failed { reason, detail } => panic!("link: {reason}: {detail}"),
             _ => {}
         }
     }
+    driver
 }
 
-/// A sends `n` texts to `to`; `concurrency` tasks each send one after the other, or, with
-/// `rate` set, every message is started at its own instant of a fixed schedule.
-/// Returns B back once all `n` arrived.
+/// One sender and one receiver: `a` sends to `b` (the number `to`).
+struct Pair {
+    a: DriverControl,
+    b: SessionDriver,
+    to: String,
+}
+
+/// In every pair, A sends `n` texts to B; per pair, `concurrency` tasks each send one
+/// after the other, or, with `rate` set (per pair), every message is started at its own
+/// instant of a fixed schedule; the pairs' schedules interleave, so that all together the
+/// messages are evenly spaced at pairs × rate msg/s. Returns the pairs once every B got all its messages (or
+/// stalled).
 async fn run(
     label: &str,
-    a: &SessionDriver,
-    mut b: SessionDriver,
-    to: &str,
+    pairs: Vec<Pair>,
     n: usize,
     concurrency: usize,
     rate: Option<f64>,
-) -> SessionDriver {
+) -> Vec<Pair> {
     let tag = label.replace(' ', "_");
+    let count = pairs.len();
     let sent: Arc<Vec<Mutex<Option<Instant>>>> =
-        Arc::new((0..n).map(|_| Mutex::new(None)).collect());
-    let receiver = {
-        let tag = tag.clone();
-        tokio::spawn(async move {
-            let mut received: Vec<Option<Instant>> = vec![None; n];
-            let mut count = 0;
-            while count < n {
-                let Ok(event) = timeout(WAIT, b.next_event()).await else {
-                    println!("  STALLED: {count} of {n} messages reached B; none for {WAIT:?}");
-                    break;
-                };
-                let event = event.expect("driver running");
-                match event {
-                    DriverEvent::Message(m) => {
-                        let at = Instant::now();
-                        let Some(text) = m.text.as_deref() else {
-                            continue;
-                        };
-                        let Some(i) = text
-                            .strip_prefix(&format!("{tag} "))
-                            .and_then(|s| s.parse::<usize>().ok())
-                        else {
-                            continue;
-                        };
-                        if received[i].is_none() {
-                            received[i] = Some(at);
-                            count += 1;
-                        }
-                    }
-                    DriverEvent::Undecryptable(u) => panic!("undecryptable: {u:?}"),
-                    DriverEvent::Failed { reason, detail } => {
-                        panic!("receiver failed: {reason}: {detail}")
-                    }
-                    other => {
-                        if std::env::var_os("MSG_BENCH_DEBUG").is_some() {
-                            eprintln!("B: {other:?}");
-                        }
-                    }
-                }
-            }
-            (b, received)
-        })
-    };
+        Arc::new((0..n * count).map(|_| Mutex::new(None)).collect());
+    let skipped = Arc::new(AtomicUsize::new(0));
+    let cpu = (
+        support::threads_cpu(CLIENT_THREADS),
+        support::threads_cpu(SIM_THREADS),
+    );
     let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let senders: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let control = a.control();
-            let sent = Arc::clone(&sent);
-            let next = Arc::clone(&next);
-            let to = to.to_owned();
-            let tag = tag.clone();
-            tokio::spawn(async move {
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (p, Pair { a, b, to }) in pairs.into_iter().enumerate() {
+        let prefix = format!("{tag}.{p} ");
+        receivers.push((
+            a.clone(),
+            to.clone(),
+            tokio::spawn(receive(b, prefix.clone(), n)),
+        ));
+        let next = Arc::new(AtomicUsize::new(0));
+        for _ in 0..concurrency {
+            let (control, to, prefix) = (a.clone(), to.clone(), prefix.clone());
+            let (sent, skipped, next) =
+                (Arc::clone(&sent), Arc::clone(&skipped), Arc::clone(&next));
+            senders.push(tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= n {
                         break;
                     }
                     if let Some(rate) = rate {
-                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        let slot = i as f64 + p as f64 / count as f64;
+                        let due = started + Duration::from_secs_f64(slot / rate);
                         tokio::time::sleep_until(due.into()).await;
                     }
-                    *sent[i].lock().expect("lock") = Some(Instant::now());
-                    match timeout(WAIT, control.send_text(&to, &format!("{tag} {i}"))).await {
+                    *sent[p * n + i].lock().expect("lock") = Some(Instant::now());
+                    match timeout(WAIT, control.send_text(&to, &format!("{prefix}{i}"))).await {
                         Ok(result) => {
-                            result.expect("send acked");
+                            let acked = result.expect("send acked");
+                            skipped.fetch_add(acked.skipped.len(), Ordering::Relaxed);
                         }
                         Err(_) => {
                             println!(
@@ -145,34 +141,92 @@ async fn run(
                         }
                     }
                 }
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     for s in senders {
         s.await.expect("sender task");
     }
     let acked = started.elapsed();
-    let (b, received) = receiver.await.expect("receiver task");
-    let Some(last) = received.iter().flatten().max() else {
+    let mut back = Vec::new();
+    let mut latencies = Vec::new();
+    let mut last: Option<Instant> = None;
+    for (p, (a, to, receiver)) in receivers.into_iter().enumerate() {
+        let (b, received) = receiver.await.expect("receiver task");
+        for (i, at) in received.iter().enumerate() {
+            let Some(at) = *at else { continue };
+            last = last.max(Some(at));
+            let sent_at = sent[p * n + i].lock().expect("lock").expect("sent");
+            latencies.push(at - sent_at);
+        }
+        back.push(Pair { a, b, to });
+    }
+    let total = latencies.len();
+    let Some(last) = last else {
         println!("wafleet {label}: nothing received");
-        return b;
+        return back;
     };
-    let wall = *last - started;
-    let latencies: Vec<Duration> = received
-        .iter()
-        .zip(sent.iter())
-        .filter_map(|(r, s)| Some((*r)? - s.lock().expect("lock").expect("sent")))
-        .collect();
-    let n = latencies.len();
+    let wall = last - started;
+    let client_cpu = support::threads_cpu(CLIENT_THREADS) - cpu.0;
+    let sim_cpu = support::threads_cpu(SIM_THREADS) - cpu.1;
     println!(
-        "wafleet {label}: {n} messages received, {concurrency} in flight{}, all acked {:.2} s, all received {:.2} s -> {:.0} msg/s",
-        rate.map(|r| format!(", paced {r:.0} msg/s")).unwrap_or_default(),
+        "wafleet {label}: {count} pair(s), {total} of {} messages received, {concurrency} in flight per pair{}, all acked {:.2} s, all received {:.2} s -> {:.0} msg/s; devices skipped: {}",
+        n * count,
+        rate.map(|r| format!(", paced {r:.0} msg/s per pair")).unwrap_or_default(),
         acked.as_secs_f64(),
         wall.as_secs_f64(),
-        n as f64 / wall.as_secs_f64()
+        total as f64 / wall.as_secs_f64(),
+        skipped.load(Ordering::Relaxed),
+    );
+    println!(
+        "  CPU: wafleet sessions {:.2} s -> {:.0} msgs per CPU-second (each sent and received); simulator {:.2} s",
+        client_cpu.as_secs_f64(),
+        total as f64 / client_cpu.as_secs_f64(),
+        sim_cpu.as_secs_f64(),
     );
     support::report("send_text -> B decrypted", 30, latencies);
-    b
+    back
+}
+
+/// B's side: the arrival instant of each of its `n` messages (texts `<prefix><i>`), until
+/// all arrived or none came for [`WAIT`].
+async fn receive(
+    mut b: SessionDriver,
+    prefix: String,
+    n: usize,
+) -> (SessionDriver, Vec<Option<Instant>>) {
+    let mut received: Vec<Option<Instant>> = vec![None; n];
+    let mut count = 0;
+    while count < n {
+        let Ok(event) = timeout(WAIT, b.next_event()).await else {
+            println!("  STALLED: {count} of {n} messages reached B; none for {WAIT:?}");
+            break;
+        };
+        match event.expect("driver running") {
+            DriverEvent::Message(m) => {
+                let at = Instant::now();
+                let index = m
+                    .text
+                    .as_deref()
+                    .and_then(|t| t.strip_prefix(&prefix))
+                    .and_then(|i| i.parse::<usize>().ok());
+                if let Some(slot) = index.and_then(|i| received.get_mut(i)) {
+                    if slot.is_none() {
+                        *slot = Some(at);
+                        count += 1;
+                    }
+                }
+            }
+            DriverEvent::Undecryptable(u) => panic!("undecryptable: {u:?}"),
+            DriverEvent::Failed { reason, detail } => panic!("receiver failed: {reason}: {detail}"),
+            other => {
+                if std::env::var_os("MSG_BENCH_DEBUG").is_some() {
+                    eprintln!("B: {other:?}");
+                }
+            }
+        }
+    }
+    (b, received)
 }
 
 /// Stock Baileys against the same simulator through its control API
@@ -189,12 +243,18 @@ fn measure_baileys(sim: &Simulator, n: usize, concurrency: usize, prefix: &str) 
                 .map(|x| Duration::from_secs_f64(x.as_f64().expect("number") / 1e3))
                 .collect();
             println!(
-                "Baileys 7.0.0-rc14 {}: {} messages, {} in flight, all received {:.2} s -> {:.0} msg/s",
+                "Baileys 7.0.0-rc14 {}: {} pair(s), {} messages, {} in flight per pair, all received {:.2} s -> {:.0} msg/s",
                 v["label"].as_str().unwrap_or(""),
+                v["pairs"],
                 v["n"],
                 v["concurrency"],
                 v["wall_ms"].as_f64().unwrap_or(0.0) / 1e3,
                 v["msg_per_s"].as_f64().unwrap_or(0.0)
+            );
+            let cpu_s = v["cpu_ms"].as_f64().unwrap_or(0.0) / 1e3;
+            println!(
+                "  CPU: Baileys process {cpu_s:.2} s -> {:.0} msgs per CPU-second (each sent and received)",
+                v["n"].as_f64().unwrap_or(0.0) / cpu_s
             );
             support::report("sendMessage -> B upsert", 30, values);
         } else {
@@ -208,28 +268,75 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let sim = Arc::new(
-            Simulator::start(SimConfig {
+    // 100 sessions in one process: 50 senders, 50 receivers, the same total; for Baileys
+    // too (msg-bench.mjs reads the same variable).
+    let sessions: usize = std::env::var("MSG_BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    std::env::set_var("MSG_BENCH_SESSIONS", sessions.to_string());
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(name)
+            .thread_keep_alive(Duration::from_secs(3600))
+            .build()
+            .expect("runtime")
+    };
+    let (client, server) = (runtime(CLIENT_THREADS), runtime(SIM_THREADS));
+    let sim = Arc::new(
+        server
+            .block_on(Simulator::start(SimConfig {
                 control_bind: Some(([127, 0, 0, 1], 0).into()),
                 ..SimConfig::default()
-            })
-            .await
+            }))
             .expect("sim"),
-        );
+    );
+    client.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
         let a = linked(&sim, dir.path(), "15550000001").await;
         let b = linked(&sim, dir.path(), "15550000002").await;
+        let one = vec![Pair {
+            a: a.control(),
+            b,
+            to: "15550000002".into(),
+        }];
         // Warm-up (sessions established, not reported).
-        let b = run("warmup", &a, b, "15550000002", 20, 1, None).await;
-        println!("--- measured ---");
-        let b = run("burst", &a, b, "15550000002", n, 32, None).await;
-        let b = run("paced", &a, b, "15550000002", n, 64, Some(1000.0)).await;
-        b.finish().await;
+        let one = run("warmup", one, 20, 1, None).await;
+        println!("--- measured: one session sending, one receiving ---");
+        let one = run("burst", one, n, 32, None).await;
+        let one = run("paced", one, n, 64, Some(1000.0)).await;
+        let mut senders = Vec::new();
+        let mut many = Vec::new();
+        for p in 0..sessions / 2 {
+            let (from, to) = (format!("1556{p:07}"), format!("1557{p:07}"));
+            let sender = linked(&sim, dir.path(), &from).await;
+            let b = linked(&sim, dir.path(), &to).await;
+            many.push(Pair {
+                a: sender.control(),
+                b,
+                to,
+            });
+            senders.push(sender);
+        }
+        let pairs = many.len().max(1);
+        let many = run("fleet warmup", many, 2, 1, None).await;
+        println!("--- measured: {sessions} sessions in one process ---");
+        let many = run("fleet burst", many, n / pairs, 8, None).await;
+        let many = run(
+            "fleet paced",
+            many,
+            n / pairs,
+            8,
+            Some(1000.0 / pairs as f64),
+        )
+        .await;
+        for pair in many.into_iter().chain(one) {
+            pair.b.finish().await;
+        }
+        for sender in senders {
+            sender.finish().await;
+        }
         a.finish().await;
         let peer = Arc::clone(&sim);
         tokio::task::spawn_blocking(move || measure_baileys(&peer, n, 32, "1666"))

@@ -73,3 +73,30 @@ pub fn run_oracle(
     }
     Some(String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// CPU time used so far by this process' threads whose name starts with `prefix`: the sum
+/// of the first field (ns on a CPU) of `/proc/self/task/*/schedstat`. Threads that ended
+/// are not counted, so the runtimes measured keep theirs alive.
+#[allow(dead_code)] // messaging.rs uses it, link_latency.rs does not
+pub fn threads_cpu(prefix: &str) -> Duration {
+    let mut total = 0u64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let named = std::fs::read_to_string(path.join("comm"))
+            .is_ok_and(|comm| comm.trim_end().starts_with(prefix));
+        if !named {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
