@@ -23,7 +23,7 @@ use tokio::time::timeout;
 use wafleet_protocol::cert::RootKey;
 use wafleet_session_worker::{
     Backoff, DriverConfig, DriverControl, DriverEvent, FsSessionStore, ServerConfig, SessionDriver,
-    SessionName,
+    SessionName, StoreStats,
 };
 use wafleet_sim::{SimConfig, Simulator};
 
@@ -37,7 +37,12 @@ const SIM_THREADS: &str = "sim";
 
 /// A session linked to a fresh simulator account, once it is logged in and has uploaded
 /// its prekeys (a peer that fetched its bundle before that would leave it out).
-async fn linked(sim: &Simulator, dir: &std::path::Path, phone: &str) -> SessionDriver {
+async fn linked(
+    sim: &Simulator,
+    dir: &std::path::Path,
+    phone: &str,
+    stores: &mut Vec<FsSessionStore>,
+) -> SessionDriver {
     sim.add_phone(phone).expect("phone");
     let name = SessionName::parse(&format!("bench-{phone}")).expect("name");
     let config = DriverConfig {
@@ -52,8 +57,9 @@ async fn linked(sim: &Simulator, dir: &std::path::Path, phone: &str) -> SessionD
         },
         ..DriverConfig::default()
     };
-    let store = Arc::new(FsSessionStore::new(dir, &name));
-    let mut driver = SessionDriver::start(config, store).expect("driver");
+    let store = FsSessionStore::new(dir, &name);
+    stores.push(store.clone());
+    let mut driver = SessionDriver::start(config, Arc::new(store)).expect("driver");
     let (mut ready, mut keys_up) = (false, false);
     while !(ready && keys_up) {
         match timeout(WAIT, driver.next_event())
@@ -87,6 +93,7 @@ struct Pair {
 /// stalled).
 async fn run(
     label: &str,
+    stores: &[FsSessionStore],
     pairs: Vec<Pair>,
     n: usize,
     concurrency: usize,
@@ -101,6 +108,7 @@ async fn run(
         support::threads_cpu(CLIENT_THREADS),
         support::threads_cpu(SIM_THREADS),
     );
+    let written = store_stats(stores);
     let started = Instant::now();
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
@@ -184,8 +192,30 @@ async fn run(
         total as f64 / client_cpu.as_secs_f64(),
         sim_cpu.as_secs_f64(),
     );
+    let now = store_stats(stores);
+    let per = |x: u64, y: u64| (x - y) as f64 / total as f64;
+    println!(
+        "  store (all sessions, per message): {:.3} journal appends, {:.3} whole saves; {:.0} bytes appended, {:.0} bytes of whole saves",
+        per(now.appends, written.appends),
+        per(now.whole_saves, written.whole_saves),
+        per(now.appended_bytes, written.appended_bytes),
+        per(now.whole_bytes, written.whole_bytes),
+    );
     support::report("send_text -> B decrypted", 30, latencies);
     back
+}
+
+/// What the stores wrote so far, summed.
+fn store_stats(stores: &[FsSessionStore]) -> StoreStats {
+    stores
+        .iter()
+        .map(FsSessionStore::stats)
+        .fold(StoreStats::default(), |a, b| StoreStats {
+            appends: a.appends + b.appends,
+            appended_bytes: a.appended_bytes + b.appended_bytes,
+            whole_saves: a.whole_saves + b.whole_saves,
+            whole_bytes: a.whole_bytes + b.whole_bytes,
+        })
 }
 
 /// B's side: the arrival instant of each of its `n` messages (texts `<prefix><i>`), until
@@ -294,24 +324,26 @@ fn main() {
     );
     client.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let a = linked(&sim, dir.path(), "15550000001").await;
-        let b = linked(&sim, dir.path(), "15550000002").await;
+        let mut stores = Vec::new();
+        let a = linked(&sim, dir.path(), "15550000001", &mut stores).await;
+        let b = linked(&sim, dir.path(), "15550000002", &mut stores).await;
         let one = vec![Pair {
             a: a.control(),
             b,
             to: "15550000002".into(),
         }];
         // Warm-up (sessions established, not reported).
-        let one = run("warmup", one, 20, 1, None).await;
+        let one = run("warmup", &stores, one, 20, 1, None).await;
         println!("--- measured: one session sending, one receiving ---");
-        let one = run("burst", one, n, 32, None).await;
-        let one = run("paced", one, n, 64, Some(1000.0)).await;
+        let one = run("burst", &stores, one, n, 32, None).await;
+        let one = run("paced", &stores, one, n, 64, Some(1000.0)).await;
+        let mut fleet_stores = Vec::new();
         let mut senders = Vec::new();
         let mut many = Vec::new();
         for p in 0..sessions / 2 {
             let (from, to) = (format!("1556{p:07}"), format!("1557{p:07}"));
-            let sender = linked(&sim, dir.path(), &from).await;
-            let b = linked(&sim, dir.path(), &to).await;
+            let sender = linked(&sim, dir.path(), &from, &mut fleet_stores).await;
+            let b = linked(&sim, dir.path(), &to, &mut fleet_stores).await;
             many.push(Pair {
                 a: sender.control(),
                 b,
@@ -320,11 +352,12 @@ fn main() {
             senders.push(sender);
         }
         let pairs = many.len().max(1);
-        let many = run("fleet warmup", many, 2, 1, None).await;
+        let many = run("fleet warmup", &fleet_stores, many, 2, 1, None).await;
         println!("--- measured: {sessions} sessions in one process ---");
-        let many = run("fleet burst", many, n / pairs, 8, None).await;
+        let many = run("fleet burst", &fleet_stores, many, n / pairs, 8, None).await;
         let many = run(
             "fleet paced",
+            &fleet_stores,
             many,
             n / pairs,
             8,

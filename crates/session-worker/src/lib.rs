@@ -33,4 +33,4 @@ pub use event::{
     DriverEvent, MessageEvent, ReceiptEvent, Secret, SentEvent, SkippedDevice, UndecryptableEvent,
 };
 pub use recipient::{InvalidRecipient, Recipient};
-pub use store::{FsSessionStore, SessionName, SessionStore, StoreError, StoredSession};
+pub use store::{FsSessionStore, SessionName, SessionStore, StoreError, StoreStats, StoredSession};

@@ -202,9 +202,23 @@ pub struct FsSessionStore {
     journal: Arc<Mutex<Journal>>,
 }
 
+/// What an [`FsSessionStore`] (and its clones) wrote since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records appended to the journal (each synced).
+    pub appends: u64,
+    /// Bytes appended to the journal (records and new journal headers).
+    pub appended_bytes: u64,
+    /// Whole session files written (each atomically).
+    pub whole_saves: u64,
+    /// Bytes of those files.
+    pub whole_bytes: u64,
+}
+
 /// Where the journal stands, once this store has read or written the session file.
 #[derive(Debug, Default)]
 struct Journal {
+    stats: StoreStats,
     /// The digest of the session file on disk; `None` before this store read or wrote it
     /// (then nothing is appended: the caller saves the whole session).
     base: Option<[u8; 32]>,
@@ -219,6 +233,7 @@ struct Journal {
 impl Journal {
     fn reset(&mut self, base: Option<[u8; 32]>, session_len: usize) {
         *self = Journal {
+            stats: self.stats,
             base,
             len: 0,
             file: None,
@@ -266,6 +281,11 @@ impl FsSessionStore {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("sync directory", &self.dir))
+    }
+
+    /// What this store and its clones wrote so far.
+    pub fn stats(&self) -> StoreStats {
+        self.journal().stats
     }
 
     /// The journal file.
@@ -362,6 +382,8 @@ impl SessionStore for FsSessionStore {
         journal.reset(None, bytes.len());
         self.write_atomic(SESSION_FILE, &bytes)?;
         journal.reset(Some(journal::digest(&bytes)), bytes.len());
+        journal.stats.whole_saves += 1;
+        journal.stats.whole_bytes += bytes.len() as u64;
         Ok(())
     }
 
@@ -382,6 +404,7 @@ impl SessionStore for FsSessionStore {
                 let header = journal::header(&base);
                 self.write_atomic(JOURNAL_FILE, &header)?;
                 journal.len = header.len() as u64;
+                journal.stats.appended_bytes += journal.len;
                 journal.file = None;
             }
             if journal.file.is_none() {
@@ -408,6 +431,8 @@ impl SessionStore for FsSessionStore {
         match written {
             Ok(()) => {
                 journal.len += record.len() as u64;
+                journal.stats.appends += 1;
+                journal.stats.appended_bytes += record.len() as u64;
                 Ok(true)
             }
             Err(e) => {
@@ -581,6 +606,11 @@ mod tests {
         .unwrap()
     }
 
+    /// Another store over the same directory, as another process opens it.
+    fn reopened(dir: &Path) -> FsSessionStore {
+        store(dir)
+    }
+
     fn applied(mut s: StoredSession, all: &[StateChanges]) -> StoredSession {
         for c in all {
             s.apply(c.clone());
@@ -600,6 +630,13 @@ mod tests {
         for c in &all {
             assert!(store.append(c).unwrap());
         }
+        let stats = store.stats();
+        assert_eq!((stats.whole_saves, stats.appends), (1, 3));
+        assert_eq!(
+            stats.whole_bytes + stats.appended_bytes,
+            fs::metadata(store.path()).unwrap().len()
+                + fs::metadata(store.journal_path()).unwrap().len()
+        );
         let expected = applied(s.clone(), &all);
         assert_eq!(expected.pre_keys.len(), 2);
         assert!(expected
@@ -607,11 +644,11 @@ mod tests {
             .device_list(&"3@s.whatsapp.net".parse().unwrap())
             .is_some());
         // A fresh store (another process) reads file + journal, and appends after them.
-        let again = store(tmp.path());
+        let again = reopened(tmp.path());
         assert_eq!(again.load().unwrap(), Some(expected.clone()));
         assert!(again.append(&changes(4, &[])).unwrap());
         let expected = applied(expected, &[changes(4, &[])]);
-        assert_eq!(store(tmp.path()).load().unwrap(), Some(expected.clone()));
+        assert_eq!(reopened(tmp.path()).load().unwrap(), Some(expected.clone()));
         let mode = fs::metadata(store.journal_path())
             .unwrap()
             .permissions()
@@ -624,10 +661,10 @@ mod tests {
         s2.pre_keys.clear();
         again.save(&s2).unwrap();
         assert!(store.journal_path().exists());
-        assert_eq!(store(tmp.path()).load().unwrap(), Some(s2.clone()));
+        assert_eq!(reopened(tmp.path()).load().unwrap(), Some(s2.clone()));
         assert!(again.append(&changes(5, &[])).unwrap());
         assert_eq!(
-            store(tmp.path()).load().unwrap(),
+            reopened(tmp.path()).load().unwrap(),
             Some(applied(s2, &[changes(5, &[])]))
         );
     }
@@ -645,12 +682,12 @@ mod tests {
         // A crash in the middle of the second append.
         let cut = intact.len() + (whole.len() - intact.len()) / 2;
         fs::write(store.journal_path(), &whole[..cut]).unwrap();
-        let reader = store(tmp.path());
+        let reader = reopened(tmp.path());
         let first = applied(s, &[changes(1, &[])]);
         assert_eq!(reader.load().unwrap(), Some(first.clone()));
         assert!(reader.append(&changes(3, &[2])).unwrap());
         assert_eq!(
-            store(tmp.path()).load().unwrap(),
+            reopened(tmp.path()).load().unwrap(),
             Some(applied(first, &[changes(3, &[2])]))
         );
     }
@@ -664,7 +701,7 @@ mod tests {
         let mut bytes = fs::read(store.journal_path()).unwrap();
         bytes.extend(journal::record(b"{\"devices\": 7}"));
         fs::write(store.journal_path(), &bytes).unwrap();
-        match store(tmp.path()).load() {
+        match reopened(tmp.path()).load() {
             Err(StoreError::CorruptJournal { path, .. }) => assert_eq!(path, store.journal_path()),
             other => panic!("expected CorruptJournal, got {other:?}"),
         }
