@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the pinned oracle peers (Baileys 7.0.0-rc14, libsignal-node 6.0.0) from npm into
+# Installs the pinned oracle peers (Baileys 7.0.0-rc14, libsignal-node 6.0.0, and the NATS
+# JavaScript client 2.29.3 as a non-Rust reader of JSON bus events) from npm into
 # tests/interop/oracle/node_modules. Idempotent: does nothing when the lock file's versions
 # are already installed.
 set -euo pipefail
@@ -9,7 +10,8 @@ command -v node >/dev/null || { echo "install-oracle: node is required (apt-get 
 stamp="$dir/node_modules/.wafleet-lock.sha256"
 want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && [ -f "$dir/node_modules/baileys/package.json" ]; then
+   && [ -f "$dir/node_modules/baileys/package.json" ] \
+   && [ -f "$dir/node_modules/nats/package.json" ]; then
   exit 0
 fi
 (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

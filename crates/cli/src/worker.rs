@@ -12,11 +12,21 @@ use std::time::Duration;
 
 use clap::Args;
 use wafleet_blob::{Keyring, S3Config};
+use wafleet_bus_schema::codec::ContentType;
 use wafleet_bus_schema::WorkerId;
 use wafleet_session_worker::fleet::{self, BlobBackend, ServeOptions, WorkerConfig};
 use wafleet_session_worker::ServerConfig;
 
 use crate::connect::parse_root_key;
+
+/// The `--event-encoding` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventEncoding {
+    /// Protobuf (`application/protobuf`), the default.
+    Protobuf,
+    /// proto3 JSON (`application/json`).
+    Json,
+}
 
 /// `wafleet worker …`
 #[derive(Debug, Args)]
@@ -48,6 +58,10 @@ pub struct WorkerArgs {
     /// as it is).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
     stream_replicas: u32,
+    /// How session events are encoded on the bus: `protobuf`, or `json` (proto3 JSON, for
+    /// backends without the .proto files). The `Content-Type` header says which.
+    #[arg(long, env = "WAFLEET_EVENT_ENCODING", value_enum, default_value_t = EventEncoding::Protobuf)]
+    event_encoding: EventEncoding,
     /// Keep blobs in this directory instead of S3 (one-machine use; same encryption).
     #[arg(long)]
     blob_dir: Option<PathBuf>,
@@ -116,6 +130,10 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     config.pacing.blob_wait = Duration::from_millis(args.blob_wait_ms);
     config.stream_replicas = args.stream_replicas as usize;
+    config.event_encoding = match args.event_encoding {
+        EventEncoding::Protobuf => ContentType::Protobuf,
+        EventEncoding::Json => ContentType::Json,
+    };
     config.driver.server = match (&args.server, &args.root_key) {
         (Some(url), Some(key)) => ServerConfig {
             url: url.clone(),

@@ -440,3 +440,103 @@ async fn blobs_in_a_directory_are_sealed_and_follow_the_session_to_another_worke
     fleet.kill_worker("w-local-2");
     fleet.finish().await;
 }
+
+/// A worker started with `--event-encoding json` publishes proto3 JSON events, and a
+/// backend that is not Rust (the stock NATS JavaScript client, no .proto compiled) reads
+/// them from the stream: the same events, in order, with the same `Nats-Msg-Id`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_events_are_read_by_a_backend_in_javascript() {
+    use wafleet_bus_schema::codec::ContentType;
+    use wafleet_bus_schema::stream::event_msg_id;
+
+    let oracle =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/oracle");
+    assert!(
+        oracle.join("node_modules/nats/package.json").exists(),
+        "the NATS JavaScript client is missing: run scripts/install-oracle.sh"
+    );
+    let mut fleet = Fleet::start().await;
+    fleet
+        .start_worker_with(
+            "w-json",
+            10,
+            fleet_support::MASTER_KEY,
+            &["--event-encoding", "json"],
+        )
+        .await;
+    fleet.create_and_start("desk").await;
+    fleet.link_by_qr("desk", "15550001091").await;
+    // What the Rust backend decoded (it reads the Content-Type header).
+    let seen = fleet.events_of("desk");
+    let ready_at = seen
+        .iter()
+        .position(|s| s.kind() == "ready")
+        .expect("ready event");
+    let seen = &seen[..=ready_at];
+
+    let filter = format!("wafleet.v1.{TENANT}.evt.session.desk.>");
+    let (url, dir) = (fleet.nats_url.clone(), oracle.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(dir)
+            .args(["events-consumer.mjs", &url, &filter, "ready", "20000"])
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .expect("consumer task");
+    assert!(
+        output.status.success(),
+        "events-consumer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), seen.len(), "{lines:#?}");
+    for (line, seen) in lines.iter().zip(seen) {
+        let event = &line["event"];
+        assert_eq!(
+            line["content_type"],
+            ContentType::Json.header_value(),
+            "{line}"
+        );
+        assert_eq!(event["tenant"], TENANT, "{line}");
+        assert_eq!(event["session"], "desk", "{line}");
+        assert_eq!(event["workerId"], "w-json", "{line}");
+        // proto3 JSON writes 64-bit integers as strings.
+        assert_eq!(event["epoch"], seen.event.epoch.to_string(), "{line}");
+        assert_eq!(event["sequence"], seen.event.sequence.to_string(), "{line}");
+        let subject = line["subject"].as_str().expect("subject");
+        assert!(subject.ends_with(&format!(".{}", seen.kind())), "{line}");
+        assert!(
+            event.get(seen.kind()).is_some(),
+            "payload field {}: {line}",
+            seen.kind()
+        );
+        assert_eq!(
+            line["msg_id"],
+            event_msg_id(
+                &Fleet::address("desk"),
+                seen.event.epoch,
+                seen.event.sequence
+            ),
+            "{line}"
+        );
+    }
+    // The QR text is readable as it is.
+    let qr = lines
+        .iter()
+        .find(|l| l["subject"].as_str().is_some_and(|s| s.ends_with(".qr")))
+        .expect("a qr event");
+    let Some(Payload::Qr(code)) = seen
+        .iter()
+        .find(|s| s.kind() == "qr")
+        .and_then(|s| s.event.payload.clone())
+    else {
+        panic!("no qr event decoded in Rust");
+    };
+    assert_eq!(qr["event"]["qr"]["code"], code.code);
+    fleet.finish().await;
+}

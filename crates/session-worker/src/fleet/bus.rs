@@ -83,6 +83,8 @@ pub struct FleetBus {
     js: jetstream::Context,
     worker: WorkerId,
     request_timeout: Duration,
+    /// How session events are encoded (`Content-Type` header and payload).
+    event_encoding: ContentType,
 }
 
 impl std::fmt::Debug for FleetBus {
@@ -108,7 +110,14 @@ impl FleetBus {
             js,
             worker,
             request_timeout,
+            event_encoding: ContentType::Protobuf,
         }
+    }
+
+    /// Session events in `encoding` from now on (protobuf unless set).
+    pub fn with_event_encoding(mut self, encoding: ContentType) -> Self {
+        self.event_encoding = encoding;
+        self
     }
 
     /// The NATS client.
@@ -291,7 +300,7 @@ impl FleetBus {
         created: Instant,
         attempts: u32,
     ) -> Result<(), PublishFailed> {
-        let publication = event_publication(event, ContentType::Protobuf)
+        let publication = event_publication(event, self.event_encoding)
             .map_err(|e| PublishFailed::Invalid(e.to_string()))?;
         let subject = publication.subject.to_string();
         let mut last = String::new();

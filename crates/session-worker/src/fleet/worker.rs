@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+use wafleet_bus_schema::codec::ContentType;
 use wafleet_bus_schema::internal::v1 as internal;
 use wafleet_bus_schema::nats::content_type_of;
 use wafleet_bus_schema::v1::{self, ErrorCode, ReasonCode};
@@ -46,6 +47,10 @@ pub struct WorkerConfig {
     /// Replicas of the event stream when this worker creates it (an existing stream is
     /// left as it is).
     pub stream_replicas: usize,
+    /// How session events are encoded: protobuf (the default) or proto3 JSON, for
+    /// backends that read JSON without the .proto files. The `Content-Type` header says
+    /// which; the `Nats-Msg-Id` is the same either way.
+    pub event_encoding: ContentType,
 }
 
 impl WorkerConfig {
@@ -64,6 +69,7 @@ impl WorkerConfig {
             },
             driver: DriverConfig::default(),
             stream_replicas: 1,
+            event_encoding: ContentType::Protobuf,
         }
     }
 }
@@ -134,7 +140,8 @@ impl Worker {
         vault: Arc<Vault>,
         health: Arc<Health>,
     ) -> Worker {
-        let bus = FleetBus::new(client, config.worker_id.clone(), config.request_timeout);
+        let bus = FleetBus::new(client, config.worker_id.clone(), config.request_timeout)
+            .with_event_encoding(config.event_encoding);
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Worker {
             config,
