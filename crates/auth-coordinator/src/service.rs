@@ -843,6 +843,12 @@ impl Coordinator {
         if self.degraded() {
             return;
         }
+        // Only these kinds change the registry; messages and receipts (most of the
+        // traffic) are not even decoded.
+        let kind = message.subject.as_str().rsplit('.').next().unwrap_or("");
+        if !matches!(kind, "status" | "qr" | "ready") {
+            return;
+        }
         let event = match decode_event_message(message) {
             Ok(event) => event,
             Err(e) => {
@@ -869,7 +875,14 @@ impl Coordinator {
                 ReasonCode::Unspecified,
                 Some(ready.jid.as_str()),
             ),
-            Some(Payload::PairingCode(_) | Payload::Disconnected(_)) | None => return,
+            Some(
+                Payload::PairingCode(_)
+                | Payload::Disconnected(_)
+                | Payload::Message(_)
+                | Payload::Receipt(_)
+                | Payload::MessageUndecryptable(_),
+            )
+            | None => return,
         };
         if status == SessionStatus::Unspecified {
             return;

@@ -244,6 +244,9 @@ pub fn event_kind(payload: &v1::session_event::Payload) -> EventKind {
         Payload::PairingCode(_) => EventKind::PairingCode,
         Payload::Ready(_) => EventKind::Ready,
         Payload::Disconnected(_) => EventKind::Disconnected,
+        Payload::Message(_) => EventKind::Message,
+        Payload::Receipt(_) => EventKind::Receipt,
+        Payload::MessageUndecryptable(_) => EventKind::MessageUndecryptable,
     }
 }
 

@@ -147,16 +147,25 @@ pub enum EventKind {
     Ready,
     /// `Disconnected`.
     Disconnected,
+    /// `Message`.
+    Message,
+    /// `Receipt`.
+    Receipt,
+    /// `MessageUndecryptable`.
+    MessageUndecryptable,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Status,
         EventKind::Qr,
         EventKind::PairingCode,
         EventKind::Ready,
         EventKind::Disconnected,
+        EventKind::Message,
+        EventKind::Receipt,
+        EventKind::MessageUndecryptable,
     ];
 
     /// The subject token.
@@ -167,6 +176,9 @@ impl EventKind {
             EventKind::PairingCode => "pairing_code",
             EventKind::Ready => "ready",
             EventKind::Disconnected => "disconnected",
+            EventKind::Message => "message",
+            EventKind::Receipt => "receipt",
+            EventKind::MessageUndecryptable => "message_undecryptable",
         }
     }
 

@@ -121,6 +121,21 @@ fn describe(event: &v1::SessionEvent) -> String {
             v1::ReasonCode::try_from(d.reason).unwrap_or(v1::ReasonCode::Unspecified),
             d.will_reconnect
         ),
+        Some(Payload::Message(m)) => format!(
+            "message {} from {}{} ({}): {:?}",
+            m.id,
+            m.sender,
+            if m.from_me { " (from me)" } else { "" },
+            m.r#type,
+            m.text
+        ),
+        Some(Payload::Receipt(r)) => format!("receipt {} of {:?} by {}", r.r#type, r.ids, r.sender),
+        Some(Payload::MessageUndecryptable(u)) => {
+            format!(
+                "message_undecryptable {} from {}: {}",
+                u.id, u.sender, u.reason
+            )
+        }
         None => "(empty)".into(),
     };
     format!(

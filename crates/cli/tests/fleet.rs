@@ -540,3 +540,110 @@ async fn json_events_are_read_by_a_backend_in_javascript() {
     assert_eq!(qr["event"]["qr"]["code"], code.code);
     fleet.finish().await;
 }
+
+fn message_of(seen: &fleet_support::Seen) -> Option<&wafleet_bus_schema::v1::Message> {
+    match &seen.event.payload {
+        Some(Payload::Message(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// Messages a linked session receives are bus events: a simulated phone of another account
+/// sends texts, each is a `message` event, in order, and the phone gets a delivery receipt
+/// for each; a text the account's own phone sends to someone else arrives as `from_me`.
+/// (The worker's sink returns only once the stream acked the event, and the driver acks a
+/// message only after its sink returned: `a_refused_delivery_is_not_acked_and_comes_again`
+/// in `crates/session-worker/tests/messaging.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_messages_are_bus_events_in_order_with_receipts() {
+    let mut fleet = Fleet::start().await;
+    fleet.start_worker("w-msg", 10).await;
+    fleet.create_and_start("desk").await;
+    fleet.link_by_qr("desk", "15550001092").await;
+    let peer = "15550001093";
+    fleet.sim.add_phone(peer).expect("peer phone");
+    // A message sent before the companion's prekeys reached the server is not encrypted
+    // for it (as on WhatsApp): the peer tries until one arrives.
+    let mut tries = 0;
+    eventually(Duration::from_secs(20), "a first message event", || {
+        tries += 1;
+        fleet
+            .sim
+            .phone_send_text(peer, "15550001092", &format!("hello {tries}"))
+            .expect("phone sends");
+        let found = fleet
+            .events_of("desk")
+            .iter()
+            .any(|s| message_of(s).is_some());
+        async move { found.then_some(()) }
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = fleet
+            .sim
+            .phone_send_text(peer, "15550001092", &format!("text {i}"))
+            .expect("phone sends");
+        ids.push(id);
+    }
+    let got = eventually(Duration::from_secs(20), "20 message events", || {
+        let texts: Vec<wafleet_bus_schema::v1::Message> = fleet
+            .events_of("desk")
+            .iter()
+            .filter_map(message_of)
+            .filter(|m| m.text.starts_with("text "))
+            .cloned()
+            .collect();
+        async move { (texts.len() >= 20).then_some(texts) }
+    })
+    .await;
+    let texts: Vec<&str> = got.iter().map(|m| m.text.as_str()).collect();
+    let want: Vec<String> = (0..20).map(|i| format!("text {i}")).collect();
+    assert_eq!(texts, want, "in order, once each");
+    for (m, id) in got.iter().zip(&ids) {
+        assert_eq!(&m.id, id);
+        assert_eq!(m.chat, format!("{peer}@s.whatsapp.net"));
+        assert_eq!(m.sender, format!("{peer}@s.whatsapp.net"));
+        assert!(!m.from_me);
+        assert_eq!(m.r#type, "text");
+        assert!(m.timestamp.is_some());
+    }
+    // Acked after publication: the peer hears a delivery receipt for every one.
+    eventually(
+        Duration::from_secs(20),
+        "delivery receipts for all 20",
+        || {
+            let receipts = fleet.sim.phone_receipts(peer).expect("receipts");
+            let all = ids.iter().all(|id| {
+                receipts
+                    .iter()
+                    .any(|r| r.kind == "delivered" && r.ids.contains(id))
+            });
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
+    // The account's own phone writes to the peer: the companion sees it as from_me.
+    let own = fleet
+        .sim
+        .phone_send_text("15550001092", peer, "from my phone")
+        .expect("own phone sends");
+    let seen = fleet
+        .wait_event(
+            "desk",
+            Duration::from_secs(20),
+            "the phone's own message",
+            |s| message_of(s).is_some_and(|m| m.id == own),
+        )
+        .await;
+    let m = message_of(&seen).expect("message");
+    assert!(m.from_me);
+    assert_eq!(m.chat, format!("{peer}@s.whatsapp.net"));
+    assert_eq!(m.text, "from my phone");
+    // None was undecryptable.
+    assert!(fleet
+        .events_of("desk")
+        .iter()
+        .all(|s| s.kind() != "message_undecryptable"));
+    fleet.finish().await;
+}

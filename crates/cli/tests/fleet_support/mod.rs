@@ -224,6 +224,9 @@ impl Seen {
             Some(Payload::PairingCode(_)) => "pairing_code",
             Some(Payload::Ready(_)) => "ready",
             Some(Payload::Disconnected(_)) => "disconnected",
+            Some(Payload::Message(_)) => "message",
+            Some(Payload::Receipt(_)) => "receipt",
+            Some(Payload::MessageUndecryptable(_)) => "message_undecryptable",
             None => "none",
         }
     }

@@ -13,6 +13,7 @@
 //! [`serve`] puts it together for the `wafleet worker` command.
 
 pub mod bus;
+pub mod inbound;
 pub mod lease;
 pub mod metrics;
 pub mod reason;

@@ -8,7 +8,7 @@
 //! events to be acked: the next holder's events always come after.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -22,6 +22,7 @@ use wafleet_bus_schema::v1::{self, session_event::Payload, ErrorCode, ReasonCode
 use wafleet_bus_schema::SessionAddress;
 
 use super::bus::{FleetBus, LeaseError};
+use super::inbound::{BusSink, Emitter, Queued};
 use super::lease::LeaseClock;
 use super::metrics as m;
 use super::reason::bus_reason;
@@ -151,8 +152,7 @@ struct Run {
     epoch: u64,
     bus: FleetBus,
     clock: LeaseClock,
-    sequence: u64,
-    events: mpsc::UnboundedSender<(v1::SessionEvent, Instant)>,
+    emitter: Arc<Emitter>,
     status: SessionStatus,
     reason: ReasonCode,
     qr_count: u32,
@@ -160,19 +160,7 @@ struct Run {
 
 impl Run {
     fn emit(&mut self, payload: Payload) {
-        self.sequence += 1;
-        let event = v1::SessionEvent {
-            tenant: self.address.tenant.as_str().to_string(),
-            session: self.address.session.as_str().to_string(),
-            epoch: self.epoch,
-            sequence: self.sequence,
-            timestamp: Some(timestamp(SystemTime::now())),
-            worker_id: self.bus.worker().as_str().to_string(),
-            payload: Some(payload),
-        };
-        if self.events.send((event, Instant::now())).is_err() {
-            warn!(session = %self.address, "event publisher gone: event not published");
-        }
+        self.emitter.emit(payload, None);
     }
 
     fn set_status(&mut self, status: SessionStatus, reason: ReasonCode, message: String) {
@@ -266,8 +254,9 @@ impl Run {
             DriverEvent::PreKeysUploaded { count } => {
                 debug!(session = %self.address, count, "prekeys saved and uploaded")
             }
-            // Messages are not on the bus yet (issue 13): the driver acks them once they
-            // are taken from its event channel.
+            // The driver gives inbound messaging events to the bus sink (`inbound::BusSink`),
+            // not to its event channel; these arms are not reached. Sends over the bus
+            // are not built yet (issue 13).
             DriverEvent::Message(m) => {
                 debug!(session = %self.address, id = %m.id, kind = %m.kind, "message")
             }
@@ -449,15 +438,21 @@ fn unix_ms_time(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Publishes a session's events in order until its channel closes.
-async fn publisher(
-    bus: FleetBus,
-    attempts: u32,
-    mut events: mpsc::UnboundedReceiver<(v1::SessionEvent, Instant)>,
-) {
-    while let Some((event, created)) = events.recv().await {
-        if let Err(e) = bus.publish_event(&event, created, attempts).await {
+/// Publishes a session's events in order until its channel closes, and tells whoever
+/// waits for one how its publication ended.
+async fn publisher(bus: FleetBus, attempts: u32, mut events: mpsc::UnboundedReceiver<Queued>) {
+    while let Some(Queued {
+        event,
+        created,
+        acked,
+    }) = events.recv().await
+    {
+        let result = bus.publish_event(&event, created, attempts).await;
+        if let Err(e) = &result {
             warn!(tenant = %event.tenant, session = %event.session, epoch = event.epoch, sequence = event.sequence, error = %e, "event not published");
+        }
+        if let Some(acked) = acked {
+            let _ = acked.send(result.map_err(|e| e.to_string()));
         }
     }
 }
@@ -492,8 +487,12 @@ pub async fn run(
         epoch,
         bus: spec.bus.clone(),
         clock: clock.clone(),
-        sequence: 0,
-        events: events_tx,
+        emitter: Arc::new(Emitter::new(
+            address.clone(),
+            epoch,
+            spec.bus.worker().as_str().to_string(),
+            events_tx,
+        )),
         status: SessionStatus::Unspecified,
         reason: ReasonCode::Unspecified,
         qr_count: 0,
@@ -805,6 +804,10 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
     config.may_connect = Some(crate::driver::ConnectGate::new({
         let clock = run.clock.clone();
         move || clock.is_live()
+    }));
+    config.inbound = crate::driver::Inbound::Sink(Arc::new(BusSink {
+        emitter: Arc::clone(&run.emitter),
+        clock: run.clock.clone(),
     }));
     let store_dyn: Arc<dyn SessionStore> = store.clone();
     let mut driver = match SessionDriver::start(config, store_dyn) {
