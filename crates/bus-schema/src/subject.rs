@@ -669,8 +669,8 @@ mod tests {
             Err(SubjectError::UnknownVerb("restart".into()))
         );
         assert_eq!(
-            EventSubject::parse("wafleet.v1.acme.evt.session.s.message"),
-            Err(SubjectError::UnknownEventKind("message".into()))
+            EventSubject::parse("wafleet.v1.acme.evt.session.s.message_sent"),
+            Err(SubjectError::UnknownEventKind("message_sent".into()))
         );
         assert_eq!(
             CommandSubject::parse("wafleet.v1.*.cmd.session.s.start"),
