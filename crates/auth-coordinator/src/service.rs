@@ -29,14 +29,16 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use wafleet_bus_schema::codec::{decode, BusMessage};
 use wafleet_bus_schema::internal::v1 as internal;
-use wafleet_bus_schema::nats::{content_type_of, decode_command_message, decode_event_message};
+use wafleet_bus_schema::nats::{
+    answer_request, content_type_of, decode_command_message, decode_event_message,
+};
 use wafleet_bus_schema::subject::{
     ALL_COMMANDS, ALL_EVENTS, ALL_FROM_WORKERS, COORDINATOR_QUEUE_GROUP,
 };
 use wafleet_bus_schema::v1::{self, ErrorCode, ReasonCode, SessionStatus};
 use wafleet_bus_schema::{
-    decode_reply, decode_sys, encode, Command, CommandBody, CommandSubject, ContentType,
-    SessionAddress, SysKind, SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
+    decode_reply, decode_sys, encode, Command, CommandBody, CommandSubject, CommandVerb,
+    ContentType, SessionAddress, SysKind, SysMessage, SysSubject, WorkerId, CONTENT_TYPE_HEADER,
 };
 
 use wafleet_blob::BlobStore;
@@ -206,6 +208,20 @@ pub struct Coordinator {
     term: Arc<Mutex<Term>>,
     /// Asks the serving loop for a grant pass now (after a reconciliation).
     grant_now: Arc<tokio::sync::Notify>,
+    /// Whether a session was leased, as last read for a `send` (see `on_send`).
+    send_checks: Arc<Mutex<HashMap<SessionAddress, (Instant, bool)>>>,
+}
+
+/// How long a registry read answers `send`s for a session (see `Coordinator::on_send`).
+const SEND_CHECK_TTL: Duration = Duration::from_secs(1);
+/// Sessions whose send check is kept before stale ones are dropped.
+const SEND_CHECKS_KEPT: usize = 100_000;
+
+/// The command id of a `send`, for an answer, if its payload decodes.
+fn send_command_id(message: &Message) -> String {
+    decode_command_message(message)
+        .map(|c| c.command_id().to_owned())
+        .unwrap_or_default()
 }
 
 type CommandLocks = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
@@ -223,6 +239,7 @@ impl Coordinator {
             link: NatsLink::new(),
             term: Arc::default(),
             grant_now: Arc::default(),
+            send_checks: Arc::default(),
         }
     }
 
@@ -880,7 +897,8 @@ impl Coordinator {
                 | Payload::Disconnected(_)
                 | Payload::Message(_)
                 | Payload::Receipt(_)
-                | Payload::MessageUndecryptable(_),
+                | Payload::MessageUndecryptable(_)
+                | Payload::MessageSent(_),
             )
             | None => return,
         };
@@ -1082,31 +1100,18 @@ impl Coordinator {
     }
 
     async fn answer<M: BusMessage>(&self, request: &Message, reply: &M) {
-        let Some(inbox) = request.reply.clone() else {
-            return;
-        };
-        let content_type = ContentType::from_header(content_type_of(request.headers.as_ref()))
-            .unwrap_or(ContentType::Protobuf);
-        let payload = match encode(reply, content_type) {
-            Ok(payload) => payload,
-            Err(e) => {
-                tracing::error!(error = %e, "reply does not encode");
-                return;
-            }
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE_HEADER, content_type.header_value());
-        if let Err(e) = self
-            .nats
-            .publish_with_headers(inbox, headers, payload.into())
-            .await
-        {
+        if let Err(e) = answer_request(&self.nats, request, reply).await {
             tracing::warn!(error = %e, "reply not sent");
         }
     }
 
     /// Handles a backend's command and answers it.
     pub async fn on_command(&self, message: &Message) {
+        if let Ok(subject) = CommandSubject::parse(message.subject.as_str()) {
+            if subject.verb == CommandVerb::Send {
+                return self.on_send(message, &subject.address).await;
+            }
+        }
         let reply = match decode_command_message(message) {
             Ok(command) if self.degraded() => v1::CommandReply::with_error(
                 command.command_id(),
@@ -1120,6 +1125,64 @@ impl Coordinator {
             }
         };
         self.answer(message, &reply).await;
+    }
+
+    /// A `send` is the session holder's to answer (it subscribes to the session's send
+    /// subject while its socket runs): the coordinator stays silent while the registry says
+    /// a worker holds the session, and otherwise answers at once that nobody can send —
+    /// `NOT_WORKING` (or `UNKNOWN_SESSION`), so a backend does not wait for its timeout.
+    /// The registry's answer is kept for [`SEND_CHECK_TTL`], so a busy session costs at
+    /// most one registry read a second, not one per message.
+    async fn on_send(&self, message: &Message, address: &SessionAddress) {
+        let held = match self.held_for_send(address).await {
+            Ok(held) => held,
+            Err(e) if matches!(e, RegistryError::UnknownSession(_)) => {
+                let reply = v1::CommandReply::with_error(
+                    send_command_id(message),
+                    ErrorCode::UnknownSession,
+                    e.to_string(),
+                );
+                return self.answer(message, &reply).await;
+            }
+            Err(e) => {
+                tracing::debug!(session = %address, error = %e, "send: registry unreadable; leaving the send to a holder");
+                return;
+            }
+        };
+        if held {
+            return;
+        }
+        let reply = v1::CommandReply::with_error(
+            send_command_id(message),
+            ErrorCode::NotWorking,
+            "no worker runs this session now (stopped, or between workers): start it, or retry with the same command_id",
+        );
+        self.answer(message, &reply).await;
+    }
+
+    /// Whether a worker holds `address`'s lease, by the registry, read at most once per
+    /// [`SEND_CHECK_TTL`].
+    async fn held_for_send(&self, address: &SessionAddress) -> Result<bool, RegistryError> {
+        let now = Instant::now();
+        if let Some((at, held)) = self.send_checks().get(address) {
+            if now.duration_since(*at) < SEND_CHECK_TTL {
+                return Ok(*held);
+            }
+        }
+        let record = self.registry.session(address).await?;
+        let held = record.worker.is_some();
+        let mut checks = self.send_checks();
+        if checks.len() >= SEND_CHECKS_KEPT {
+            checks.retain(|_, (at, _)| now.duration_since(*at) < SEND_CHECK_TTL);
+        }
+        checks.insert(address.clone(), (now, held));
+        Ok(held)
+    }
+
+    fn send_checks(&self) -> std::sync::MutexGuard<'_, HashMap<SessionAddress, (Instant, bool)>> {
+        self.send_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a command once per (tenant, command id): a repeat gets the stored reply.
@@ -1187,6 +1250,12 @@ impl Coordinator {
                     internal::forwarded_command::Command::RequestPairingCode(request.clone());
                 self.forward(address, id, forwarded).await
             }
+            // `on_command` hands sends to `on_send` before they get here.
+            CommandBody::Send(_) => Ok(v1::CommandReply::with_error(
+                id,
+                ErrorCode::NotWorking,
+                "send is answered by the session's worker",
+            )),
         };
         result.unwrap_or_else(|e| registry_error_reply(id, address, e))
     }
@@ -1464,6 +1533,7 @@ fn registry_error_reply(
 fn lease_error(code: ErrorCode, message: String) -> internal::LeaseReply {
     internal::LeaseReply {
         outcome: Some(internal::lease_reply::Outcome::Error(v1::CommandError {
+            retry_after: None,
             code: code as i32,
             message,
         })),

@@ -138,6 +138,7 @@ impl DecodeError {
         v1::CommandError {
             code: self.error_code() as i32,
             message: self.to_string(),
+            retry_after: None,
         }
     }
 }
@@ -212,6 +213,7 @@ pub fn decode_command(
         CommandVerb::RequestPairingCode => {
             CommandBody::RequestPairingCode(decode(payload, content_type)?)
         }
+        CommandVerb::Send => CommandBody::Send(decode(payload, content_type)?),
     };
     validate_command(&body)?;
     Ok(Command {
@@ -247,6 +249,7 @@ pub fn event_kind(payload: &v1::session_event::Payload) -> EventKind {
         Payload::Message(_) => EventKind::Message,
         Payload::Receipt(_) => EventKind::Receipt,
         Payload::MessageUndecryptable(_) => EventKind::MessageUndecryptable,
+        Payload::MessageSent(_) => EventKind::MessageSent,
     }
 }
 

@@ -13,6 +13,11 @@ pub const MAX_METADATA_ENTRIES: usize = 32;
 pub const MAX_METADATA_KEY_LEN: usize = 64;
 /// The longest metadata value, in bytes.
 pub const MAX_METADATA_VALUE_LEN: usize = 256;
+/// The longest text a `send` carries (body, edit), in bytes: WhatsApp's limit on a text
+/// message.
+pub const MAX_TEXT_LEN: usize = 65_536;
+/// The longest recipient or message id a `send` carries, in bytes.
+pub const MAX_SEND_FIELD_LEN: usize = 256;
 
 /// A command's payload, by verb.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +34,8 @@ pub enum CommandBody {
     Delete(v1::DeleteSession),
     /// `request_pairing_code`.
     RequestPairingCode(v1::RequestPairingCode),
+    /// `send`.
+    Send(v1::SendMessage),
 }
 
 impl CommandBody {
@@ -41,6 +48,7 @@ impl CommandBody {
             CommandBody::Logout(_) => CommandVerb::Logout,
             CommandBody::Delete(_) => CommandVerb::Delete,
             CommandBody::RequestPairingCode(_) => CommandVerb::RequestPairingCode,
+            CommandBody::Send(_) => CommandVerb::Send,
         }
     }
 
@@ -53,6 +61,7 @@ impl CommandBody {
             CommandBody::Logout(m) => &m.command_id,
             CommandBody::Delete(m) => &m.command_id,
             CommandBody::RequestPairingCode(m) => &m.command_id,
+            CommandBody::Send(m) => &m.command_id,
         }
     }
 
@@ -65,6 +74,7 @@ impl CommandBody {
             CommandBody::Logout(m) => encode(m, content_type),
             CommandBody::Delete(m) => encode(m, content_type),
             CommandBody::RequestPairingCode(m) => encode(m, content_type),
+            CommandBody::Send(m) => encode(m, content_type),
         }
     }
 }
@@ -111,6 +121,15 @@ pub enum CommandError {
     /// The metadata breaks the limits.
     #[error("invalid metadata: {0}")]
     InvalidMetadata(String),
+    /// A `send` without a recipient, or with one too long to be a JID.
+    #[error("invalid recipient: {0}")]
+    InvalidRecipient(&'static str),
+    /// A `send` without content, or with a field missing or too long (target ids).
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// A `send` text longer than [`MAX_TEXT_LEN`].
+    #[error("the text is {0} bytes; at most {MAX_TEXT_LEN}")]
+    TextTooLong(usize),
 }
 
 impl CommandError {
@@ -118,9 +137,11 @@ impl CommandError {
     pub fn error_code(&self) -> v1::ErrorCode {
         match self {
             CommandError::InvalidPhone(_) => v1::ErrorCode::InvalidPhone,
-            CommandError::InvalidCommandId(_) | CommandError::InvalidMetadata(_) => {
-                v1::ErrorCode::MalformedCommand
-            }
+            CommandError::InvalidCommandId(_)
+            | CommandError::InvalidMetadata(_)
+            | CommandError::InvalidMessage(_) => v1::ErrorCode::MalformedCommand,
+            CommandError::InvalidRecipient(_) => v1::ErrorCode::InvalidRecipient,
+            CommandError::TextTooLong(_) => v1::ErrorCode::MessageTooLarge,
         }
     }
 }
@@ -211,6 +232,7 @@ pub fn validate_command(body: &CommandBody) -> Result<(), CommandError> {
     match body {
         CommandBody::Create(m) => validate_metadata(&m.metadata),
         CommandBody::RequestPairingCode(m) => Ok(validate_phone_number(&m.phone_number)?),
+        CommandBody::Send(m) => validate_send(m),
         CommandBody::Start(_)
         | CommandBody::Stop(_)
         | CommandBody::Logout(_)
@@ -218,7 +240,89 @@ pub fn validate_command(body: &CommandBody) -> Result<(), CommandError> {
     }
 }
 
+/// Checks a `send`: a recipient (its form is checked by the worker, which parses it), a
+/// content, its target ids, and the text length.
+fn validate_send(m: &v1::SendMessage) -> Result<(), CommandError> {
+    use v1::send_message::Content;
+    if m.to.is_empty() {
+        return Err(CommandError::InvalidRecipient("it is empty"));
+    }
+    if m.to.len() > MAX_SEND_FIELD_LEN {
+        return Err(CommandError::InvalidRecipient("it is too long"));
+    }
+    let target = |id: &str, what: &str| {
+        if id.is_empty() || id.len() > MAX_SEND_FIELD_LEN {
+            Err(CommandError::InvalidMessage(format!(
+                "{what} must be 1 to {MAX_SEND_FIELD_LEN} bytes"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let text = |body: &str| {
+        if body.is_empty() {
+            Err(CommandError::InvalidMessage("the text is empty".into()))
+        } else if body.len() > MAX_TEXT_LEN {
+            Err(CommandError::TextTooLong(body.len()))
+        } else {
+            Ok(())
+        }
+    };
+    match &m.content {
+        None => Err(CommandError::InvalidMessage(
+            "no content: set text, reaction, edit or revoke".into(),
+        )),
+        Some(Content::Text(t)) => {
+            text(&t.body)?;
+            if let Some(quoted) = &t.reply_to {
+                target(&quoted.id, "reply_to.id")?;
+                if quoted.text.len() > MAX_TEXT_LEN {
+                    return Err(CommandError::TextTooLong(quoted.text.len()));
+                }
+            }
+            Ok(())
+        }
+        Some(Content::Reaction(r)) => {
+            target(&r.target_id, "reaction.target_id")?;
+            if r.emoji.len() > 64 {
+                return Err(CommandError::InvalidMessage(
+                    "reaction.emoji is longer than 64 bytes".into(),
+                ));
+            }
+            Ok(())
+        }
+        Some(Content::Edit(e)) => {
+            target(&e.target_id, "edit.target_id")?;
+            text(&e.body)
+        }
+        Some(Content::Revoke(r)) => target(&r.target_id, "revoke.target_id"),
+    }
+}
+
 impl v1::CommandReply {
+    /// A successful reply to `send`.
+    pub fn with_sent(command_id: impl Into<String>, sent: v1::MessageSent) -> Self {
+        v1::CommandReply {
+            command_id: command_id.into(),
+            replayed: false,
+            outcome: Some(v1::command_reply::Outcome::Sent(sent)),
+        }
+    }
+
+    /// An error reply saying when to retry (`RATE_LIMITED`).
+    pub fn with_retry_after(
+        command_id: impl Into<String>,
+        code: v1::ErrorCode,
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        let mut reply = Self::with_error(command_id, code, message);
+        if let Some(v1::command_reply::Outcome::Error(e)) = &mut reply.outcome {
+            e.retry_after = Some(crate::time::proto_duration(retry_after));
+        }
+        reply
+    }
+
     /// A successful reply carrying the session after the command.
     pub fn with_session(command_id: impl Into<String>, session: v1::SessionInfo) -> Self {
         v1::CommandReply {
@@ -249,6 +353,7 @@ impl v1::CommandReply {
             outcome: Some(v1::command_reply::Outcome::Error(v1::CommandError {
                 code: code as i32,
                 message: message.into(),
+                retry_after: None,
             })),
         }
     }

@@ -187,6 +187,28 @@ pub fn decode_command_message(message: &async_nats::Message) -> Result<Command, 
     )
 }
 
+/// Answers `request` on its reply subject with `reply`, encoded in the request's content
+/// type (protobuf when it named none or an unknown one), with that `Content-Type` header.
+/// `Ok` without sending when the request has no reply subject (nobody waits).
+pub async fn answer_request<M: crate::codec::BusMessage>(
+    client: &async_nats::Client,
+    request: &async_nats::Message,
+    reply: &M,
+) -> Result<(), String> {
+    let Some(inbox) = request.reply.clone() else {
+        return Ok(());
+    };
+    let content_type = ContentType::from_header(content_type_of(request.headers.as_ref()))
+        .unwrap_or(ContentType::Protobuf);
+    let payload = encode(reply, content_type).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, content_type.header_value());
+    client
+        .publish_with_headers(inbox, headers, payload.into())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// [`decode_event`](crate::decode_event) on a received message.
 pub fn decode_event_message(
     message: &async_nats::Message,

@@ -93,17 +93,20 @@ pub enum CommandVerb {
     Delete,
     /// Get a code to link by phone number.
     RequestPairingCode,
+    /// Send a message (answered by the session's holder, not the coordinator).
+    Send,
 }
 
 impl CommandVerb {
     /// Every verb.
-    pub const ALL: [CommandVerb; 6] = [
+    pub const ALL: [CommandVerb; 7] = [
         CommandVerb::Create,
         CommandVerb::Start,
         CommandVerb::Stop,
         CommandVerb::Logout,
         CommandVerb::Delete,
         CommandVerb::RequestPairingCode,
+        CommandVerb::Send,
     ];
 
     /// The subject token.
@@ -115,6 +118,7 @@ impl CommandVerb {
             CommandVerb::Logout => "logout",
             CommandVerb::Delete => "delete",
             CommandVerb::RequestPairingCode => "request_pairing_code",
+            CommandVerb::Send => "send",
         }
     }
 
@@ -153,11 +157,13 @@ pub enum EventKind {
     Receipt,
     /// `MessageUndecryptable`.
     MessageUndecryptable,
+    /// `MessageSentEvent`.
+    MessageSent,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Status,
         EventKind::Qr,
         EventKind::PairingCode,
@@ -166,6 +172,7 @@ impl EventKind {
         EventKind::Message,
         EventKind::Receipt,
         EventKind::MessageUndecryptable,
+        EventKind::MessageSent,
     ];
 
     /// The subject token.
@@ -179,6 +186,7 @@ impl EventKind {
             EventKind::Message => "message",
             EventKind::Receipt => "receipt",
             EventKind::MessageUndecryptable => "message_undecryptable",
+            EventKind::MessageSent => "message_sent",
         }
     }
 
@@ -669,8 +677,8 @@ mod tests {
             Err(SubjectError::UnknownVerb("restart".into()))
         );
         assert_eq!(
-            EventSubject::parse("wafleet.v1.acme.evt.session.s.message_sent"),
-            Err(SubjectError::UnknownEventKind("message_sent".into()))
+            EventSubject::parse("wafleet.v1.acme.evt.session.s.message_deleted"),
+            Err(SubjectError::UnknownEventKind("message_deleted".into()))
         );
         assert_eq!(
             CommandSubject::parse("wafleet.v1.*.cmd.session.s.start"),

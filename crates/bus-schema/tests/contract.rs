@@ -138,7 +138,36 @@ fn every_public_message_round_trips() {
     round_trip(&v1::CommandError {
         code: v1::ErrorCode::NotLeased as i32,
         message: "worker-1 holds epoch 8".into(),
+        retry_after: None,
     });
+    round_trip(&v1::CommandError {
+        code: v1::ErrorCode::RateLimited as i32,
+        message: "retry in 250 ms".into(),
+        retry_after: Some(wafleet_bus_schema::time::proto_duration(
+            std::time::Duration::from_millis(250),
+        )),
+    });
+    round_trip(&v1::SendMessage {
+        command_id: "s-1".into(),
+        to: "15551234567".into(),
+        content: Some(v1::send_message::Content::Text(v1::SendText {
+            body: "hello".into(),
+            reply_to: Some(v1::QuotedMessage {
+                id: "3EB0AB".into(),
+                sender: String::new(),
+                text: "hi".into(),
+            }),
+        })),
+    });
+    round_trip(&v1::CommandReply::with_sent(
+        "s-1",
+        v1::MessageSent {
+            message_id: "3EB0CD".into(),
+            chat: "15551234567@s.whatsapp.net".into(),
+            server_timestamp: ts(1_764_504_300, 0),
+            r#type: "text".into(),
+        },
+    ));
     round_trip(&session_info());
     round_trip(&pairing_code());
     round_trip(&v1::CreateSession {
@@ -216,6 +245,7 @@ fn every_internal_message_round_trips() {
         outcome: Some(internal::lease_reply::Outcome::Error(v1::CommandError {
             code: v1::ErrorCode::StaleEpoch as i32,
             message: "epoch 8 is current".into(),
+            retry_after: None,
         })),
     });
     round_trip(&internal::WorkerShutdown {
@@ -392,7 +422,7 @@ fn the_examples_in_bus_md_are_valid() {
         seen.insert(ty.clone());
         match ty.as_str() {
             "CreateSession" | "StartSession" | "StopSession" | "LogoutSession"
-            | "DeleteSession" | "RequestPairingCode" => {
+            | "DeleteSession" | "RequestPairingCode" | "SendMessage" => {
                 let subject = subject.as_deref().expect("command examples name a subject");
                 let command = decode_command(subject, json.as_bytes(), Some("application/json"))
                     .unwrap_or_else(|e| panic!("{ty} example: {e}"));
@@ -416,6 +446,9 @@ fn the_examples_in_bus_md_are_valid() {
                     }
                     CommandBody::RequestPairingCode(m) => {
                         assert_eq!(check_example::<v1::RequestPairingCode>(json), *m)
+                    }
+                    CommandBody::Send(m) => {
+                        assert_eq!(check_example::<v1::SendMessage>(json), *m)
                     }
                 }
             }
@@ -481,6 +514,7 @@ fn the_examples_in_bus_md_are_valid() {
         "LogoutSession",
         "DeleteSession",
         "RequestPairingCode",
+        "SendMessage",
         "CommandReply",
         "SessionEvent",
         "WorkerHeartbeat",

@@ -190,6 +190,11 @@ async fn the_documented_permissions_isolate_tenants_sessions_and_workers() {
     let responder = coordinator.clone();
     tokio::spawn(async move {
         while let Some(message) = commands.next().await {
+            // A `send` is the session holder's (the coordinator stays silent while a worker
+            // holds the session).
+            if message.subject.ends_with(".send") {
+                continue;
+            }
             let command = decode_command_message(&message).expect("a valid command");
             let _ = seen_tx.send(message.subject.to_string());
             if let Some(reply) = message.reply {
@@ -271,6 +276,42 @@ async fn the_documented_permissions_isolate_tenants_sessions_and_workers() {
     // The worker publishes events of any tenant into the stream, but only its own internal
     // subjects.
     let (worker, mut worker_errors) = connect(&server, "worker-0", None).await;
+    // It answers the sends of a session it holds, straight to the backend...
+    let mut sends = worker
+        .subscribe("wafleet.v1.acme.cmd.session.support-1.send")
+        .await
+        .expect("subscribe to a session's sends");
+    worker.flush().await.expect("flush");
+    let sender = worker.clone();
+    tokio::spawn(async move {
+        if let Some(message) = sends.next().await {
+            let answer =
+                v1::CommandReply::with_error("s-1", v1::ErrorCode::NotWorking, "test worker");
+            let payload = encode(&answer, ContentType::Protobuf).expect("encode");
+            if let Some(reply) = message.reply {
+                sender.publish(reply, payload.into()).await.expect("reply");
+            }
+        }
+    });
+    let reply = acme
+        .request("wafleet.v1.acme.cmd.session.support-1.send", "{}".into())
+        .await
+        .expect("acme gets the worker's answer to a send");
+    let reply = decode_reply(&reply.payload, None).expect("a reply");
+    assert_eq!(
+        reply.error().map(|e| e.message.as_str()),
+        Some("test worker")
+    );
+    // ...but cannot listen to the coordinator's verbs.
+    let _start = worker
+        .subscribe("wafleet.v1.acme.cmd.session.support-1.start")
+        .await
+        .expect("subscribe call");
+    expect_violation(
+        &mut worker_errors,
+        "wafleet.v1.acme.cmd.session.support-1.start",
+    )
+    .await;
     let worker_js = jetstream::new(worker.clone());
     for event in [
         status_event("acme", "support-1", 1),

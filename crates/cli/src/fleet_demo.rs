@@ -136,6 +136,13 @@ fn describe(event: &v1::SessionEvent) -> String {
                 u.id, u.sender, u.reason
             )
         }
+        Some(Payload::MessageSent(sent)) => {
+            let s = sent.sent.clone().unwrap_or_default();
+            format!(
+                "message_sent {} to {} (command {})",
+                s.message_id, s.chat, sent.command_id
+            )
+        }
         None => "(empty)".into(),
     };
     format!(

@@ -14,6 +14,7 @@ use clap::Args;
 use wafleet_blob::{Keyring, S3Config};
 use wafleet_bus_schema::codec::ContentType;
 use wafleet_bus_schema::WorkerId;
+use wafleet_session_worker::fleet::send::SendRate;
 use wafleet_session_worker::fleet::{self, BlobBackend, ServeOptions, WorkerConfig};
 use wafleet_session_worker::ServerConfig;
 
@@ -53,6 +54,13 @@ pub struct WorkerArgs {
     /// it hands its lease back with BLOB_STORE_UNAVAILABLE, in ms.
     #[arg(long, default_value_t = 30_000)]
     blob_wait_ms: u64,
+    /// Each session's sustained send rate, in messages a second (`send` commands beyond it
+    /// are answered RATE_LIMITED with a retry_after; WhatsApp bans bursty senders).
+    #[arg(long, env = "WAFLEET_SEND_RATE", default_value_t = 20.0)]
+    send_rate: f64,
+    /// Each session's longest send burst (the token bucket's size).
+    #[arg(long, env = "WAFLEET_SEND_BURST", default_value_t = 40)]
+    send_burst: u32,
     /// Replicas of the event stream WAFLEET_EVENTS when this worker creates it (3 on a
     /// 3-node NATS cluster, so a node restart loses no event; an existing stream is left
     /// as it is).
@@ -129,6 +137,16 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     config.pacing.renew_every = Duration::from_millis(args.renew_ms.max(50));
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     config.pacing.blob_wait = Duration::from_millis(args.blob_wait_ms);
+    if !(args.send_rate.is_finite() && args.send_rate > 0.0) {
+        return Err(format!(
+            "--send-rate must be a positive number, not {}",
+            args.send_rate
+        ));
+    }
+    config.pacing.send_rate = SendRate {
+        per_second: args.send_rate,
+        burst: args.send_burst.max(1),
+    };
     config.stream_replicas = args.stream_replicas as usize;
     config.event_encoding = match args.event_encoding {
         EventEncoding::Protobuf => ContentType::Protobuf,

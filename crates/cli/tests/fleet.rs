@@ -647,3 +647,337 @@ async fn inbound_messages_are_bus_events_in_order_with_receipts() {
         .all(|s| s.kind() != "message_undecryptable"));
     fleet.finish().await;
 }
+
+/// Sends a `send` command (JSON) for `session`.
+async fn send(
+    fleet: &Fleet,
+    session: &str,
+    body: serde_json::Value,
+) -> wafleet_bus_schema::v1::CommandReply {
+    fleet
+        .command(session, CommandVerb::Send, &body.to_string())
+        .await
+}
+
+fn sent_of(reply: &wafleet_bus_schema::v1::CommandReply) -> wafleet_bus_schema::v1::MessageSent {
+    match &reply.outcome {
+        Some(wafleet_bus_schema::v1::command_reply::Outcome::Sent(sent)) => sent.clone(),
+        other => panic!("not sent: {other:?}"),
+    }
+}
+
+/// The peer's phone's decrypted messages with `id`.
+fn on_phone(fleet: &Fleet, phone: &str, id: &str) -> Vec<wafleet_sim::PhoneMessage> {
+    fleet
+        .sim
+        .phone_messages(phone)
+        .expect("phone messages")
+        .into_iter()
+        .filter(|m| m.id == id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_commands_reach_the_phone_once_per_command_id_with_typed_errors_and_across_a_failover()
+{
+    use serde_json::json;
+    let mut fleet = Fleet::start().await;
+    fleet
+        .start_worker_with(
+            "w-send-1",
+            10,
+            fleet_support::MASTER_KEY,
+            &["--send-rate", "2", "--send-burst", "12"],
+        )
+        .await;
+    fleet.create_and_start("sender").await;
+    fleet.link_by_qr("sender", "15550001094").await;
+    let peer = "15550001095";
+    fleet.sim.add_phone(peer).expect("peer phone");
+
+    // A text by E.164 digits: answered with the message id once the server acked it.
+    let first = send(
+        &fleet,
+        "sender",
+        json!({"commandId": "s-1", "to": peer, "text": {"body": "hello over the bus"}}),
+    )
+    .await;
+    assert!(!first.replayed);
+    let sent = sent_of(&first);
+    assert!(sent.message_id.starts_with("3EB0"), "{sent:?}");
+    assert_eq!(sent.chat, format!("{peer}@s.whatsapp.net"));
+    assert_eq!(sent.r#type, "text");
+    assert!(sent.server_timestamp.is_some());
+    let id = sent.message_id.clone();
+    eventually(Duration::from_secs(20), "the phone has the text", || {
+        let got = on_phone(&fleet, peer, &id);
+        async move { (!got.is_empty()).then_some(()) }
+    })
+    .await;
+    let got = on_phone(&fleet, peer, &id);
+    assert_eq!(got[0].text.as_deref(), Some("hello over the bus"));
+    // Its message_sent event carries the command id.
+    fleet
+        .wait_event("sender", Duration::from_secs(10), "message_sent s-1", |s| {
+            matches!(&s.event.payload, Some(Payload::MessageSent(e))
+                if e.command_id == "s-1" && e.sent.as_ref().is_some_and(|m| m.message_id == id))
+        })
+        .await;
+    // A repeat: the first reply, replayed; nothing sent again.
+    let again = send(
+        &fleet,
+        "sender",
+        json!({"commandId": "s-1", "to": peer, "text": {"body": "hello over the bus"}}),
+    )
+    .await;
+    assert!(again.replayed);
+    assert_eq!(sent_of(&again).message_id, id);
+
+    // An edit and a revoke of it, and a reply quoting it, by user JID.
+    let jid = format!("{peer}@s.whatsapp.net");
+    let edit = sent_of(
+        &send(
+            &fleet,
+            "sender",
+            json!({"commandId": "s-2", "to": jid, "edit": {"targetId": id, "body": "edited"}}),
+        )
+        .await,
+    );
+    let reply = sent_of(
+        &send(
+            &fleet,
+            "sender",
+            json!({"commandId": "s-3", "to": jid,
+                   "text": {"body": "a reply", "replyTo": {"id": id, "text": "hello over the bus"}}}),
+        )
+        .await,
+    );
+    let revoke = sent_of(
+        &send(
+            &fleet,
+            "sender",
+            json!({"commandId": "s-4", "to": jid, "revoke": {"targetId": id}}),
+        )
+        .await,
+    );
+    assert_eq!(
+        (edit.r#type.as_str(), revoke.r#type.as_str()),
+        ("edit", "revoke")
+    );
+    eventually(
+        Duration::from_secs(20),
+        "edit, reply and revoke on the phone",
+        || {
+            let kinds: Vec<(String, Option<String>)> = [&edit, &reply, &revoke]
+                .iter()
+                .filter_map(|s| on_phone(&fleet, peer, &s.message_id).pop())
+                .map(|m| (m.kind, m.text))
+                .collect();
+            async move { (kinds.len() == 3).then_some(kinds) }
+        },
+    )
+    .await
+    .iter()
+    .zip([
+        ("edit", Some("edited")),
+        ("text", Some("a reply")),
+        ("revoke", None),
+    ])
+    .for_each(|((kind, text), (want_kind, want_text))| {
+        assert_eq!(kind, want_kind);
+        assert_eq!(text.as_deref(), want_text);
+    });
+
+    // Bad commands: a typed error each, and nothing reaches the phone.
+    let before = fleet.sim.phone_messages(peer).expect("messages").len();
+    let reused = send(
+        &fleet,
+        "sender",
+        json!({"commandId": "s-1", "to": peer, "text": {"body": "another text"}}),
+    )
+    .await;
+    assert_eq!(error_code(&reused), Some(ErrorCode::IdempotencyKeyReused));
+    for (body, want) in [
+        (
+            json!({"commandId": "b-1", "to": "12", "text": {"body": "x"}}),
+            ErrorCode::InvalidRecipient,
+        ),
+        (
+            json!({"commandId": "b-2", "to": "", "text": {"body": "x"}}),
+            ErrorCode::InvalidRecipient,
+        ),
+        (
+            json!({"commandId": "b-3", "to": peer, "text": {"body": "x".repeat(70_000)}}),
+            ErrorCode::MessageTooLarge,
+        ),
+        (
+            json!({"commandId": "b-4", "to": peer}),
+            ErrorCode::MalformedCommand,
+        ),
+        (
+            json!({"commandId": 5, "to": peer}),
+            ErrorCode::MalformedCommand,
+        ),
+        (
+            json!({"commandId": "b-6", "to": "15559999999", "text": {"body": "x"}}),
+            ErrorCode::NoSuchUser,
+        ),
+    ] {
+        let reply = send(&fleet, "sender", body.clone()).await;
+        assert_eq!(error_code(&reply), Some(want), "{body}: {reply:?}");
+    }
+    let unknown = send(
+        &fleet,
+        "nobody",
+        json!({"commandId": "b-7", "to": peer, "text": {"body": "x"}}),
+    )
+    .await;
+    assert_eq!(error_code(&unknown), Some(ErrorCode::UnknownSession));
+
+    // The rate limit: a burst beyond the bucket is refused with a retry_after, not queued.
+    let burst: Vec<_> = (0..16)
+        .map(|i| {
+            send(
+                &fleet,
+                "sender",
+                json!({"commandId": format!("r-{i}"), "to": peer, "text": {"body": format!("burst {i}")}}),
+            )
+        })
+        .collect();
+    let replies = futures_util::future::join_all(burst).await;
+    let limited: Vec<_> = replies
+        .iter()
+        .filter(|r| error_code(r) == Some(ErrorCode::RateLimited))
+        .collect();
+    let delivered: Vec<String> = replies
+        .iter()
+        .filter(|r| r.error().is_none())
+        .map(|r| sent_of(r).message_id)
+        .collect();
+    assert!(!limited.is_empty(), "{replies:?}");
+    assert_eq!(limited.len() + delivered.len(), 16, "{replies:?}");
+    for r in &limited {
+        let retry = r.error().and_then(|e| e.retry_after).expect("retry_after");
+        assert!(retry.seconds > 0 || retry.nanos > 0);
+    }
+    eventually(Duration::from_secs(20), "the burst's sent messages", || {
+        let all = delivered
+            .iter()
+            .all(|id| on_phone(&fleet, peer, id).len() == 1);
+        async move { all.then_some(()) }
+    })
+    .await;
+    let after = fleet.sim.phone_messages(peer).expect("messages").len();
+    assert_eq!(
+        after,
+        before + delivered.len(),
+        "only the sent ones arrived"
+    );
+
+    // kill -9 the holder; the next one answers a repeat of s-1 from the stored session:
+    // the same message id, and still one message on the phone.
+    let epoch = fleet
+        .events_of("sender")
+        .iter()
+        .map(|s| s.event.epoch)
+        .max()
+        .expect("an epoch");
+    fleet.kill_worker("w-send-1");
+    fleet
+        .start_worker_with("w-send-2", 10, fleet_support::MASTER_KEY, &[])
+        .await;
+    fleet
+        .wait_event(
+            "sender",
+            Duration::from_secs(60),
+            "WORKING on the next holder",
+            |s| {
+                s.event.epoch > epoch
+                    && s.status()
+                        .is_some_and(|(st, _)| st == SessionStatus::Working)
+            },
+        )
+        .await;
+    let repeat = eventually(
+        Duration::from_secs(30),
+        "the repeat answered by the new holder",
+        || {
+            let fleet = &fleet;
+            async move {
+                let reply = send(
+                    fleet,
+                    "sender",
+                    json!({"commandId": "s-1", "to": peer, "text": {"body": "hello over the bus"}}),
+                )
+                .await;
+                reply.error().is_none().then_some(reply)
+            }
+        },
+    )
+    .await;
+    assert_eq!(sent_of(&repeat).message_id, id);
+    let next = sent_of(
+        &send(
+            &fleet,
+            "sender",
+            json!({"commandId": "s-5", "to": peer, "text": {"body": "after the failover"}}),
+        )
+        .await,
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the next text on the phone",
+        || {
+            let got = on_phone(&fleet, peer, &next.message_id);
+            async move { (!got.is_empty()).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        on_phone(&fleet, peer, &id).len(),
+        1,
+        "s-1 is on the phone once"
+    );
+    // And the other direction still decrypts.
+    let back = fleet
+        .sim
+        .phone_send_text(peer, "15550001094", "and back")
+        .expect("phone sends");
+    fleet
+        .wait_event(
+            "sender",
+            Duration::from_secs(20),
+            "the peer's answer",
+            |s| message_of(s).is_some_and(|m| m.id == back),
+        )
+        .await;
+    assert!(fleet
+        .sim
+        .phone_messages(peer)
+        .expect("messages")
+        .iter()
+        .all(|m| m.kind != "undecryptable"));
+    assert!(fleet
+        .events_of("sender")
+        .iter()
+        .all(|s| s.kind() != "message_undecryptable"));
+
+    // Stopped: nobody holds the session, and the coordinator says so at once.
+    let stopped = fleet.simple("sender", CommandVerb::Stop).await;
+    assert!(stopped.error().is_none(), "{stopped:?}");
+    let refused = eventually(Duration::from_secs(20), "NOT_WORKING once stopped", || {
+        let fleet = &fleet;
+        async move {
+            let reply = send(
+                fleet,
+                "sender",
+                json!({"commandId": "s-6", "to": peer, "text": {"body": "while stopped"}}),
+            )
+            .await;
+            (error_code(&reply) == Some(ErrorCode::NotWorking)).then_some(reply)
+        }
+    })
+    .await;
+    assert!(!refused.replayed);
+    fleet.finish().await;
+}

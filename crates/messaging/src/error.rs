@@ -144,4 +144,7 @@ pub enum SendError {
     /// The connection closed (the messenger was dropped or reset) before the server acked.
     #[error("connection closed before the server acked")]
     Disconnected,
+    /// A [`crate::SendReference`] key already named a send with another request.
+    #[error("reference {0:?} was used for another message")]
+    ReferenceReused(String),
 }

@@ -56,7 +56,9 @@ pub use event::{
     InboundKey, InboundMessage, MessengerEvent, Outgoing, Receipt, ReceiptKind, SkipReason,
     SkippedDevice, Undecryptable,
 };
-pub use state::{DeviceList, Keys, SignalState, StateChanges, RECENT_INBOUND, RECENT_OUTBOUND};
+pub use state::{
+    DeviceList, Keys, SendReference, SignalState, StateChanges, RECENT_INBOUND, RECENT_OUTBOUND,
+};
 
 use outbound::{Job, PendingIq};
 use stanza::Own;
@@ -88,6 +90,26 @@ impl Default for MessengerConfig {
             device_cache_ttl_ms: 5 * 60_000,
             max_retry_receipts: 5,
             max_resends: 5,
+        }
+    }
+}
+
+/// How [`Messenger::send_referenced`] took a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendStart {
+    /// A new message with this id.
+    New(String),
+    /// The reference's earlier message, sent again with its id.
+    Repeated(String),
+    /// The reference's earlier message, still in flight on this connection.
+    InFlight(String),
+}
+
+impl SendStart {
+    /// The message id.
+    pub fn id(&self) -> &str {
+        match self {
+            SendStart::New(id) | SendStart::Repeated(id) | SendStart::InFlight(id) => id,
         }
     }
 }
@@ -227,7 +249,40 @@ impl Messenger {
         now_ms: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<String, SendError> {
-        self.start_send(to, content, keys, now_ms, rng)
+        self.start_send(to, content, None, keys, now_ms, rng)
+    }
+
+    /// [`Messenger::send`] under the caller's `reference` (a command id and a digest of the
+    /// request). A reference seen before among the recent sends
+    /// ([`RECENT_OUTBOUND`], persisted) is not a new message:
+    /// - with another digest it is refused ([`SendError::ReferenceReused`]);
+    /// - while its send is in flight, its id is returned ([`SendStart::InFlight`]): the
+    ///   `Sent` / `SendFailed` of that send answers both;
+    /// - else the same message is sent again with the same id ([`SendStart::Repeated`]):
+    ///   the first try may or may not have reached the server (a restart cut it short),
+    ///   and recipients keep one message per id. Its `Sent` / `SendFailed` follows.
+    pub fn send_referenced(
+        &mut self,
+        to: Jid,
+        content: Outgoing,
+        reference: SendReference,
+        keys: &mut Keys<'_>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<SendStart, SendError> {
+        if let Some(recent) = keys.signal.find_outbound_by_reference(&reference.key) {
+            if recent.reference.as_ref() != Some(&reference) {
+                return Err(SendError::ReferenceReused(reference.key));
+            }
+            let recent = recent.clone();
+            if self.jobs.contains_key(&recent.id) {
+                return Ok(SendStart::InFlight(recent.id));
+            }
+            let id = self.start_repeat(recent, keys, now_ms, rng)?;
+            return Ok(SendStart::Repeated(id));
+        }
+        self.start_send(to, content, Some(reference), keys, now_ms, rng)
+            .map(SendStart::New)
     }
 
     /// The driver made this inbound message (or undecryptable event) durable downstream:

@@ -14,7 +14,7 @@ use wafleet_signal::{encrypt, padding, process_prekey_bundle, SessionRecord, Sig
 use crate::error::SendError;
 use crate::event::{MessengerEvent, Outgoing, SkipReason, SkippedDevice};
 use crate::group;
-use crate::state::{address, DeviceList, Identities, Keys, RecentOutbound};
+use crate::state::{address, DeviceList, Identities, Keys, RecentOutbound, SendReference};
 use crate::usync;
 use crate::wire;
 use crate::Messenger;
@@ -115,6 +115,7 @@ impl Messenger {
         &mut self,
         to: Jid,
         content: Outgoing,
+        reference: Option<SendReference>,
         keys: &mut Keys<'_>,
         now_ms: u64,
         rng: &mut impl CryptoRngCore,
@@ -132,7 +133,44 @@ impl Messenger {
             chat: chat.to_string(),
             message: message.clone(),
             stanza_type: stanza_type.clone(),
+            reference,
         });
+        self.start_job(id.clone(), chat, message, stanza_type, keys, now_ms, rng);
+        Ok(id)
+    }
+
+    /// Sends a recent message again, with its id, to every device of its chat (a repeated
+    /// request whose first try may not have reached the server).
+    pub(crate) fn start_repeat(
+        &mut self,
+        recent: RecentOutbound,
+        keys: &mut Keys<'_>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<String, SendError> {
+        let chat: Jid = recent
+            .chat
+            .parse()
+            .map_err(|_| SendError::InvalidRecipient(recent.chat.clone()))?;
+        let id = recent.id.clone();
+        let (message, stanza_type) = (recent.message.clone(), recent.stanza_type.clone());
+        // Kept as the newest entry again, so it stays answerable to retry receipts.
+        keys.signal.remember_outbound(recent);
+        self.start_job(id.clone(), chat, message, stanza_type, keys, now_ms, rng);
+        Ok(id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_job(
+        &mut self,
+        id: String,
+        chat: Jid,
+        message: Vec<u8>,
+        stanza_type: String,
+        keys: &mut Keys<'_>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) {
         let job = Job {
             id: id.clone(),
             chat,
@@ -148,7 +186,6 @@ impl Messenger {
         };
         self.jobs.insert(id.clone(), job);
         self.advance(&id, keys, now_ms, rng);
-        Ok(id)
     }
 
     /// Starts re-sending a message we sent to one device (a retry receipt).

@@ -50,6 +50,21 @@ pub(crate) struct RecentOutbound {
     pub message: Vec<u8>,
     /// The `<message type>`.
     pub stanza_type: String,
+    /// The caller's reference for the send, so a repeat of the request is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<SendReference>,
+}
+
+/// The caller's name for a send (a command id) and a digest of what it asked for: a
+/// repeated request with the same key gets the first send's message id instead of a second
+/// message ([`crate::Messenger::send_referenced`]). Kept with the message in the persisted
+/// state, so it is recognised after a restart too, for the last [`RECENT_OUTBOUND`] sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendReference {
+    /// The caller's idempotency key.
+    pub key: String,
+    /// What the request asked for, in a form the caller compares (a hash).
+    pub digest: String,
 }
 
 /// Everything about Signal and messaging that must survive a restart. Persisted by the
@@ -431,6 +446,13 @@ impl SignalState {
 
     pub(crate) fn find_outbound(&self, id: &str) -> Option<&RecentOutbound> {
         self.recent_outbound.iter().rev().find(|r| r.id == id)
+    }
+
+    pub(crate) fn find_outbound_by_reference(&self, key: &str) -> Option<&RecentOutbound> {
+        self.recent_outbound
+            .iter()
+            .rev()
+            .find(|r| r.reference.as_ref().is_some_and(|k| k.key == key))
     }
 }
 

@@ -198,6 +198,39 @@ impl Net {
         r
     }
 
+    /// [`Messenger::send_referenced`] of a text under `key` / `digest`.
+    pub fn send_ref(
+        &mut self,
+        from: usize,
+        to: &str,
+        text: &str,
+        key: &str,
+        digest: &str,
+    ) -> Result<crate::SendStart, SendError> {
+        let now = self.now;
+        let Net { devices, rng, .. } = self;
+        let d = &mut devices[from];
+        let mut keys = Keys {
+            identity: &d.identity,
+            pre_keys: &mut d.pre_keys,
+            signal: &mut d.signal,
+        };
+        let reference = crate::SendReference {
+            key: key.into(),
+            digest: digest.into(),
+        };
+        let r = d.messenger.send_referenced(
+            jid(to),
+            Outgoing::text(text),
+            reference,
+            &mut keys,
+            now,
+            rng,
+        );
+        self.pump();
+        r
+    }
+
     /// Hands a node to a device's messenger.
     pub fn inject(&mut self, to: usize, node: Node) {
         let now = self.now;

@@ -356,6 +356,64 @@ pub fn encode_text(text: &str, reply: Option<&ReplyContext>) -> Vec<u8> {
     msg.encode_to_vec()
 }
 
+impl MessageKey {
+    fn to_proto(&self) -> e2e::MessageKey {
+        e2e::MessageKey {
+            remote_jid: self.remote_jid.clone(),
+            from_me: Some(self.from_me),
+            id: Some(self.id.clone()),
+            participant: self.participant.clone(),
+        }
+    }
+}
+
+/// Encodes a reaction to `target` (`reactionMessage`); an empty `emoji` removes ours.
+/// `sender_timestamp_ms` is the reaction's time, which orders a sender's reactions.
+pub fn encode_reaction(target: &MessageKey, emoji: &str, sender_timestamp_ms: i64) -> Vec<u8> {
+    e2e::Message {
+        reaction_message: Some(pm::ReactionMessage {
+            key: Some(target.to_proto()),
+            text: Some(emoji.to_owned()),
+            grouping_key: None,
+            sender_timestamp_ms: Some(sender_timestamp_ms),
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Encodes an edit of our message `target` to `text` (`protocolMessage` `MESSAGE_EDIT`
+/// with the new `conversation` as `editedMessage`).
+pub fn encode_edit(target: &MessageKey, text: &str, timestamp_ms: i64) -> Vec<u8> {
+    e2e::Message {
+        protocol_message: Some(Box::new(pm::ProtocolMessage {
+            key: Some(target.to_proto()),
+            r#type: Some(pm::protocol_message::Type::MessageEdit as i32),
+            edited_message: Some(Box::new(e2e::Message {
+                conversation: Some(text.to_owned()),
+                ..Default::default()
+            })),
+            timestamp_ms: Some(timestamp_ms),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Encodes the deletion for everyone of our message `target` (`protocolMessage` `REVOKE`).
+pub fn encode_revoke(target: &MessageKey) -> Vec<u8> {
+    e2e::Message {
+        protocol_message: Some(Box::new(pm::ProtocolMessage {
+            key: Some(target.to_proto()),
+            r#type: Some(pm::protocol_message::Type::Revoke as i32),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 fn sender_key_of(msg: &e2e::Message) -> Result<Option<SenderKeyDistribution>, MessageError> {
     let Some(s) = msg.sender_key_distribution_message.as_ref().or(msg
         .fast_ratchet_key_sender_key_distribution_message

@@ -503,3 +503,38 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn reaction_edit_and_revoke_encode_as_they_decode() {
+    use wafleet_protocol::message::{encode_edit, encode_reaction, encode_revoke};
+    let target = baileys_key();
+    // A revoke is `protocolMessage {key, type: REVOKE}`, byte for byte what Baileys wrote.
+    assert_eq!(encode_revoke(&target), fixture("revoke"));
+    assert_eq!(
+        decode(&encode_revoke(&target)).unwrap().content,
+        Some(MessageContent::Revoke {
+            target: target.clone()
+        })
+    );
+    assert_eq!(
+        decode(&encode_reaction(&target, "👍", 1_700_000_000_000))
+            .unwrap()
+            .content,
+        Some(MessageContent::Reaction {
+            target: target.clone(),
+            emoji: "👍".into()
+        })
+    );
+    assert_eq!(
+        decode(&encode_edit(&target, "fixed typo", 1_700_000_000_000))
+            .unwrap()
+            .content,
+        Some(MessageContent::Edit {
+            target,
+            content: Box::new(MessageContent::Text {
+                text: "fixed typo".into(),
+                reply: None,
+            }),
+        })
+    );
+}

@@ -50,7 +50,9 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Request};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
-use wafleet_messaging::{Keys, Messenger, MessengerConfig, MessengerEvent, Outgoing, SendError};
+use wafleet_messaging::{
+    Keys, Messenger, MessengerConfig, MessengerEvent, Outgoing, SendError, SendReference, SendStart,
+};
 use wafleet_protocol::adv::AdvError;
 use wafleet_protocol::binary::Node;
 use wafleet_protocol::binary::{decode, encode};
@@ -349,6 +351,9 @@ pub enum ControlError {
     /// The driver has ended.
     #[error("the driver has ended")]
     Ended,
+    /// The send's reference (command id) named another message before.
+    #[error("the reference {0:?} was used for another message")]
+    ReferenceReused(String),
 }
 
 /// A command for the connection loop, with the channel for its answer.
@@ -360,9 +365,10 @@ enum Command {
     Logout {
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
-    SendText {
+    Send {
         to: Recipient,
-        text: String,
+        content: Outgoing,
+        reference: Option<SendReference>,
         reply: oneshot::Sender<Result<SentMessage, ControlError>>,
     },
 }
@@ -416,11 +422,27 @@ impl DriverControl {
     /// within [`DriverConfig::send_timeout`]), [`ControlError::ConnectionLost`] (the
     /// connection ended before the ack: the message may or may not have gone out).
     pub async fn send_text(&self, to: &str, text: &str) -> Result<SentMessage, ControlError> {
+        self.send_message(to, Outgoing::text(text), None).await
+    }
+
+    /// Sends `content` to `to` as [`DriverControl::send_text`] does, under an optional
+    /// `reference` (a command id and a digest of the request): a reference seen among the
+    /// session's recent sends (kept in the stored session, so also after a restart or on
+    /// another worker) is the same message again, with the same id
+    /// ([`Messenger::send_referenced`]), and a reference with another digest is
+    /// [`ControlError::ReferenceReused`].
+    pub async fn send_message(
+        &self,
+        to: &str,
+        content: Outgoing,
+        reference: Option<SendReference>,
+    ) -> Result<SentMessage, ControlError> {
         let to = Recipient::parse(to)?;
         let (reply, answer) = oneshot::channel();
-        self.send(Command::SendText {
+        self.send(Command::Send {
             to,
-            text: text.to_owned(),
+            content,
+            reference,
             reply,
         })
         .await?;
@@ -632,9 +654,19 @@ struct LinkCodeState {
 struct PendingSend {
     /// The recipient.
     chat: String,
-    /// When the caller gets [`ControlError::Timeout`].
+    /// When the callers get [`ControlError::Timeout`].
     deadline: tokio::time::Instant,
-    reply: oneshot::Sender<Result<SentMessage, ControlError>>,
+    /// The callers waiting (a repeated request joins the first).
+    replies: Vec<oneshot::Sender<Result<SentMessage, ControlError>>>,
+}
+
+impl PendingSend {
+    fn answer(self, result: Result<SentMessage, ControlError>) {
+        for reply in self.replies {
+            // A caller that gave up waiting is no longer interested.
+            let _ = reply.send(result.clone());
+        }
+    }
 }
 
 /// A logout sent on the current connection and not answered yet.
@@ -828,7 +860,7 @@ impl Runner {
             Command::Logout { reply } => {
                 let _ = reply.send(Err(self.not_logged_in()));
             }
-            Command::SendText { reply, .. } => {
+            Command::Send { reply, .. } => {
                 let _ = reply.send(Err(self.not_logged_in()));
             }
         }
@@ -870,15 +902,21 @@ impl Runner {
                     let _ = reply.send(Err(self.not_logged_in()));
                 }
             },
-            Command::SendText { to, text, reply } => self.send_text(to, text, reply),
+            Command::Send {
+                to,
+                content,
+                reference,
+                reply,
+            } => self.send_message(to, content, reference, reply),
         }
     }
 
     /// Starts a send on the messenger; the answer comes with its `Sent` / `SendFailed`.
-    fn send_text(
+    fn send_message(
         &mut self,
         to: Recipient,
-        text: String,
+        content: Outgoing,
+        reference: Option<SendReference>,
         reply: oneshot::Sender<Result<SentMessage, ControlError>>,
     ) {
         let Some(messenger) = &mut self.messenger else {
@@ -891,15 +929,27 @@ impl Runner {
             pre_keys: &mut self.stored.pre_keys,
             signal: &mut self.stored.signal,
         };
-        match messenger.send(
-            to.into_jid(),
-            Outgoing::text(text),
-            &mut keys,
-            unix_ms(),
-            &mut self.rng,
-        ) {
-            Ok(id) => {
-                debug!(session = %self.config.label, %id, %chat, "sending a text");
+        let started = match reference {
+            Some(reference) => messenger.send_referenced(
+                to.into_jid(),
+                content,
+                reference,
+                &mut keys,
+                unix_ms(),
+                &mut self.rng,
+            ),
+            None => messenger
+                .send(to.into_jid(), content, &mut keys, unix_ms(), &mut self.rng)
+                .map(SendStart::New),
+        };
+        match started {
+            Ok(start) => {
+                let id = start.id().to_owned();
+                debug!(session = %self.config.label, %id, %chat, ?start, "sending a message");
+                if let Some(pending) = self.sends.get_mut(&id) {
+                    pending.replies.push(reply);
+                    return;
+                }
                 self.sends.insert(
                     id,
                     PendingSend {
@@ -908,7 +958,7 @@ impl Runner {
                         deadline: tokio::time::Instant::now()
                             + self.config.send_timeout
                             + Duration::from_secs(1),
-                        reply,
+                        replies: vec![reply],
                     },
                 );
             }
@@ -935,7 +985,7 @@ impl Runner {
         for id in expired {
             if let Some(send) = self.sends.remove(&id) {
                 warn!(session = %self.config.label, %id, chat = %send.chat, "no server ack in time");
-                let _ = send.reply.send(Err(ControlError::Timeout));
+                send.answer(Err(ControlError::Timeout));
             }
         }
     }
@@ -1003,7 +1053,7 @@ impl Runner {
             logout.answer(Err(ControlError::ConnectionLost));
         }
         for (_, send) in self.sends.drain() {
-            let _ = send.reply.send(Err(ControlError::ConnectionLost));
+            send.answer(Err(ControlError::ConnectionLost));
         }
         if let Some(mut messenger) = self.messenger.take() {
             // Its waiting sends were answered above; un-acked inbound messages come again.
@@ -1473,7 +1523,7 @@ impl Runner {
                     .unwrap_or_default();
                 debug!(session = %self.config.label, %id, %chat, "server acked a sent message");
                 if let Some(send) = self.sends.remove(&id) {
-                    let _ = send.reply.send(Ok(SentMessage {
+                    send.answer(Ok(SentMessage {
                         id: id.clone(),
                         chat: chat.clone(),
                         server_timestamp,
@@ -1490,7 +1540,8 @@ impl Runner {
             MessengerEvent::SendFailed { id, error } => {
                 warn!(session = %self.config.label, %id, %error, "send failed");
                 if let Some(send) = self.sends.remove(&id) {
-                    let _ = send.reply.send(Err(send_error(error, &send.chat)));
+                    let chat = send.chat.clone();
+                    send.answer(Err(send_error(error, &chat)));
                 }
             }
         }
@@ -1701,6 +1752,7 @@ fn send_error(error: SendError, chat: &str) -> ControlError {
         SendError::NoSuchUser(user) => ControlError::NoSuchUser(user),
         SendError::Timeout => ControlError::Timeout,
         SendError::Disconnected => ControlError::ConnectionLost,
+        SendError::ReferenceReused(key) => ControlError::ReferenceReused(key),
         other => ControlError::SendFailed(other.to_string()),
     }
 }

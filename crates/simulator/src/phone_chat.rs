@@ -170,6 +170,12 @@ fn drain(account: &mut Account) -> Vec<Node> {
             MessengerEvent::Message(message) => {
                 debug!(phone = %account.phone, id = %message.id, "phone decrypted a message");
                 chat.messenger.delivered(&message.key);
+                // A phone keeps one message per id, as WhatsApp clients do: a message sent
+                // again with its id (a sender's retry whose first try arrived) is acked and
+                // not shown twice.
+                if message.redelivered {
+                    continue;
+                }
                 push_bounded(
                     &mut chat.messages,
                     PhoneMessage {

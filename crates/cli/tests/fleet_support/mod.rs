@@ -227,6 +227,7 @@ impl Seen {
             Some(Payload::Message(_)) => "message",
             Some(Payload::Receipt(_)) => "receipt",
             Some(Payload::MessageUndecryptable(_)) => "message_undecryptable",
+            Some(Payload::MessageSent(_)) => "message_sent",
             None => "none",
         }
     }

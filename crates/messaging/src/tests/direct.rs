@@ -677,3 +677,65 @@ fn no_device_with_a_bundle_fails_the_send() {
         net.devices[a].events
     );
 }
+
+#[test]
+fn a_referenced_send_repeated_is_the_same_message_also_after_a_restart() {
+    let (mut net, a, b) = two();
+    let first = net
+        .send_ref(a, "222@s.whatsapp.net", "hello", "cmd-1", "d1")
+        .unwrap();
+    let SendStart::New(id) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(net.devices[b].texts(), vec!["hello"]);
+    // The same reference and digest: the same id, sent again (its first try may not have
+    // reached the server); the recipient sees a redelivery of that id, not a new message.
+    let again = net
+        .send_ref(a, "222@s.whatsapp.net", "hello", "cmd-1", "d1")
+        .unwrap();
+    assert_eq!(again, SendStart::Repeated(id.clone()));
+    let got: Vec<(String, bool)> = net.devices[b]
+        .messages()
+        .iter()
+        .map(|m| (m.id.clone(), m.redelivered))
+        .collect();
+    assert_eq!(got, vec![(id.clone(), false), (id.clone(), true)]);
+    // The same reference for another request: refused, nothing sent.
+    let relayed = net.relayed.len();
+    assert!(matches!(
+        net.send_ref(a, "222@s.whatsapp.net", "other", "cmd-1", "d2"),
+        Err(SendError::ReferenceReused(k)) if k == "cmd-1"
+    ));
+    assert_eq!(net.relayed.len(), relayed);
+    // While a referenced send waits for its ack, a repeat joins it.
+    net.drop_server_acks = true;
+    let pending = net
+        .send_ref(a, "222@s.whatsapp.net", "second", "cmd-2", "d")
+        .unwrap();
+    let SendStart::New(id2) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(
+        net.send_ref(a, "222@s.whatsapp.net", "second", "cmd-2", "d")
+            .unwrap(),
+        SendStart::InFlight(id2.clone())
+    );
+    // A restart (a new messenger on the persisted state): the reference is remembered.
+    net.drop_server_acks = false;
+    net.devices[a].messenger = Messenger::new(jid("111:1@s.whatsapp.net"), None);
+    assert_eq!(
+        net.send_ref(a, "222@s.whatsapp.net", "second", "cmd-2", "d")
+            .unwrap(),
+        SendStart::Repeated(id2.clone())
+    );
+    assert_eq!(
+        net.devices[b].texts(),
+        vec!["hello", "hello", "second", "second"]
+    );
+    assert!(net.devices[b].undecryptable().is_empty());
+    // And the conversation goes on.
+    net.send(b, "111@s.whatsapp.net", "reply").unwrap();
+    net.send(a, "222@s.whatsapp.net", "after").unwrap();
+    assert_eq!(net.devices[a].texts(), vec!["reply"]);
+    assert!(net.devices[b].texts().ends_with(&["after".to_string()]));
+}

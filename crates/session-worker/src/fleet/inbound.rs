@@ -104,10 +104,30 @@ impl InboundSink for BusSink {
             return Err(SinkError("the event publisher is gone".into()));
         }
         match ack.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                count(event);
+                Ok(())
+            }
             Ok(Err(e)) => Err(SinkError(format!("not published: {e}"))),
             Err(_) => Err(SinkError("the event publisher is gone".into())),
         }
+    }
+}
+
+/// Counts a published inbound event in the worker's metrics.
+fn count(event: &DriverEvent) {
+    use super::metrics as m;
+    match event {
+        DriverEvent::Message(message) => {
+            metrics::counter!(m::MESSAGES_IN, "type" => message.kind.clone()).increment(1)
+        }
+        DriverEvent::Undecryptable(u) => {
+            metrics::counter!(m::UNDECRYPTABLE, "reason" => u.reason.clone()).increment(1)
+        }
+        DriverEvent::Receipt(r) => {
+            metrics::counter!(m::RECEIPTS, "type" => r.kind.clone()).increment(1)
+        }
+        _ => {}
     }
 }
 

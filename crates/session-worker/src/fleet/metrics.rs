@@ -35,6 +35,21 @@ pub const BLOB_STORE_ERRORS: &str = "wafleet_worker_blob_store_errors_total";
 /// Gauge: leased sessions waiting for the blob store to answer before they can start.
 pub const WAITING_FOR_BLOB_STORE: &str = "wafleet_worker_sessions_waiting_for_blob_store";
 
+/// Counter: inbound messages published, by `type` (text, reaction, image, …).
+pub const MESSAGES_IN: &str = "wafleet_worker_messages_in_total";
+/// Counter: messages sent by `send` commands and acked by the server, by `type`.
+pub const MESSAGES_OUT: &str = "wafleet_worker_messages_out_total";
+/// Counter: inbound messages that could not be decrypted, by `reason`.
+pub const UNDECRYPTABLE: &str = "wafleet_worker_messages_undecryptable_total";
+/// Counter: receipts for sent messages, by `type` (delivered, read, played, …).
+pub const RECEIPTS: &str = "wafleet_worker_receipts_total";
+/// Counter: `send` commands answered, by `outcome` (`sent` or the error code).
+pub const SEND_COMMANDS: &str = "wafleet_worker_send_commands_total";
+/// Histogram: a successful `send` command, from its arrival to its reply (seconds).
+pub const SEND_SECONDS: &str = "wafleet_worker_send_seconds";
+/// Counter: `send` commands refused by the session's rate limit.
+pub const SENDS_RATE_LIMITED: &str = "wafleet_worker_sends_rate_limited_total";
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -68,6 +83,26 @@ pub fn install() -> Option<PrometheusHandle> {
         "Time from an event's creation to the stream's ack"
     );
     metrics::describe_counter!(EVENTS_FAILED, "Events not acked after every retry");
+    metrics::describe_counter!(MESSAGES_IN, "Inbound messages published, by type");
+    metrics::describe_counter!(
+        MESSAGES_OUT,
+        "Messages sent by send commands and acked by the server, by type"
+    );
+    metrics::describe_counter!(
+        UNDECRYPTABLE,
+        "Inbound messages that could not be decrypted, by reason"
+    );
+    metrics::describe_counter!(RECEIPTS, "Receipts for sent messages, by type");
+    metrics::describe_counter!(SEND_COMMANDS, "Send commands answered, by outcome");
+    metrics::describe_histogram!(
+        SEND_SECONDS,
+        metrics::Unit::Seconds,
+        "Send command latency, from its arrival to the reply after the server's ack"
+    );
+    metrics::describe_counter!(
+        SENDS_RATE_LIMITED,
+        "Send commands refused by the session's rate limit"
+    );
     metrics::describe_counter!(
         GRANTS_REFUSED,
         "Lease grants this worker refused, by reason"

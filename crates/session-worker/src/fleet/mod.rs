@@ -9,6 +9,7 @@
 //! - [`bus`]: lease requests, heartbeats and event publication on NATS.
 //! - [`metrics`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
 //! - [`reason`]: driver reason codes as bus reason codes.
+//! - [`send`]: the `send` command (idempotency, rate limit, `message_sent`).
 //!
 //! [`serve`] puts it together for the `wafleet worker` command.
 
@@ -17,6 +18,7 @@ pub mod inbound;
 pub mod lease;
 pub mod metrics;
 pub mod reason;
+pub mod send;
 pub mod session;
 pub mod store;
 pub mod worker;

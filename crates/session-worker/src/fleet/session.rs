@@ -19,13 +19,14 @@ use wafleet_bus_schema::internal::v1 as internal;
 use wafleet_bus_schema::internal::v1::forwarded_command::Command as Forwarded;
 use wafleet_bus_schema::time::{proto_duration, timestamp};
 use wafleet_bus_schema::v1::{self, session_event::Payload, ErrorCode, ReasonCode, SessionStatus};
-use wafleet_bus_schema::SessionAddress;
+use wafleet_bus_schema::{CommandSubject, CommandVerb, SessionAddress};
 
 use super::bus::{FleetBus, LeaseError};
 use super::inbound::{BusSink, Emitter, Queued};
 use super::lease::LeaseClock;
 use super::metrics as m;
 use super::reason::bus_reason;
+use super::send::{SendContext, SendDesk, SendRate};
 use super::store::{blob_id, BlobFence, FenceError, FleetStore, OpenError, Vault};
 use crate::driver::{ControlError, DriverConfig, DriverControl, SessionDriver};
 use crate::event::DriverEvent;
@@ -74,6 +75,8 @@ pub struct SessionPacing {
     /// (retrying at [`blob_retry_pause`]) before it hands the lease back with
     /// `BLOB_STORE_UNAVAILABLE`.
     pub blob_wait: Duration,
+    /// The session's send rate limit.
+    pub send_rate: SendRate,
 }
 
 /// The pause after failed blob load attempt `attempt` (1, 2, …): 250 ms, doubling, at most
@@ -255,8 +258,8 @@ impl Run {
                 debug!(session = %self.address, count, "prekeys saved and uploaded")
             }
             // The driver gives inbound messaging events to the bus sink (`inbound::BusSink`),
-            // not to its event channel; these arms are not reached. Sends over the bus
-            // are not built yet (issue 13).
+            // not to its event channel; these arms are not reached. A send's
+            // `message_sent` event is published by its command (`send`).
             DriverEvent::Message(m) => {
                 debug!(session = %self.address, id = %m.id, kind = %m.kind, "message")
             }
@@ -417,9 +420,9 @@ enum CommandStep {
 fn control_error_code(e: &ControlError) -> ErrorCode {
     match e {
         ControlError::InvalidPhone(_) => ErrorCode::InvalidPhone,
-        ControlError::InvalidRecipient(_) | ControlError::NoSuchUser(_) => {
-            ErrorCode::MalformedCommand
-        }
+        ControlError::InvalidRecipient(_) => ErrorCode::InvalidRecipient,
+        ControlError::NoSuchUser(_) => ErrorCode::NoSuchUser,
+        ControlError::ReferenceReused(_) => ErrorCode::IdempotencyKeyReused,
         ControlError::NotLinking
         | ControlError::PairingCodeForOtherPhone
         | ControlError::NotLoggedIn
@@ -631,6 +634,14 @@ impl Renewals {
     }
 }
 
+/// The next `send` request, or never without a subscription.
+async fn next_send(sends: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sends {
+        Some(sends) => sends.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits until the local deadline has passed (the deadline may move forward meanwhile:
 /// heartbeat acknowledgements and renewals extend it).
 async fn lease_runs_out(clock: &LeaseClock) {
@@ -822,6 +833,22 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
     };
     let control = driver.control();
     let mut commands: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+    // `send` commands come straight to this holder (see `send`).
+    let send_subject = CommandSubject::new(address.clone(), CommandVerb::Send).to_string();
+    let mut sends = match spec.bus.client().subscribe(send_subject).await {
+        Ok(sends) => Some(sends),
+        Err(e) => {
+            warn!(session = %address, epoch, error = %e, "cannot subscribe to send commands; sends get no answer from this holder");
+            None
+        }
+    };
+    let send_context = SendContext {
+        desk: Arc::new(SendDesk::new(spec.pacing.send_rate)),
+        control: control.clone(),
+        emitter: Arc::clone(&run.emitter),
+        clock: run.clock.clone(),
+        client: spec.bus.client().clone(),
+    };
     let end = loop {
         tokio::select! {
             biased;
@@ -841,6 +868,12 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
                 },
             },
             Some(()) = commands.next(), if !commands.is_empty() => {}
+            request = next_send(&mut sends) => match request {
+                Some(request) => {
+                    commands.push(Box::pin(super::send::handle(send_context.clone(), request)))
+                }
+                None => sends = None,
+            },
             end = renewals.step(&run.clock) => {
                 if let Some(end) = end {
                     break end;
@@ -865,6 +898,8 @@ async fn drive(spec: &SessionSpec, run: &mut Run, inbox: &mut mpsc::Receiver<ToS
             }
         }
     };
+    // No more sends for this holder.
+    drop(sends);
     // Close the socket before anything else is said or released: at once when the lease
     // is lost, else cleanly but never past the deadline.
     let close_by = match &end {

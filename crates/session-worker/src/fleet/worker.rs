@@ -66,6 +66,7 @@ impl WorkerConfig {
                 renew_every: Duration::from_secs(10),
                 publish_attempts: 10,
                 blob_wait: Duration::from_secs(30),
+                send_rate: super::send::SendRate::default(),
             },
             driver: DriverConfig::default(),
             stream_replicas: 1,
@@ -117,6 +118,7 @@ fn lease_ok(grant: internal::LeaseGrant) -> internal::LeaseReply {
 fn lease_err(code: ErrorCode, message: impl Into<String>) -> internal::LeaseReply {
     internal::LeaseReply {
         outcome: Some(internal::lease_reply::Outcome::Error(v1::CommandError {
+            retry_after: None,
             code: code as i32,
             message: message.into(),
         })),
