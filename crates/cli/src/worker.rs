@@ -54,6 +54,16 @@ pub struct WorkerArgs {
     /// it hands its lease back with BLOB_STORE_UNAVAILABLE, in ms.
     #[arg(long, default_value_t = 30_000)]
     blob_wait_ms: u64,
+    /// The liveness watchdog: each logged-in socket sends a keepalive ping every interval
+    /// (jittered up to 1.5×); a ping unanswered for --keepalive-timeout-ms means the socket
+    /// is dead even if it looks open, so the session reconnects and reports
+    /// `disconnected` KEEPALIVE_TIMEOUT. A socket that hears nothing is found within
+    /// 1.5 × interval + timeout.
+    #[arg(long, env = "WAFLEET_KEEPALIVE_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..))]
+    keepalive_interval_ms: u64,
+    /// How long a keepalive ping may go unanswered (see --keepalive-interval-ms).
+    #[arg(long, env = "WAFLEET_KEEPALIVE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    keepalive_timeout_ms: u64,
     /// Each session's sustained send rate, in messages a second (`send` commands beyond it
     /// are answered RATE_LIMITED with a retry_after; WhatsApp bans bursty senders).
     #[arg(long, env = "WAFLEET_SEND_RATE", default_value_t = 20.0)]
@@ -137,6 +147,11 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     config.pacing.renew_every = Duration::from_millis(args.renew_ms.max(50));
     config.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     config.pacing.blob_wait = Duration::from_millis(args.blob_wait_ms);
+    config.driver.session.keepalive_min_ms = args.keepalive_interval_ms;
+    config.driver.session.keepalive_max_ms = args
+        .keepalive_interval_ms
+        .saturating_add(args.keepalive_interval_ms / 2);
+    config.driver.session.keepalive_timeout_ms = args.keepalive_timeout_ms;
     if !(args.send_rate.is_finite() && args.send_rate > 0.0) {
         return Err(format!(
             "--send-rate must be a positive number, not {}",

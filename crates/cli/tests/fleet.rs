@@ -981,3 +981,97 @@ async fn send_commands_reach_the_phone_once_per_command_id_with_typed_errors_and
     assert!(!refused.replayed);
     fleet.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_session_whose_socket_goes_silent_reconnects_and_says_keepalive_timeout() {
+    let mut fleet = Fleet::start().await;
+    fleet
+        .start_worker_with(
+            "w-quiet",
+            10,
+            fleet_support::MASTER_KEY,
+            &[
+                "--keepalive-interval-ms",
+                "400",
+                "--keepalive-timeout-ms",
+                "800",
+            ],
+        )
+        .await;
+    fleet.create_and_start("quiet").await;
+    fleet.link_by_qr("quiet", "15550001096").await;
+    let jid = fleet
+        .events_of("quiet")
+        .iter()
+        .find_map(|s| match &s.event.payload {
+            Some(Payload::Ready(r)) => Some(r.jid.clone()),
+            _ => None,
+        })
+        .expect("ready");
+    let device: wafleet_protocol::jid::Jid = jid.parse().expect("device jid");
+    // The socket stays open on the server's side but answers nothing from now on.
+    let muted_at = fleet
+        .events_of("quiet")
+        .iter()
+        .map(|s| s.event.sequence)
+        .max()
+        .expect("events");
+    assert_eq!(fleet.sim.mute_connections(&device), 1);
+    let gone = fleet
+        .wait_event(
+            "quiet",
+            Duration::from_secs(20),
+            "disconnected KEEPALIVE_TIMEOUT",
+            |s| {
+                s.event.sequence > muted_at
+                    && matches!(&s.event.payload, Some(Payload::Disconnected(d))
+                        if d.reason == ReasonCode::KeepaliveTimeout as i32 && d.will_reconnect)
+            },
+        )
+        .await;
+    // Not left WORKING and silent: STARTING (KEEPALIVE_TIMEOUT), then WORKING again on a
+    // new socket, at the same epoch.
+    fleet
+        .wait_event(
+            "quiet",
+            Duration::from_secs(10),
+            "STARTING with the reason",
+            |s| {
+                s.event.sequence > gone.event.sequence
+                    && s.status() == Some((SessionStatus::Starting, ReasonCode::KeepaliveTimeout))
+            },
+        )
+        .await;
+    let back = fleet
+        .wait_event("quiet", Duration::from_secs(30), "WORKING again", |s| {
+            s.event.sequence > gone.event.sequence
+                && s.status()
+                    .is_some_and(|(st, _)| st == SessionStatus::Working)
+        })
+        .await;
+    assert_eq!(back.event.epoch, gone.event.epoch);
+    // And it receives again (the peer's first messages may go out before it knows the
+    // companion's keys: it tries until one arrives).
+    let peer = "15550001097";
+    fleet.sim.add_phone(peer).expect("peer");
+    let mut sent = Vec::new();
+    eventually(
+        Duration::from_secs(20),
+        "a message after the reconnect",
+        || {
+            sent.push(
+                fleet
+                    .sim
+                    .phone_send_text(peer, "15550001096", &format!("still there? {}", sent.len()))
+                    .expect("phone sends"),
+            );
+            let found = fleet
+                .events_of("quiet")
+                .iter()
+                .any(|s| message_of(s).is_some_and(|m| sent.contains(&m.id)));
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+    fleet.finish().await;
+}

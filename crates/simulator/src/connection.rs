@@ -56,6 +56,9 @@ struct Connection {
     ws: WebSocketStream<TcpStream>,
     noise: ServerConnection,
     shared: Shared,
+    /// A black hole ([`Outbound::Mute`]): the socket stays open, what arrives is read and
+    /// dropped, nothing is sent.
+    muted: bool,
 }
 
 /// Runs one accepted WebSocket until either side ends it or the simulator shuts down.
@@ -78,6 +81,7 @@ pub(crate) async fn run(
         ws,
         noise,
         shared: shared.clone(),
+        muted: false,
     };
     let mut expiry: Option<tokio::time::Instant> = None;
     let result: Result<(), ConnectionEnd> = async {
@@ -132,6 +136,9 @@ impl Connection {
             // Pings are answered by tungstenite; pongs and raw frames need nothing.
             _ => return Ok(Flow::Continue),
         };
+        if self.muted {
+            return Ok(Flow::Continue);
+        }
         self.noise.receive(&bytes)?;
         while let Some(out) = self.noise.poll_transmit() {
             self.ws.send(Message::Binary(out.into())).await?;
@@ -185,8 +192,17 @@ impl Connection {
 
     async fn apply(&mut self, out: Outbound) -> Result<Flow, ConnectionEnd> {
         match out {
+            Outbound::Node(_) if self.muted => Ok(Flow::Continue),
             Outbound::Node(node) => {
                 self.send_node(&node).await?;
+                Ok(Flow::Continue)
+            }
+            Outbound::Mute => {
+                info!(
+                    socket = self.id,
+                    "muted: the socket stays open and answers nothing"
+                );
+                self.muted = true;
                 Ok(Flow::Continue)
             }
             Outbound::Close(node) => {

@@ -514,6 +514,16 @@ impl Simulator {
         Ok(())
     }
 
+    /// Turns every live socket of `device` into a black hole: it stays open, but nothing
+    /// the client sends is answered (not even a keepalive ping) and nothing is delivered on
+    /// it. Later sockets are normal. Returns how many were muted.
+    pub fn mute_connections(&self, device: &Jid) -> usize {
+        self.inner
+            .shared
+            .lock()
+            .mute_connections(&device.to_string())
+    }
+
     /// Closes every live socket of `device` abruptly (no stream error); returns how many.
     pub fn drop_connections(&self, device: &Jid) -> usize {
         self.inner

@@ -37,6 +37,9 @@ pub(crate) enum Outbound {
     Close(Option<Node>),
     /// Drop the connection at once: no stream error, no close frame.
     Abort,
+    /// Keep the connection open but answer nothing from now on (a half-open socket, a
+    /// stalled proxy): what arrives is dropped, nothing is sent.
+    Mute,
 }
 
 /// `@s.whatsapp.net`, the sender of every server stanza.
@@ -458,6 +461,17 @@ impl State {
         let ids = self.sockets_of(device);
         for id in &ids {
             self.end_socket(*id, Outbound::Abort);
+        }
+        ids.len()
+    }
+
+    /// Mutes the live sockets of `device` ([`Outbound::Mute`]); returns how many.
+    pub fn mute_connections(&mut self, device: &str) -> usize {
+        let ids = self.sockets_of(device);
+        for id in &ids {
+            if let Some(socket) = self.sockets.get(id) {
+                let _ = socket.tx.send(Outbound::Mute);
+            }
         }
         ids.len()
     }
