@@ -35,6 +35,12 @@ pub const BLOB_STORE_ERRORS: &str = "wafleet_worker_blob_store_errors_total";
 /// Gauge: leased sessions waiting for the blob store to answer before they can start.
 pub const WAITING_FOR_BLOB_STORE: &str = "wafleet_worker_sessions_waiting_for_blob_store";
 
+/// Counter: session blobs written (each a fenced commit and a whole-blob PUT); divided by
+/// the messages in and out, the store writes per message.
+pub const STORE_WRITES: &str = "wafleet_worker_store_writes_total";
+/// Counter: bytes of session state written (the blob's plaintext; the sealed object is
+/// 28 bytes longer plus its header).
+pub const STORE_BYTES: &str = "wafleet_worker_store_bytes_total";
 /// Counter: inbound messages published, by `type` (text, reaction, image, …).
 pub const MESSAGES_IN: &str = "wafleet_worker_messages_in_total";
 /// Counter: messages sent by `send` commands and acked by the server, by `type`.
@@ -83,6 +89,11 @@ pub fn install() -> Option<PrometheusHandle> {
         "Time from an event's creation to the stream's ack"
     );
     metrics::describe_counter!(EVENTS_FAILED, "Events not acked after every retry");
+    metrics::describe_counter!(
+        STORE_WRITES,
+        "Session blobs written (fenced commit and whole-blob write)"
+    );
+    metrics::describe_counter!(STORE_BYTES, "Bytes of session state written");
     metrics::describe_counter!(MESSAGES_IN, "Inbound messages published, by type");
     metrics::describe_counter!(
         MESSAGES_OUT,

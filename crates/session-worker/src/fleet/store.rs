@@ -277,6 +277,8 @@ impl FleetStore {
         metrics::histogram!(m::BLOB_SAVE).record(started.elapsed());
         match result {
             Ok(new_version) => {
+                metrics::counter!(m::STORE_WRITES).increment(1);
+                metrics::counter!(m::STORE_BYTES).increment(plaintext.len() as u64);
                 saved.version = Some(new_version);
                 saved.logged_out = state.is_none();
                 Ok(())
