@@ -262,3 +262,266 @@ async fn the_leading_coordinator_killed_another_takes_over_and_sessions_stay_wor
     fleet.kill_worker("w-steady");
     fleet.finish().await;
 }
+
+/// A `send` of `text` under `command_id`, retried with the same id until it is sent: no
+/// answer (the holder died, nobody holds the session yet) and transient errors are
+/// retried, as a backend does. Returns the message id.
+async fn send_until_sent(
+    fleet: &Fleet,
+    session: &str,
+    command_id: &str,
+    to: &str,
+    text: &str,
+) -> String {
+    use wafleet_bus_schema::v1::{command_reply::Outcome, ErrorCode};
+    let subject = Fleet::address(session)
+        .command_subject(CommandVerb::Send)
+        .to_string();
+    let body =
+        serde_json::json!({"commandId": command_id, "to": to, "text": {"body": text}}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "{command_id} never sent");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(wafleet_bus_schema::CONTENT_TYPE_HEADER, "application/json");
+        let request = async_nats::Request::new()
+            .payload(body.clone().into_bytes().into())
+            .headers(headers)
+            .timeout(Some(Duration::from_secs(3)));
+        let answer = fleet.backend.send_request(subject.clone(), request).await;
+        let Ok(message) = answer else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let reply = wafleet_bus_schema::decode_reply(&message.payload, Some("application/json"))
+            .expect("a reply");
+        match reply.outcome {
+            Some(Outcome::Sent(sent)) => return sent.message_id,
+            Some(Outcome::Error(e)) => {
+                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                assert!(
+                    matches!(
+                        code,
+                        ErrorCode::NotWorking
+                            | ErrorCode::SendUnconfirmed
+                            | ErrorCode::NotLeased
+                            | ErrorCode::Unavailable
+                            | ErrorCode::RateLimited
+                    ),
+                    "{command_id}: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("{command_id}: {other:?}"),
+        }
+    }
+}
+
+/// The holder of `session`: the worker of its newest event.
+fn holder(fleet: &Fleet, session: &str) -> (String, u64) {
+    fleet
+        .events_of(session)
+        .iter()
+        .max_by_key(|e| (e.event.epoch, e.event.sequence))
+        .map(|e| (e.event.worker_id.clone(), e.event.epoch))
+        .expect("events")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_holder_at_random_moments_loses_no_message_in_either_direction() {
+    const N: usize = 120;
+    const KILLS: usize = 3;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        // xorshift64
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut fleet = Fleet::start().await;
+    let workers = ["w-k1", "w-k2", "w-k3", "w-k4"];
+    fleet
+        .start_worker_with(
+            workers[0],
+            10,
+            fleet_support::MASTER_KEY,
+            &["--send-rate", "1000", "--send-burst", "1000"],
+        )
+        .await;
+    fleet.create_and_start("busy").await;
+    let account = "15550004101";
+    fleet.link_by_qr("busy", account).await;
+    for w in &workers[1..] {
+        fleet
+            .start_worker_with(
+                w,
+                10,
+                fleet_support::MASTER_KEY,
+                &["--send-rate", "1000", "--send-burst", "1000"],
+            )
+            .await;
+    }
+    let peer = "15550004102";
+    fleet.sim.add_phone(peer).expect("peer");
+    // The peer's first messages may precede its knowledge of the companion's keys.
+    let mut warm = Vec::new();
+    eventually(Duration::from_secs(20), "a first inbound message", || {
+        warm.push(
+            fleet
+                .sim
+                .phone_send_text(peer, account, &format!("warm {}", warm.len()))
+                .expect("send"),
+        );
+        let found = fleet.events_of("busy").iter().any(|s| {
+            matches!(&s.event.payload, Some(wafleet_bus_schema::v1::session_event::Payload::Message(m)) if warm.contains(&m.id))
+        });
+        async move { found.then_some(()) }
+    })
+    .await;
+    let delays: Vec<u64> = (0..KILLS).map(|_| 300 + next() % 2_500).collect();
+    let fleet_ref = &fleet;
+    let inbound = async move {
+        let mut ids = Vec::new();
+        for i in 0..N {
+            ids.push(
+                fleet_ref
+                    .sim
+                    .phone_send_text(peer, account, &format!("in {i}"))
+                    .expect("the peer sends"),
+            );
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        ids
+    };
+    let outbound = async move {
+        let mut sent = Vec::new();
+        for i in 0..N {
+            let id = send_until_sent(
+                fleet_ref,
+                "busy",
+                &format!("k-{i}"),
+                peer,
+                &format!("out {i}"),
+            )
+            .await;
+            sent.push(id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent
+    };
+    let killer = async move {
+        let mut killed = Vec::new();
+        for delay in delays {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let (victim, epoch) = holder(fleet_ref, "busy");
+            fleet_ref.workers[&victim].signal("KILL");
+            killed.push(victim.clone());
+            // The next holder takes over before the next kill (at most one of the four
+            // workers is left after three kills).
+            eventually(Duration::from_secs(60), "the next holder WORKING", || {
+                let up = fleet_ref.events_of("busy").iter().any(|e| {
+                    e.event.epoch > epoch
+                        && e.event.worker_id != victim
+                        && e.status().map(|s| s.0) == Some(SessionStatus::Working)
+                });
+                async move { up.then_some(()) }
+            })
+            .await;
+        }
+        killed
+    };
+    let (in_ids, out_ids, killed) = tokio::join!(inbound, outbound, killer);
+    assert_eq!(killed.len(), KILLS);
+    // Every inbound message is on the bus (duplicates only with the same id).
+    let in_ids: HashSet<String> = in_ids.into_iter().collect();
+    eventually(
+        Duration::from_secs(60),
+        "every inbound message on the bus",
+        || {
+            let seen: HashSet<String> = fleet
+                .events_of("busy")
+                .iter()
+                .filter_map(|s| match &s.event.payload {
+                    Some(wafleet_bus_schema::v1::session_event::Payload::Message(m)) => {
+                        Some(m.id.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let missing = in_ids.difference(&seen).count();
+            async move { (missing == 0).then_some(()) }
+        },
+    )
+    .await;
+    let undecryptable: Vec<_> = fleet
+        .events_of("busy")
+        .into_iter()
+        .filter(|s| s.kind() == "message_undecryptable")
+        .collect();
+    assert!(undecryptable.is_empty(), "seed {seed}: {undecryptable:?}");
+    // Every send reached the peer exactly once, with the id its command was answered with.
+    eventually(
+        Duration::from_secs(30),
+        "every send on the peer's phone",
+        || {
+            let texts: Vec<(String, Option<String>)> = fleet
+                .sim
+                .phone_messages(peer)
+                .expect("messages")
+                .into_iter()
+                .filter(|m| m.text.as_deref().is_some_and(|t| t.starts_with("out ")))
+                .map(|m| (m.id, m.text))
+                .collect();
+            async move { (texts.len() >= N).then_some(()) }
+        },
+    )
+    .await;
+    let on_phone: Vec<(String, String)> = fleet
+        .sim
+        .phone_messages(peer)
+        .expect("messages")
+        .into_iter()
+        .filter_map(|m| Some((m.id, m.text?)))
+        .filter(|(_, t)| t.starts_with("out "))
+        .collect();
+    let mut texts: Vec<&String> = on_phone.iter().map(|(_, t)| t).collect();
+    texts.sort();
+    let twice: Vec<&&String> = texts
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    assert!(twice.is_empty(), "seed {seed}: delivered twice: {twice:?}");
+    let want: Vec<(String, String)> = out_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), format!("out {i}")))
+        .collect();
+    assert_eq!(
+        on_phone, want,
+        "seed {seed}: once each, in order, with the replied ids"
+    );
+    assert!(fleet
+        .sim
+        .phone_messages(peer)
+        .expect("messages")
+        .iter()
+        .all(|m| m.kind != "undecryptable"));
+    let counters = fleet.sim.counters();
+    assert!(
+        counters.max_live_sockets_per_device <= 1,
+        "seed {seed}: {counters:?}"
+    );
+    assert_eq!(counters.replaced_sent, 0, "seed {seed}");
+    for w in workers {
+        fleet.kill_worker(w);
+    }
+    fleet.finish().await;
+}
