@@ -6,8 +6,11 @@
 //!    by `WAFLEET_NATS_URL`, `WAFLEET_PG_URL` and `WAFLEET_S3_ENDPOINT`;
 //! 2. creates and starts session `support-desk` over the bus, draws its QR in the
 //!    terminal and lets a simulated phone scan it; prints every event;
-//! 3. kills the worker holding the session with SIGKILL and shows the session back on
-//!    the other worker, WORKING, with no QR.
+//! 3. a customer's simulated phone writes (a `message` event), the backend answers with
+//!    a `send` command (answered with the message id; `message_sent`), the customer's
+//!    phone shows and reads it (a `read` receipt event);
+//! 4. kills the worker holding the session with SIGKILL and shows the session back on
+//!    the other worker, WORKING, with no QR, and a message each way still decrypting.
 //!
 //! Each step checks what it shows; the demo exits non-zero if the product misbehaves.
 //! It uses a PostgreSQL schema and an S3 prefix of its own and removes the schema at the
@@ -30,6 +33,8 @@ use wafleet_sim::{SimConfig, Simulator};
 const TENANT: &str = "demo";
 const SESSION: &str = "support-desk";
 const PHONE: &str = "15550001111";
+/// A customer writing to the account.
+const CUSTOMER: &str = "15550002222";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A child process, killed on drop.
@@ -168,22 +173,9 @@ async fn wait_for(
     what: &str,
     pred: impl Fn(&v1::SessionEvent) -> bool,
 ) -> Result<v1::SessionEvent, String> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        if let Some(found) = events
-            .lock()
-            .map_err(|_| "event list poisoned".to_string())?
-            .iter()
-            .find(|e| pred(e))
-            .cloned()
-        {
-            return Ok(found);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no {what} within {STEP_TIMEOUT:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_within(events, STEP_TIMEOUT, pred)
+        .await?
+        .ok_or_else(|| format!("no {what} within {STEP_TIMEOUT:?}"))
 }
 
 async fn command(
@@ -222,6 +214,115 @@ async fn command(
             }
             Err(e) => return Err(format!("no reply to {subject}: {e}")),
         }
+    }
+}
+
+/// The customer's phone sends `text` to the account until it arrives as a `message` event
+/// at `epoch` or later (its first message may go out before it knows the companion's
+/// keys, as on WhatsApp); returns the message id.
+async fn customer_says(
+    sim: &Simulator,
+    events: &Events,
+    text: &str,
+    epoch: u64,
+) -> Result<String, String> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut sent = Vec::new();
+    loop {
+        sent.push(
+            sim.phone_send_text(CUSTOMER, PHONE, text)
+                .map_err(|e| format!("the customer's phone: {e}"))?,
+        );
+        let arrived = wait_for_within(events, Duration::from_secs(2), |e| {
+            e.epoch >= epoch
+                && matches!(&e.payload, Some(Payload::Message(m)) if sent.contains(&m.id))
+        })
+        .await?;
+        if let Some(Payload::Message(m)) = arrived.and_then(|e| e.payload) {
+            println!(
+                "== the customer's message {} is on the bus (message event above)",
+                m.id
+            );
+            return Ok(m.id);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the customer's message never arrived: {text:?}"));
+        }
+    }
+}
+
+/// Sends `text` to the customer with a `send` command (a reply to `quote`, if given),
+/// then waits until the customer's phone shows it; returns the message id.
+async fn send_text(
+    nats: &async_nats::Client,
+    sim: &Simulator,
+    command_id: &str,
+    text: &str,
+    quote: Option<&str>,
+) -> Result<String, String> {
+    println!("== the backend sends a `send` command: {text:?}");
+    let reply = command(
+        nats,
+        CommandVerb::Send,
+        &v1::SendMessage {
+            command_id: command_id.to_string(),
+            to: CUSTOMER.to_string(),
+            content: Some(v1::send_message::Content::Text(v1::SendText {
+                body: text.to_string(),
+                reply_to: quote.map(|id| v1::QuotedMessage {
+                    id: id.to_string(),
+                    ..Default::default()
+                }),
+            })),
+        },
+    )
+    .await?;
+    let Some(v1::command_reply::Outcome::Sent(sent)) = reply.outcome else {
+        return Err("the send command was not answered with a message id".into());
+    };
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let shown = sim
+            .phone_messages(CUSTOMER)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|m| m.id == sent.message_id);
+        if let Some(m) = shown {
+            println!(
+                "== the customer's phone shows {}: {:?}",
+                m.id,
+                m.text.unwrap_or_default()
+            );
+            return Ok(sent.message_id);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} never reached the customer", sent.message_id));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`wait_for`] for at most `within`, `None` when nothing matched.
+async fn wait_for_within(
+    events: &Events,
+    within: Duration,
+    pred: impl Fn(&v1::SessionEvent) -> bool,
+) -> Result<Option<v1::SessionEvent>, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = events
+            .lock()
+            .map_err(|_| "event list poisoned".to_string())?
+            .iter()
+            .find(|e| pred(e))
+            .cloned()
+        {
+            return Ok(Some(found));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -339,8 +440,8 @@ async fn run_fleet(
         workers.push(proc);
     }
     println!("== blobs in S3 under {prefix}, sealed with a fresh master key");
-
     let id = |verb: &str| format!("demo-{run_id}-{verb}");
+
     command(
         &nats,
         CommandVerb::Create,
@@ -382,6 +483,25 @@ async fn run_fleet(
         "== {SESSION} is WORKING on {holder} at epoch {}",
         working.epoch
     );
+    sim.add_phone(CUSTOMER).map_err(|e| e.to_string())?;
+    println!("== a customer ({CUSTOMER}) writes to the account from a simulated phone");
+    let question = customer_says(&sim, &events, "Hi! Where is my order #4711?", 0).await?;
+    let id = |verb: &str| format!("demo-{run_id}-{verb}");
+    let answer = send_text(
+        &nats,
+        &sim,
+        &id("send-1"),
+        "It ships today. Thanks for waiting!",
+        Some(&question),
+    )
+    .await?;
+    sim.phone_read(CUSTOMER, std::slice::from_ref(&answer))
+        .map_err(|e| e.to_string())?;
+    wait_for(&events, "a read receipt", |e| {
+        matches!(&e.payload, Some(Payload::Receipt(r)) if r.r#type == "read" && r.ids.contains(&answer))
+    })
+    .await?;
+    println!("== the customer read the answer: the read receipt is a bus event (above)");
 
     let Some(index) = workers.iter().position(|w| w.name == holder) else {
         return Err(format!("the session is on an unknown worker {holder}"));
@@ -421,6 +541,26 @@ async fn run_fleet(
     );
     if counters.max_live_sockets_per_device > 1 || counters.replaced_sent > 0 {
         return Err("two sockets for one device".into());
+    }
+    println!("== after the failover, both directions still decrypt");
+    customer_says(&sim, &events, "Great, thank you!", back.epoch).await?;
+    send_text(&nats, &sim, &id("send-2"), "You're welcome!", None).await?;
+    let undecryptable = events
+        .lock()
+        .map_err(|_| "event list poisoned".to_string())?
+        .iter()
+        .filter(|e| matches!(e.payload, Some(Payload::MessageUndecryptable(_))))
+        .count();
+    let on_phone = sim
+        .phone_messages(CUSTOMER)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter(|m| m.kind == "undecryptable")
+        .count();
+    if undecryptable + on_phone > 0 {
+        return Err(format!(
+            "{undecryptable} undecryptable on the bus, {on_phone} on the customer's phone"
+        ));
     }
     command(
         &nats,

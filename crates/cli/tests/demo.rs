@@ -58,4 +58,17 @@ fn the_fleet_demo_moves_a_linked_session_to_the_other_worker_without_a_qr() {
     assert!(stdout.contains("is WORKING again on"), "{stdout}");
     assert!(stdout.contains("with no QR"), "{stdout}");
     assert!(stdout.contains("sent 0 `replaced`"), "{stdout}");
+    // Messages both ways, before and after the kill: a customer's message as an event, a
+    // send command answered with an id and shown on the customer's phone, its read receipt.
+    let count = |needle: &str| stdout.matches(needle).count();
+    assert_eq!(count("is on the bus (message event above)"), 2, "{stdout}");
+    assert_eq!(
+        count("] wafleet.v1.demo.cmd.session.support-desk.send -> {\"commandId\""),
+        2,
+        "{stdout}"
+    );
+    assert_eq!(count("message_sent 3EB0"), 2, "{stdout}");
+    assert_eq!(count("== the customer's phone shows 3EB0"), 2, "{stdout}");
+    assert!(stdout.contains("receipt read of"), "{stdout}");
+    assert!(!stdout.contains("message_undecryptable"), "{stdout}");
 }

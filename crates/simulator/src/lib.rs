@@ -564,6 +564,12 @@ impl Simulator {
             .phone_send_text(phone_digits, to, text)
     }
 
+    /// `phone_digits`'s phone reads the messages `ids` (the user opens the chat): a `read`
+    /// receipt for each goes to its sender. Returns how many of them the phone has.
+    pub fn phone_read(&self, phone_digits: &str, ids: &[String]) -> Result<usize, SimError> {
+        self.inner.shared.lock().phone_read(phone_digits, ids)
+    }
+
     /// What `phone_digits`'s phone decrypted (or could not), oldest first: 1:1 and group
     /// messages from other accounts, and its own companions' messages (`from_me`).
     pub fn phone_messages(&self, phone_digits: &str) -> Result<Vec<PhoneMessage>, SimError> {

@@ -428,6 +428,41 @@ impl State {
     }
 }
 
+impl State {
+    /// `phone`'s phone reads the messages `ids` it decrypted: a `read` receipt for each goes
+    /// to its sender, as when the user opens the chat. Returns how many were found.
+    pub(crate) fn phone_read(&mut self, phone: &str, ids: &[String]) -> Result<usize, SimError> {
+        let targets: Vec<(String, Jid, Jid)> = self
+            .phone(phone)?
+            .chat
+            .messages
+            .iter()
+            .filter(|m| m.kind != "undecryptable" && ids.contains(&m.id))
+            .map(|m| (m.id.clone(), m.chat.clone(), m.sender.clone()))
+            .collect();
+        let device = DeviceRef {
+            phone: phone.to_owned(),
+            device: 0,
+        };
+        for (id, chat, sender) in &targets {
+            let mut receipt = Node::new("receipt")
+                .attr("id", id.clone())
+                .attr("type", "read")
+                .attr("t", crate::state::unix_now().to_string());
+            receipt = if chat.is_group() {
+                receipt
+                    .attr("to", chat.clone())
+                    .attr("participant", sender.to_non_ad())
+            } else {
+                receipt.attr("to", sender.to_non_ad())
+            };
+            // The answer is the server's ack to the phone, which needs none.
+            let _ = self.route_receipt(&device, &receipt);
+        }
+        Ok(targets.len())
+    }
+}
+
 fn send_failed(to: &Jid, error: SendError) -> SimError {
     match error {
         SendError::InvalidRecipient(r) => SimError::InvalidRecipient(r),
