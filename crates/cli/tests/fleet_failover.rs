@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fleet_support::{eventually, Fleet};
 use wafleet_blob::SessionBlob;
-use wafleet_bus_schema::v1::SessionStatus;
+use wafleet_bus_schema::v1::{session_event::Payload, SessionStatus};
 use wafleet_bus_schema::CommandVerb;
 
 /// Sessions WORKING at an epoch above `above[session]`, on `worker`.
@@ -110,8 +110,38 @@ async fn a_zombie_worker_cannot_write_the_blob_and_does_not_reconnect() {
     .await;
     let logins_before = fleet.sim.counters().logins.values().sum::<u64>();
     fleet.start_worker("w-heir", 10).await;
+    // A peer writes to the account before, during and after the pause; the zombie must
+    // neither publish nor ack what reaches its socket.
+    let peer = "15550004002";
+    fleet.sim.add_phone(peer).expect("peer");
+    let mut inbound = Vec::new();
+    eventually(
+        Duration::from_secs(20),
+        "a first message on the bus",
+        || {
+            inbound.push(
+                fleet
+                    .sim
+                    .phone_send_text(peer, "15550004001", &format!("before {}", inbound.len()))
+                    .expect("send"),
+            );
+            let found = fleet.events_of("z").iter().any(|s| {
+            matches!(&s.event.payload, Some(Payload::Message(m)) if inbound.contains(&m.id))
+        });
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
     // Paused past its lease: the coordinator gives the session to the other worker.
     fleet.workers["w-zombie"].signal("STOP");
+    for i in 0..10 {
+        inbound.push(
+            fleet
+                .sim
+                .phone_send_text(peer, "15550004001", &format!("during {i}"))
+                .expect("send"),
+        );
+    }
     let old_blob = fleet.blob_bytes("z").await.expect("blob");
     assert_eq!(blob_epoch(&old_blob), before["z"]);
     eventually(Duration::from_secs(60), "z WORKING on w-heir", || {
@@ -137,6 +167,14 @@ async fn a_zombie_worker_cannot_write_the_blob_and_does_not_reconnect() {
     };
     let zombie_events_before = from_zombie(&fleet);
     fleet.workers["w-zombie"].signal("CONT");
+    for i in 0..10 {
+        inbound.push(
+            fleet
+                .sim
+                .phone_send_text(peer, "15550004001", &format!("after {i}"))
+                .expect("send"),
+        );
+    }
     // Give the zombie time to act on whatever it had queued.
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Not a word after waking, at any epoch: its lease lapsed locally before the
@@ -148,6 +186,21 @@ async fn a_zombie_worker_cannot_write_the_blob_and_does_not_reconnect() {
         .skip(zombie_events_before)
         .collect();
     assert!(zombie_events_after.is_empty(), "{zombie_events_after:?}");
+    // Every message sent during and after the pause is on the bus, from the heir.
+    let from_heir: HashSet<String> = fleet
+        .events_of("z")
+        .iter()
+        .filter(|e| e.event.worker_id == "w-heir")
+        .filter_map(|e| match &e.event.payload {
+            Some(Payload::Message(m)) => Some(m.id.clone()),
+            _ => None,
+        })
+        .collect();
+    let missing: Vec<&String> = inbound[inbound.len() - 20..]
+        .iter()
+        .filter(|id| !from_heir.contains(*id))
+        .collect();
+    assert!(missing.is_empty(), "not published by the heir: {missing:?}");
     assert!(heir_epoch > before["z"]);
     // The heir still holds it, and the blob is the heir's (or untouched), never the zombie's.
     let row = fleet.registry_row("z").await.expect("row");
